@@ -1,0 +1,56 @@
+# kerasport — `make all` runs the whole pipeline on the built-in dataset; `make test` runs the test suite.
+# Both set themselves up first (a .venv in the repository root, re-installed only when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    ?= build
+
+# Options passed through to `kerasport train` / `kerasport run`, e.g. `make all EPOCHS=5 ARCH=edge`.
+DATA   ?=
+EPOCHS ?=
+ARCH   ?=
+SEED   ?=
+WIDTH  ?=
+LIMIT  ?=
+TRAIN_ARGS ?=
+PYTEST_ARGS ?=
+
+TRAIN_OPTS := --run $(RUN) \
+	$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--arch $(ARCH)) \
+	$(if $(SEED),--seed $(SEED)) $(if $(WIDTH),--width $(WIDTH)) $(if $(LIMIT),--limit $(LIMIT)) $(TRAIN_ARGS)
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install all train test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+all: install
+	$(BIN)/kerasport train $(TRAIN_OPTS)
+
+train: install
+	$(BIN)/kerasport train $(TRAIN_OPTS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(RUN) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

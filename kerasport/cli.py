@@ -1,0 +1,46 @@
+"""The `kerasport` command. Stage commands import their heavy dependencies only when they run."""
+
+from __future__ import annotations
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    name="kerasport",
+    help="Train in Keras, export to ONNX and TFLite, prove parity, serve without TensorFlow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kerasport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """kerasport: one run directory (default build/) is one release candidate."""
+
+
+def _register_stages() -> None:
+    from train.cli import train_command
+
+    app.command("train", help=train_command.__doc__, no_args_is_help=False)(train_command)
+
+
+_register_stages()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

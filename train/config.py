@@ -1,0 +1,88 @@
+"""The resolved training configuration. No TensorFlow import, so the CLI can build and validate it cheaply."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from kerasport.errors import UsageError
+
+INPUT_NAME = "image"
+ARCHS = ("seed", "edge")
+TASKS = ("classification", "regression")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "relu6", "swish", "selu", "sigmoid", "tanh")
+LR_SCHEDULES = ("none", "step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "digits"
+    run: str = "build"
+    arch: str = "seed"
+    task: str = "classification"
+    epochs: int = 15
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    activation: str = "relu"
+    initializer: str = "auto"
+    relu_bias: float = 0.0
+    lr_schedule: str = "none"
+    lr_step_every: int = 100
+    lr_step_factor: float = 0.1
+    plateau: bool = True
+    plateau_patience: int = 10
+    plateau_factor: float = 0.1
+    early_stopping: int = 0
+    val_split: float = 0.1
+    seed: int = 42
+    deterministic: bool = False
+    limit: int = 0
+    width: float = 1.0
+    dropout: float = 0.0
+    precise_bn: bool = True
+    augment: bool = False
+    tensorboard: bool = False
+    eval_samples: int = 1000
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {"arch": ARCHS, "task": TASKS, "optimizer": OPTIMIZERS, "activation": ACTIVATIONS,
+                   "lr_schedule": LR_SCHEDULES}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise UsageError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr_step_every": self.lr_step_every,
+                    "plateau_patience": self.plateau_patience, "eval_samples": self.eval_samples}
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {value} must be >= 1")
+        if not self.learning_rate > 0:
+            raise UsageError(f"--learning-rate {self.learning_rate} must be > 0")
+        if not 0 < self.lr_step_factor <= 1:
+            raise UsageError(f"--lr-step-factor {self.lr_step_factor} must be in (0, 1]")
+        if not 0 < self.plateau_factor < 1:
+            raise UsageError(f"--plateau-factor {self.plateau_factor} must be in (0, 1)")
+        if not 0 < self.val_split < 1:
+            raise UsageError(f"--val-split {self.val_split} must be in (0, 1)")
+        if not 0 < self.width <= 4:
+            raise UsageError(f"--width {self.width} must be in (0, 4]")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout {self.dropout} must be in [0, 1)")
+        if self.early_stopping < 0 or self.limit < 0:
+            raise UsageError(f"--early-stopping {self.early_stopping} and --limit {self.limit} must be >= 0")
+        if self.relu_bias < 0:
+            raise UsageError(f"--relu-bias {self.relu_bias} must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})

@@ -1,0 +1,339 @@
+"""Training data sources, all usable offline, each converted to the model contract.
+
+Every source yields raw pixels as float32 NHWC `[n, 28, 28, 1]` in 0..255 plus integer labels (classification) or
+float targets (regression), and a held-out test split that training never sees. Bad data raises `DataError` with
+the file and the problem before anything is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kerasport.errors import DataError, UsageError
+
+IMAGE_SIZE = 28
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Fixed so the held-out test split of sources without one (digits, image folders) never depends on --seed.
+SPLIT_SEED = 20240601
+TEST_FRACTION = 0.2
+
+FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
+
+# How the serving stage must decode a picture so it reaches the model exactly as the training images did.
+DEFAULT_PREPROCESSING = {"decoder": "Pillow", "color_mode": "L", "resize": [IMAGE_SIZE, IMAGE_SIZE],
+                         "resample": "bilinear", "foreground": "light-on-dark", "scale": "none (inside the model)"}
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    labels: list[str]
+    source: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            digest.update(str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+def load_dataset(spec: str, *, task: str = "classification", limit: int = 0) -> Dataset:
+    """Load the dataset named by `spec` (see `kerasport train --help`) and validate it against the contract."""
+    kind, _, argument = spec.partition(":")
+    loaders = {"digits": _load_digits, "mnist": _load_keras_mnist, "fashion_mnist": _load_keras_fashion,
+               "idx": _load_idx_dir, "npz": _load_npz, "images": _load_image_folders}
+    if kind not in loaders:
+        raise UsageError(f"--data {spec!r} is not a known source; expected digits, mnist, fashion_mnist, "
+                         f"idx:DIR, npz:FILE or images:DIR")
+    if kind in ("idx", "npz", "images") and not argument:
+        raise UsageError(f"--data {spec!r} needs a path after the colon, e.g. {kind}:/data/mnist")
+    if kind in ("digits", "mnist", "fashion_mnist") and argument:
+        raise UsageError(f"--data {spec!r}: the built-in source {kind!r} takes no path")
+    dataset = loaders[kind](argument) if argument else loaders[kind]()
+    dataset.name = spec
+    _validate(dataset, task)
+    if limit:
+        if limit < 0:
+            raise UsageError(f"--limit {limit} must be >= 0 (0 = use every training sample)")
+        dataset.x_train, dataset.y_train = dataset.x_train[:limit], dataset.y_train[:limit]
+    dataset.x_train = dataset.x_train.astype(np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    dataset.x_test = dataset.x_test.astype(np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    if task == "classification":
+        dataset.y_train = dataset.y_train.astype(np.int32)
+        dataset.y_test = dataset.y_test.astype(np.int32)
+    else:
+        dataset.y_train = dataset.y_train.astype(np.float32)
+        dataset.y_test = dataset.y_test.astype(np.float32)
+    return dataset
+
+
+def _validate(dataset: Dataset, task: str) -> None:
+    origin = dataset.source.get("path", dataset.name)
+    for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
+        if x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{origin}: x_{split} has shape {x.shape}; expected (n, {IMAGE_SIZE}, {IMAGE_SIZE}) "
+                            f"or (n, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) grayscale images")
+        if len(x) == 0:
+            raise DataError(f"{origin}: the {split} split is empty; expected at least one image")
+        if len(x) != len(y):
+            raise DataError(f"{origin}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
+                            f"expected equal counts")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"{origin}: x_{split} has dtype {x.dtype}; expected numeric pixels")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise DataError(f"{origin}: x_{split} contains NaN or infinite pixels; expected finite 0..255 values")
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 255:
+            raise DataError(f"{origin}: x_{split} values span {low:g}..{high:g}; expected raw pixels in 0..255")
+        if np.issubdtype(x.dtype, np.floating) and high <= 1.0 and high > 0:
+            raise DataError(f"{origin}: x_{split} values span {low:g}..{high:g}, which looks already scaled to "
+                            f"0..1; expected raw 0..255 pixels (the model rescales inside)")
+        if y.ndim != 1 and not (task == "regression" and y.ndim == 2):
+            raise DataError(f"{origin}: y_{split} has shape {y.shape}; expected (n,) labels")
+        if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+            raise DataError(f"{origin}: y_{split} contains NaN or infinite values; expected finite targets")
+        if task == "classification":
+            if not np.issubdtype(y.dtype, np.integer):
+                if not (np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.round(y))):
+                    raise DataError(f"{origin}: y_{split} has dtype {y.dtype} with non-integer values; "
+                                    f"expected integer class labels")
+            if y.min() < 0:
+                raise DataError(f"{origin}: y_{split} contains the label {int(y.min())}; expected labels >= 0")
+    if task == "classification":
+        n_classes = int(max(dataset.y_train.max(), dataset.y_test.max())) + 1
+        if n_classes < 2:
+            raise DataError(f"{origin}: every label is 0; expected at least two classes")
+        if not dataset.labels:
+            dataset.labels = [str(index) for index in range(n_classes)]
+        elif len(dataset.labels) < n_classes:
+            raise DataError(f"{origin}: labels go up to {n_classes - 1} but only {len(dataset.labels)} class "
+                            f"names are known")
+
+
+def _split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded train/test split for sources that ship no test split."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    test_mask = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        rng.shuffle(members)
+        n_test = int(round(len(members) * TEST_FRACTION))
+        if len(members) > 1:
+            n_test = min(max(n_test, 1), len(members) - 1)
+        test_mask[members[:n_test]] = True
+    return x[~test_mask], y[~test_mask], x[test_mask], y[test_mask]
+
+
+# --- built-in: scikit-learn's handwritten digits, shipped inside the package -----------------------------------
+
+
+def _load_digits() -> Dataset:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise UsageError("--data digits needs scikit-learn; install kerasport[train]") from error
+    from PIL import Image
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) * (255.0 / 16.0)
+    # MNIST's convention: the digit fills a 20x20 box centred in a 28x28 frame.
+    box, pad = 20, (IMAGE_SIZE - 20) // 2
+    resized = np.stack([np.asarray(Image.fromarray(image, mode="F").resize((box, box), Image.BILINEAR))
+                        for image in images])
+    framed = np.zeros((len(images), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    framed[:, pad:pad + box, pad:pad + box] = np.clip(resized, 0, 255)
+    x_train, y_train, x_test, y_test = _split(np.round(framed), digits.target.astype(np.int64))
+    return Dataset("digits", x_train, y_train, x_test, y_test, [str(d) for d in range(10)],
+                   source={"kind": "digits", "package": "scikit-learn", "images": int(len(images)),
+                           "conversion": "8x8 0..16 -> x255/16, bilinear 20x20, padded to 28x28"})
+
+
+# --- keras.datasets (uses the Keras cache; offline without a cache is a clear error) --------------------------
+
+
+def _keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
+def _load_keras_mnist() -> Dataset:
+    cached = _keras_cache_dir() / "mnist.npz"
+    if cached.is_file():
+        # Read the cache ourselves: offline, Keras would re-download a file whose hash it does not recognise.
+        dataset = _load_npz(str(cached))
+    else:
+        dataset = Dataset("mnist", *_load_keras_dataset("mnist", expected=str(cached)), [])
+    dataset.labels = [str(d) for d in range(10)]
+    dataset.source = {"kind": "keras.datasets", "path": str(cached)}
+    return dataset
+
+
+def _load_keras_fashion() -> Dataset:
+    cached = _keras_cache_dir() / "fashion-mnist"
+    if all((cached / f"{stem}.gz").is_file() for stem, _ in IDX_FILES.values()):
+        dataset = _load_idx_dir(str(cached))
+    else:
+        expected = f"{cached}/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte.gz"
+        dataset = Dataset("fashion_mnist", *_load_keras_dataset("fashion_mnist", expected=expected), [])
+    dataset.labels = list(FASHION_LABELS)
+    dataset.source = {"kind": "keras.datasets", "path": str(cached)}
+    return dataset
+
+
+def _load_keras_dataset(name: str, expected: str) -> tuple[np.ndarray, ...]:
+    import keras
+
+    module = getattr(keras.datasets, name)
+    try:
+        (x_train, y_train), (x_test, y_test) = module.load_data()
+    except Exception as error:  # noqa: BLE001 - any download/cache failure means the same thing to the user
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"--data {name}: could not load from the Keras cache or download ({reason}); offline, "
+                        f"put the file(s) at {expected}, or use --data idx:DIR / npz:FILE") from error
+    return x_train, y_train, x_test, y_test
+
+
+# --- idx:DIR — the raw MNIST format -------------------------------------------------------------------------
+
+IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_FILES = {"x_train": ("train-images-idx3-ubyte", 3), "y_train": ("train-labels-idx1-ubyte", 1),
+             "x_test": ("t10k-images-idx3-ubyte", 3), "y_test": ("t10k-labels-idx1-ubyte", 1)}
+
+
+def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped), validating its magic number and size."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            payload = handle.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read ({error}); expected an IDX file") from error
+    if len(payload) < 4:
+        raise DataError(f"{path}: only {len(payload)} bytes; expected an IDX header of at least 4 bytes")
+    zero, type_code, ndim = int.from_bytes(payload[:2], "big"), payload[2], payload[3]
+    magic = int.from_bytes(payload[:4], "big")
+    if zero != 0 or type_code not in IDX_DTYPES or ndim != expected_ndim:
+        raise DataError(f"{path}: wrong magic number 0x{magic:08X}; expected 0x0000080{expected_ndim} "
+                        f"(unsigned bytes, {expected_ndim} dimension{'s' if expected_ndim > 1 else ''})")
+    header_size = 4 + 4 * ndim
+    if len(payload) < header_size:
+        raise DataError(f"{path}: truncated header ({len(payload)} bytes); expected {header_size}")
+    dims = tuple(int.from_bytes(payload[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = IDX_DTYPES[type_code]
+    expected_bytes = int(np.prod(dims)) * dtype.itemsize
+    actual_bytes = len(payload) - header_size
+    if actual_bytes != expected_bytes:
+        raise DataError(f"{path}: header says shape {dims} ({expected_bytes} data bytes) but the file holds "
+                        f"{actual_bytes}; the file is truncated or padded")
+    return np.frombuffer(payload, dtype=dtype, offset=header_size).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _load_idx_dir(directory: str) -> Dataset:
+    root = Path(directory)
+    if not root.is_dir():
+        raise DataError(f"--data idx:{directory}: {root} is not a directory; expected a folder of MNIST IDX files")
+    arrays = {}
+    for key, (stem, ndim) in IDX_FILES.items():
+        candidates = [root / stem, root / f"{stem}.gz"]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            raise DataError(f"{root}: missing {stem}[.gz]; expected the four MNIST IDX files "
+                            f"({', '.join(name for name, _ in IDX_FILES.values())})")
+        arrays[key] = read_idx(found, ndim)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if len(x) != len(y):
+            raise DataError(f"{root}: {split} images hold {len(x)} items but {split} labels hold {len(y)}; "
+                            f"expected equal counts")
+    return Dataset(f"idx:{directory}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   [], source={"kind": "idx", "path": str(root)})
+
+
+# --- npz:FILE — the Keras mnist.npz layout --------------------------------------------------------------------
+
+
+def _load_npz(file: str) -> Dataset:
+    path = Path(file)
+    if not path.is_file():
+        raise DataError(f"--data npz:{file}: {path} does not exist; expected an .npz with x_train, y_train, "
+                        f"x_test, y_test")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("x_train", "y_train", "x_test", "y_test") if key not in archive.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {', '.join(missing)}; it holds "
+                                f"{', '.join(archive.files) or 'nothing'}, expected x_train, y_train, x_test, y_test")
+            arrays = [archive[key] for key in ("x_train", "y_train", "x_test", "y_test")]
+    except DataError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read as .npz ({error})") from error
+    return Dataset(f"npz:{file}", *arrays, [], source={"kind": "npz", "path": str(path)})
+
+
+# --- images:DIR — one sub-folder per class --------------------------------------------------------------------
+
+
+def _load_image_folders(directory: str) -> Dataset:
+    root = Path(directory)
+    if not root.is_dir():
+        raise DataError(f"--data images:{directory}: {root} is not a directory; expected one sub-folder of "
+                        f"PNG/JPEG files per class")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x_train, y_train, labels = _read_class_folders(root / "train", None)
+        x_test, y_test, _ = _read_class_folders(root / "test", labels)
+    else:
+        x, y, labels = _read_class_folders(root, None)
+        x_train, y_train, x_test, y_test = _split(x, y)
+    return Dataset(f"images:{directory}", x_train, y_train, x_test, y_test, labels,
+                   source={"kind": "images", "path": str(root)})
+
+
+def _read_class_folders(root: Path, labels: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    class_dirs = sorted(path for path in root.iterdir() if path.is_dir())
+    if not class_dirs:
+        raise DataError(f"{root}: no class sub-folders; expected one sub-folder of PNG/JPEG files per class")
+    names = [path.name for path in class_dirs]
+    if labels is not None and names != labels:
+        raise DataError(f"{root}: class folders {names} differ from the training split's {labels}")
+    images, targets = [], []
+    for index, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{class_dir}: empty class folder; expected at least one "
+                            f"{'/'.join(IMAGE_EXTENSIONS)} file")
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    images.append(decode_image(image))
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"{file}: cannot decode as an image ({error})") from error
+            targets.append(index)
+    return np.stack(images), np.asarray(targets, dtype=np.int64), names
+
+
+def decode_image(image) -> np.ndarray:
+    """Grayscale + bilinear resize to 28x28, as recorded in the manifest's preprocessing."""
+    from PIL import Image
+
+    gray = image.convert("L")
+    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    return np.asarray(gray, dtype=np.float32)

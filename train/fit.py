@@ -1,0 +1,277 @@
+"""The training stage: data -> model -> fit with the reference's callbacks -> evaluated, exported bundle.
+
+Everything is produced in a work directory inside the run and moved to `<run>/train/` only after it all
+succeeded, so a failed or interrupted run never leaves files that look complete. The work directory keeps
+BackupAndRestore's state so `--resume` can continue from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasport import __version__
+from kerasport.errors import UsageError
+from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
+from kerasport.manifest import artifact_entry, new_manifest, save_manifest, utc_now
+
+from .config import INPUT_NAME, TrainConfig
+from .data import Dataset, load_dataset
+
+WORK_DIR_NAME = ".train-work"
+STAGE_DIR_NAME = "train"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    manifest: dict
+
+
+def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = None) -> TrainResult:
+    """Run the training stage for `config` and return its metrics and the run's new manifest."""
+    run_dir = Path(config.run)
+    work_dir = run_dir / WORK_DIR_NAME
+    if config.resume:
+        config = _config_to_resume(work_dir, config)
+    dataset = load_dataset(config.data, task=config.task, limit=config.limit)  # fails before anything is written
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from .callbacks import build_callbacks
+    from .models import build_model, compile_model, resolve_initializer
+
+    if not config.resume:
+        remove_path(work_dir)  # a stale interrupted run must not be resumed silently
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(work_dir / "config.json", config.to_dict())
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    x_fit, y_fit, x_val, y_val = _validation_split(dataset, config)
+    n_outputs = len(dataset.labels) if config.task == "classification" else _regression_width(dataset)
+    model = build_model(config, n_outputs)
+    compile_model(model, config)
+    steps_per_epoch = int(np.ceil(len(x_fit) / config.batch_size))
+    callbacks = build_callbacks(config, work_dir, console=console, steps_per_epoch=steps_per_epoch,
+                                resuming=config.resume)
+    callbacks = list(extra_callbacks or []) + callbacks
+    fit_data = _fit_inputs(x_fit, y_fit, config)
+
+    started = time.perf_counter()
+    history = model.fit(*fit_data, batch_size=None if config.augment else config.batch_size,
+                        epochs=config.epochs, validation_data=(x_val, y_val), callbacks=callbacks,
+                        shuffle=True, verbose=0)
+    fit_seconds = time.perf_counter() - started
+
+    if config.precise_bn:
+        recalibrate_batch_norm(model, x_fit, batch_size=256)
+    metrics = evaluate(model, dataset, config)
+    rows = _read_history(work_dir / "history.csv")
+    metrics.update(epochs_run=len(rows), epochs_this_session=len(history.epoch), fit_seconds=round(fit_seconds, 2),
+                   train_images_per_second=round(len(x_fit) * len(history.epoch) / max(fit_seconds, 1e-9), 1),
+                   n_train=len(x_fit), n_val=len(x_val), n_test=len(dataset.x_test),
+                   final_learning_rate=rows[-1]["learning_rate"] if rows else None,
+                   parameters=int(model.count_params()))
+
+    resolved = {**config.to_dict(), "resume": False,
+                "resolved_initializer": resolve_initializer(config.activation, config.initializer)}
+    environment = _environment(keras, tf)
+    stage_record = {"config": resolved, "data": {"spec": dataset.name, "fingerprint": dataset.fingerprint(),
+                                                 "source": dataset.source, "labels": dataset.labels},
+                    "environment": environment, "finished": utc_now()}
+
+    train_dir = run_dir / STAGE_DIR_NAME
+    with atomic_path(train_dir) as staging:
+        staging.mkdir()
+        model.save(staging / "model.keras")
+        export_saved_model(model, staging / "saved_model", config.task)
+        shutil.copyfile(work_dir / "history.csv", staging / "history.csv")
+        write_json_atomic(staging / "metrics.json", metrics)
+        write_json_atomic(staging / "config.json", stage_record)
+        eval_x, eval_y = dataset.x_test[:config.eval_samples], dataset.y_test[:config.eval_samples]
+        np.savez_compressed(staging / "eval_sample.npz", x=eval_x, y=eval_y,
+                            indices=np.arange(len(eval_x)))
+        from .plots import plot_confusion, plot_curves
+
+        plot_curves(rows, config.task, staging / "curves.png")
+        if config.task == "classification":
+            plot_confusion(np.asarray(metrics["confusion_matrix"]), dataset.labels, staging / "confusion.png")
+
+    manifest = _build_manifest(run_dir, config, dataset, n_outputs, environment, metrics)
+    save_manifest(run_dir, manifest)
+    remove_path(work_dir)
+    return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
+
+
+def _config_to_resume(work_dir: Path, requested: TrainConfig) -> TrainConfig:
+    saved = work_dir / "config.json"
+    if not (work_dir / "backup").is_dir() or not saved.is_file():
+        raise UsageError(f"--resume: nothing to resume in {work_dir.parent} (no interrupted run at {work_dir}); "
+                         f"expected a run that stopped before finishing")
+    config = TrainConfig.from_dict(json.loads(saved.read_text()))
+    config.resume = True
+    # The only setting a resumed run may change: how many epochs it runs in total.
+    if requested.epochs != TrainConfig.epochs and requested.epochs != config.epochs:
+        config.epochs = requested.epochs
+    config.run = requested.run
+    return config
+
+
+def _validation_split(dataset: Dataset, config: TrainConfig):
+    """Seeded, shuffled hold-out from the training data (Keras' validation_split takes the tail unshuffled,
+    which on class-sorted files like many IDX dumps would validate on a single class)."""
+    order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
+    n_val = max(1, int(round(len(order) * config.val_split)))
+    if n_val >= len(order):
+        raise UsageError(f"--val-split {config.val_split} leaves no training samples out of {len(order)}")
+    val, fit = order[:n_val], order[n_val:]
+    return dataset.x_train[fit], dataset.y_train[fit], dataset.x_train[val], dataset.y_train[val]
+
+
+def _regression_width(dataset: Dataset) -> int:
+    return 1 if dataset.y_train.ndim == 1 else int(dataset.y_train.shape[1])
+
+
+def _fit_inputs(x, y, config: TrainConfig):
+    if not config.augment:
+        return (x, y)
+    import keras
+    import tensorflow as tf
+
+    # Small shifts and rotations: handwriting varies in position and slant, and the digits set is small.
+    augment = keras.Sequential([
+        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=config.seed),
+        keras.layers.RandomRotation(0.04, fill_mode="constant", seed=config.seed + 1),
+    ])
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed).batch(config.batch_size)
+    data = data.map(lambda images, targets: (augment(images, training=True), targets))
+    return (data.prefetch(tf.data.AUTOTUNE),)
+
+
+def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:
+    """Replace every BatchNormalization layer's moving statistics with the exact statistics of `x`.
+
+    With few steps per epoch, the default momentum (0.99) leaves the moving averages trailing the fast-changing
+    weights, which costs test accuracy on small datasets. Recomputing them once after training ("precise BN")
+    fixes that without changing the architecture.
+    """
+    import keras
+
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        features = keras.Model(model.input, layer.input)
+        count, total, total_sq = 0, None, None
+        for start in range(0, len(x), batch_size):
+            batch = keras.ops.convert_to_numpy(features(x[start:start + batch_size], training=False))
+            batch = batch.reshape(-1, batch.shape[-1]).astype(np.float64)
+            total = batch.sum(0) if total is None else total + batch.sum(0)
+            total_sq = (batch ** 2).sum(0) if total_sq is None else total_sq + (batch ** 2).sum(0)
+            count += len(batch)
+        mean = total / count
+        variance = np.maximum(total_sq / count - mean ** 2, 0.0)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(variance.astype(np.float32))
+
+
+def evaluate(model, dataset: Dataset, config: TrainConfig) -> dict:
+    x_test, y_test = dataset.x_test, dataset.y_test
+    predictions = model.predict(x_test, batch_size=256, verbose=0)
+    if config.task == "regression":
+        targets = y_test.reshape(predictions.shape)
+        errors = predictions - targets
+        return {"test_mae": float(np.abs(errors).mean()), "test_mse": float((errors ** 2).mean()),
+                "test_rmse": float(np.sqrt((errors ** 2).mean()))}
+    probabilities = np.clip(predictions, 1e-7, 1.0)
+    loss = float(-np.log(probabilities[np.arange(len(y_test)), y_test]).mean())
+    predicted = predictions.argmax(axis=1)
+    n_classes = predictions.shape[1]
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (y_test, predicted), 1)
+    per_class = {}
+    for index, label in enumerate(dataset.labels):
+        support = int(confusion[index].sum())
+        per_class[label] = round(float(confusion[index, index] / support), 4) if support else None
+    return {"test_accuracy": float((predicted == y_test).mean()), "test_loss": loss,
+            "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}
+
+
+def export_saved_model(model, path: Path, task: str) -> None:
+    """TF SavedModel with a `serving_default` signature: input `image` [None, 28, 28, 1] float32, named output."""
+    import keras
+    import tensorflow as tf
+
+    output_name = "probabilities" if task == "classification" else "values"
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda image: {output_name: model(image, training=False)},
+        input_signature=[tf.TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32, name=INPUT_NAME)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value not in ("", None)}
+                for row in csv.DictReader(handle)]
+
+
+def _environment(keras, tf) -> dict:
+    import sklearn
+
+    return {"kerasport": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version(),
+            "platform": platform.platform(),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TensorFlow default: on)")}
+
+
+def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, n_outputs: int, environment: dict,
+                    metrics: dict) -> dict:
+    classification = config.task == "classification"
+    output_name = "probabilities" if classification else "values"
+    tensor_in = {"name": INPUT_NAME, "dtype": "float32", "shape": [-1, 28, 28, 1]}
+    tensor_out = {"name": output_name, "dtype": "float32", "shape": [-1, n_outputs]}
+    stage = STAGE_DIR_NAME
+    artifacts = {
+        "keras": artifact_entry(run_dir, f"{stage}/model.keras", format="keras", precision="fp32",
+                                runtime="keras", input=tensor_in, output=tensor_out),
+        "saved_model": artifact_entry(run_dir, f"{stage}/saved_model", format="tf_saved_model",
+                                      precision="fp32", runtime="tensorflow", signature="serving_default",
+                                      input=tensor_in, output=tensor_out),
+        "eval_sample": artifact_entry(run_dir, f"{stage}/eval_sample.npz", format="npz", precision="fp32",
+                                      role="held-out parity and evaluation slice"),
+    }
+    headline = ({"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]} if classification
+                else {"test_mae": metrics["test_mae"], "test_mse": metrics["test_mse"]})
+    return new_manifest(
+        model={"name": f"kerasport-{config.arch}", "version": "1", "task": config.task, "arch": config.arch,
+               "width": config.width, "parameters": metrics["parameters"],
+               "labels": dataset.labels if classification else [], "n_outputs": n_outputs},
+        input={**tensor_in, "layout": "NHWC", "value_range": [0, 255], "color_mode": "grayscale"},
+        output={**tensor_out, "kind": "probabilities" if classification else "regression values",
+                "activation": "softmax" if classification else "identity"},
+        preprocessing=dataset.preprocessing,
+        seeds={"seed": config.seed, "deterministic": config.deterministic},
+        versions=environment,
+        stages={"train": {"finished": utc_now(), "config": f"{stage}/config.json",
+                          "metrics": f"{stage}/metrics.json", **headline}},
+        artifacts=artifacts,
+    )

@@ -1,0 +1,97 @@
+"""Model builders: the reference CNN (`seed`) and a compact microcontroller variant (`edge`).
+
+Both take raw 0..255 pixels on an input named `image` and rescale inside the model, so every runtime that later
+serves the model gets the same raw input.
+"""
+
+from __future__ import annotations
+
+from .config import INPUT_NAME, TrainConfig
+
+RELU_FAMILY = {"relu", "leaky_relu", "elu", "relu6", "swish"}
+# SEED.md: He-normal for the ReLU family, Glorot for sigmoid/tanh, LeCun-normal for SELU.
+AUTO_INITIALIZERS = {**dict.fromkeys(RELU_FAMILY, "he_normal"), "sigmoid": "glorot_uniform",
+                     "tanh": "glorot_uniform", "selu": "lecun_normal"}
+
+
+def resolve_initializer(activation: str, initializer: str) -> str:
+    return AUTO_INITIALIZERS[activation] if initializer == "auto" else initializer
+
+
+def _scaled(units: int, width: float) -> int:
+    return max(1, int(round(units * width)))
+
+
+def build_model(config: TrainConfig, n_outputs: int):
+    """Build and return an uncompiled functional Keras model for `config`."""
+    import keras
+    from keras import layers
+
+    initializer_name = resolve_initializer(config.activation, config.initializer)
+    try:
+        keras.initializers.get(initializer_name)
+    except ValueError as error:
+        from kerasport.errors import UsageError
+
+        raise UsageError(f"--initializer {config.initializer!r} is not a Keras initializer; expected auto or a "
+                         f"name such as he_normal, glorot_uniform, orthogonal") from error
+
+    def hidden(**kwargs):
+        # A fresh initializer object per layer: sharing one seeded instance would give layers the same draw.
+        bias = keras.initializers.Constant(config.relu_bias) if config.relu_bias else "zeros"
+        return {"activation": config.activation, "kernel_initializer": keras.initializers.get(initializer_name),
+                "bias_initializer": bias, **kwargs}
+
+    width = config.width
+    inputs = keras.Input(shape=(28, 28, 1), name=INPUT_NAME, dtype="float32")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if config.arch == "seed":
+        x = layers.Conv2D(_scaled(32, width), 3, padding="same", name="conv1", **hidden())(x)
+        x = layers.BatchNormalization(name="bn1")(x)
+        x = layers.Conv2D(_scaled(64, width), 3, padding="same", name="conv2", **hidden())(x)
+        x = layers.MaxPool2D(pool_size=2, strides=1, name="pool")(x)
+        x = layers.Conv2D(_scaled(128, width), 3, padding="same", name="conv3", **hidden())(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(_scaled(128, width), name="dense", **hidden())(x)
+    elif config.arch == "edge":
+        # Strided pooling shrinks the feature map 28 -> 14 -> 7 -> 3 so the dense layer stays small.
+        x = layers.Conv2D(_scaled(8, width), 3, padding="same", name="conv1", **hidden())(x)
+        x = layers.BatchNormalization(name="bn1")(x)
+        x = layers.MaxPool2D(pool_size=2, name="pool1")(x)
+        x = layers.Conv2D(_scaled(16, width), 3, padding="same", name="conv2", **hidden())(x)
+        x = layers.MaxPool2D(pool_size=2, name="pool2")(x)
+        x = layers.Conv2D(_scaled(32, width), 3, padding="same", name="conv3", **hidden())(x)
+        x = layers.MaxPool2D(pool_size=2, name="pool3")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(_scaled(64, width), name="dense", **hidden())(x)
+    else:
+        raise ValueError(f"unknown arch {config.arch!r}")
+    if config.dropout:
+        x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    if config.task == "classification":
+        outputs = layers.Dense(n_outputs, activation="softmax", name="probabilities")(x)
+    else:
+        outputs = layers.Dense(n_outputs, activation=None, name="values")(x)
+    return keras.Model(inputs, outputs, name=f"kerasport_{config.arch}")
+
+
+def make_optimizer(config: TrainConfig):
+    import keras
+
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=config.learning_rate)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=0.9, nesterov=True)
+    return keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+
+
+def compile_model(model, config: TrainConfig) -> None:
+    import keras
+
+    if config.task == "classification":
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.MeanSquaredError()
+        metrics = [keras.metrics.MeanAbsoluteError(name="mae")]
+    model.compile(optimizer=make_optimizer(config), loss=loss, metrics=metrics)
