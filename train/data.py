@@ -108,10 +108,11 @@ def _validate(dataset: Dataset, task: str) -> None:
         if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
             raise DataError(f"{origin}: y_{split} contains NaN or infinite values; expected finite targets")
         if task == "classification":
-            if not np.issubdtype(y.dtype, np.integer):
-                if not (np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.round(y))):
-                    raise DataError(f"{origin}: y_{split} has dtype {y.dtype} with non-integer values; "
-                                    f"expected integer class labels")
+            integral = np.issubdtype(y.dtype, np.integer) or (
+                np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.round(y)))
+            if not integral:
+                raise DataError(f"{origin}: y_{split} has dtype {y.dtype} with non-integer values; "
+                                f"expected integer class labels")
             if y.min() < 0:
                 raise DataError(f"{origin}: y_{split} contains the label {int(y.min())}; expected labels >= 0")
     if task == "classification":

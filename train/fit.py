@@ -52,7 +52,9 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     from .callbacks import build_callbacks
     from .models import build_model, compile_model, resolve_initializer
 
-    if not config.resume:
+    if config.resume:
+        _trim_history_to_backup(work_dir)
+    else:
         remove_path(work_dir)  # a stale interrupted run must not be resumed silently
     work_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work_dir / "config.json", config.to_dict())
@@ -129,6 +131,22 @@ def _config_to_resume(work_dir: Path, requested: TrainConfig) -> TrainConfig:
         config.epochs = requested.epochs
     config.run = requested.run
     return config
+
+
+def _trim_history_to_backup(work_dir: Path) -> None:
+    """Drop history rows of epochs the backup does not hold (the run died between logging and backing up)."""
+    metadata = work_dir / "backup" / "training_metadata.json"
+    history = work_dir / "history.csv"
+    if not metadata.is_file() or not history.is_file():
+        return
+    resume_epoch = int(json.loads(metadata.read_text())["epoch"])
+    with open(history, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(float(row[0])) < resume_epoch]
+    with atomic_path(history) as temp, open(temp, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
 
 
 def _validation_split(dataset: Dataset, config: TrainConfig):

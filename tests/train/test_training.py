@@ -1,0 +1,179 @@
+"""The training stage end to end through its library API: outputs, callbacks, resume, reproducibility."""
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kerasport.manifest import verify_bundle
+from train.config import TrainConfig
+from train.fit import WORK_DIR_NAME, train
+
+
+def make(tiny: dict, **overrides) -> TrainConfig:
+    return TrainConfig(**{**tiny, **overrides})
+
+
+def history(run: str) -> list[dict]:
+    with open(Path(run) / "train" / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bundle_outputs_metrics_and_manifest(tiny):
+    result = train(make(tiny, epochs=3))
+    stage = Path(tiny["run"]) / "train"
+    for name in ("model.keras", "saved_model/saved_model.pb", "history.csv", "metrics.json", "curves.png",
+                 "confusion.png", "config.json", "eval_sample.npz"):
+        assert (stage / name).is_file(), name
+    metrics = json.loads((stage / "metrics.json").read_text())
+    assert metrics == result.metrics
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert set(metrics["per_class_accuracy"]) == {"0", "1", "2"}
+    assert metrics["epochs_run"] == 3 and metrics["fit_seconds"] > 0
+    assert [float(row["learning_rate"]) for row in history(tiny["run"])] == pytest.approx([1e-3] * 3)
+
+    config = json.loads((stage / "config.json").read_text())
+    assert config["config"]["seed"] == 42 and config["config"]["resolved_initializer"] == "he_normal"
+    assert len(config["data"]["fingerprint"]) == 64
+    assert {"tensorflow", "keras", "numpy", "TF_ENABLE_ONEDNN_OPTS"} <= set(config["environment"])
+
+    manifest = verify_bundle(tiny["run"])  # every recorded hash matches the files
+    assert manifest["input"] == {"name": "image", "dtype": "float32", "shape": [-1, 28, 28, 1], "layout": "NHWC",
+                                 "value_range": [0, 255], "color_mode": "grayscale"}
+    assert manifest["output"]["shape"] == [-1, 3] and manifest["model"]["labels"] == ["0", "1", "2"]
+    assert {"keras", "saved_model", "eval_sample"} <= set(manifest["artifacts"])
+    assert not (Path(tiny["run"]) / WORK_DIR_NAME).exists()
+
+    sample = np.load(stage / "eval_sample.npz")
+    assert sample["x"].shape == (30, 28, 28, 1) and sample["y"].shape == (30,)
+
+    # the SavedModel serves a dynamic batch of raw pixels under the contract's names, equal to Keras
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(stage / "saved_model"))
+    signature = loaded.signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["image"]
+    model = keras.saving.load_model(stage / "model.keras")
+    for batch in (1, 7):
+        x = sample["x"][:batch]
+        served = signature(image=tf.constant(x))["probabilities"].numpy()
+        np.testing.assert_allclose(served, model(x, training=False), atol=1e-6)
+
+
+def test_step_schedule_changes_the_rate_at_the_right_epochs(tiny):
+    train(make(tiny, epochs=5, lr_schedule="step", lr_step_every=2, lr_step_factor=0.5, plateau=False))
+    rates = [float(row["learning_rate"]) for row in history(tiny["run"])]
+    assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+def test_cosine_schedule_decays_to_about_zero(tiny):
+    train(make(tiny, epochs=4, lr_schedule="cosine", plateau=False))
+    rates = [float(row["learning_rate"]) for row in history(tiny["run"])]
+    assert rates[0] == pytest.approx(1e-3)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    assert rates[-1] < 1e-5
+
+
+def test_reduce_on_plateau_fires_on_a_stalled_metric(tmp_path):
+    # Drive kerasport's own callback stack with a val_loss that never improves, as a stalled run reports it.
+    from train.callbacks import build_callbacks
+    from train.models import build_model, compile_model
+
+    config = TrainConfig(width=0.125, plateau_patience=2, plateau_factor=0.5)
+    model = build_model(config, n_outputs=3)
+    compile_model(model, config)
+    model.optimizer.build(model.trainable_variables)
+    stack = build_callbacks(config, tmp_path, console=None, steps_per_epoch=1, resuming=False)
+    callbacks = keras.callbacks.CallbackList(
+        [c for c in stack if isinstance(c, keras.callbacks.ReduceLROnPlateau)], model=model)
+    callbacks.on_train_begin()
+    recorded = []
+    for epoch in range(7):
+        callbacks.on_epoch_begin(epoch)
+        recorded.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        callbacks.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 0.75})
+    # best at epoch 0, then 2 epochs without improvement -> halve; wait resets, 2 more -> halve again
+    assert recorded == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(tmp_path):
+    from train.callbacks import build_callbacks
+    from train.models import build_model
+
+    config = TrainConfig(width=0.125, early_stopping=2, plateau=False)
+    model = build_model(config, n_outputs=3)
+    stack = build_callbacks(config, tmp_path, console=None, steps_per_epoch=1, resuming=False)
+    callbacks = keras.callbacks.CallbackList(
+        [c for c in stack if isinstance(c, keras.callbacks.EarlyStopping)], model=model)
+    best_weights = [w.copy() for w in model.get_weights()]
+    callbacks.on_train_begin()
+    for epoch, val_loss in enumerate([0.5, 0.9, 0.9]):
+        callbacks.on_epoch_begin(epoch)
+        callbacks.on_epoch_end(epoch, {"val_loss": val_loss})
+        model.set_weights([w + 1.0 for w in model.get_weights()])  # later epochs move away from the best
+    assert model.stop_training
+    callbacks.on_train_end()
+    for restored, best in zip(model.get_weights(), best_weights, strict=True):
+        np.testing.assert_array_equal(restored, best)
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch: int):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_from_the_last_finished_epoch(tiny):
+    run = Path(tiny["run"])
+    config = make(tiny, epochs=4, lr_schedule="step", lr_step_every=1, lr_step_factor=0.5, plateau=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[Interrupt(at_epoch=2)])
+    assert not (run / "train").exists() and not (run / "manifest.json").exists()  # nothing looks complete
+    assert (run / WORK_DIR_NAME / "backup").is_dir()
+
+    result = train(TrainConfig(run=tiny["run"], resume=True))
+    assert result.metrics["epochs_this_session"] == 2 and result.metrics["epochs_run"] == 4
+    rows = history(tiny["run"])
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    # the resumed run continued the schedule from the restored optimizer rate, not from the start
+    assert [float(row["learning_rate"]) for row in rows] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])
+
+
+def test_resume_without_an_interrupted_run_is_a_usage_error(tiny):
+    from kerasport.errors import UsageError
+
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(TrainConfig(run=tiny["run"], resume=True))
+
+
+def test_same_seed_gives_identical_weights(tiny, tmp_path):
+    first = train(TrainConfig(**{**tiny, "run": str(tmp_path / "a")}, deterministic=True))
+    second = train(TrainConfig(**{**tiny, "run": str(tmp_path / "b")}, deterministic=True))
+    third = train(TrainConfig(**{**tiny, "run": str(tmp_path / "c")}, deterministic=True, seed=7))
+    weights = [keras.saving.load_model(r.run_dir / "train" / "model.keras").get_weights()
+               for r in (first, second, third)]
+    for a, b in zip(weights[0], weights[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(weights[0], weights[2], strict=True))
+
+
+def test_regression_end_to_end(tiny):
+    result = train(make(tiny, task="regression"))
+    assert {"test_mae", "test_mse"} <= set(result.metrics) and result.metrics["test_mae"] >= 0
+    manifest = verify_bundle(tiny["run"])
+    assert manifest["output"]["name"] == "values" and manifest["output"]["activation"] == "identity"
+    assert "mae" in history(tiny["run"])[0] and (Path(tiny["run"]) / "train" / "curves.png").is_file()
+
+
+def test_rerun_replaces_the_previous_bundle(tiny):
+    train(make(tiny, epochs=1))
+    old_hash = verify_bundle(tiny["run"])["artifacts"]["keras"]["sha256"]
+    train(make(tiny, epochs=1, seed=3))
+    assert verify_bundle(tiny["run"])["artifacts"]["keras"]["sha256"] != old_hash
