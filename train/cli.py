@@ -59,7 +59,9 @@ def train_command(
     tensorboard: bool = typer.Option(_default("tensorboard"), "--tensorboard",
                                      help="Also write TensorBoard logs to <run>/train/logs."),
     eval_samples: int = typer.Option(_default("eval_samples"), "--eval-samples",
-                                     help="Size of the pinned held-out slice for parity and calibration."),
+                                     help="Size of the pinned held-out test slice for parity."),
+    calibration_samples: int = typer.Option(_default("calibration_samples"), "--calibration-samples",
+                                            help="Training images kept for int8 calibration in the export stage."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last epoch."),
     json_output: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ) -> None:
@@ -84,7 +86,8 @@ def _print_summary(out, result) -> None:
     table = Table(title=f"kerasport train → {result.run_dir}/train")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("test_accuracy", "test_loss", "test_mae", "test_mse", "epochs_run", "fit_seconds",
+    for key in ("test_accuracy", "test_accuracy_before_precise_bn", "test_loss",
+                "test_mae", "test_mse", "epochs_run", "fit_seconds",
                 "train_images_per_second", "final_learning_rate", "parameters", "n_train", "n_val", "n_test"):
         if key in metrics and metrics[key] is not None:
             value = metrics[key]

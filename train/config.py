@@ -45,6 +45,7 @@ class TrainConfig:
     augment: bool = False
     tensorboard: bool = False
     eval_samples: int = 1000
+    calibration_samples: int = 500
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -58,7 +59,8 @@ class TrainConfig:
             if value not in allowed:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr_step_every": self.lr_step_every,
-                    "plateau_patience": self.plateau_patience, "eval_samples": self.eval_samples}
+                    "plateau_patience": self.plateau_patience, "eval_samples": self.eval_samples,
+                    "calibration_samples": self.calibration_samples}
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {value} must be >= 1")

@@ -79,9 +79,15 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
                         shuffle=True, verbose=0)
     fit_seconds = time.perf_counter() - started
 
+    before_recalibration = None
     if config.precise_bn:
+        # Measured on every run, so the effect of the recalibration is visible in metrics.json.
+        before_recalibration = evaluate(model, dataset, config)
         recalibrate_batch_norm(model, x_fit, batch_size=256)
     metrics = evaluate(model, dataset, config)
+    if before_recalibration is not None:
+        headline = "test_accuracy" if config.task == "classification" else "test_mae"
+        metrics[f"{headline}_before_precise_bn"] = before_recalibration[headline]
     rows = _read_history(work_dir / "history.csv")
     metrics.update(epochs_run=len(rows), epochs_this_session=len(history.epoch), fit_seconds=round(fit_seconds, 2),
                    train_images_per_second=round(len(x_fit) * len(history.epoch) / max(fit_seconds, 1e-9), 1),
@@ -107,6 +113,9 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
         eval_x, eval_y = dataset.x_test[:config.eval_samples], dataset.y_test[:config.eval_samples]
         np.savez_compressed(staging / "eval_sample.npz", x=eval_x, y=eval_y,
                             indices=np.arange(len(eval_x)))
+        # Training images (never the held-out slice) for int8 calibration in the export stage.
+        picks = np.random.default_rng(config.seed).permutation(len(x_fit))[:config.calibration_samples]
+        np.savez_compressed(staging / "calibration_sample.npz", x=x_fit[picks], y=y_fit[picks])
         from .plots import plot_confusion, plot_curves
 
         plot_curves(rows, config.task, staging / "curves.png")
@@ -116,6 +125,9 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     manifest = _build_manifest(run_dir, config, dataset, n_outputs, environment, metrics)
     save_manifest(run_dir, manifest)
     remove_path(work_dir)
+    # Later stages' outputs describe the previous model; the new manifest no longer lists them.
+    for stale in ("export", "parity"):
+        remove_path(run_dir / stale)
     return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
 
 
@@ -276,6 +288,8 @@ def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, n_outp
                                       input=tensor_in, output=tensor_out),
         "eval_sample": artifact_entry(run_dir, f"{stage}/eval_sample.npz", format="npz", precision="fp32",
                                       role="held-out parity and evaluation slice"),
+        "calibration_sample": artifact_entry(run_dir, f"{stage}/calibration_sample.npz", format="npz",
+                                             precision="fp32", role="training images for int8 calibration"),
     }
     headline = ({"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]} if classification
                 else {"test_mae": metrics["test_mae"], "test_mse": metrics["test_mse"]})
