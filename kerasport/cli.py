@@ -30,9 +30,19 @@ def root(
 
 
 def _register_stages() -> None:
+    # Each stage's cli module is light: it imports its stage's heavy dependencies only when a command runs.
+    from export.cli import export_command
     from train.cli import train_command
 
-    app.command("train", help=train_command.__doc__, no_args_is_help=False)(train_command)
+    from .bundle_cli import bundle_app
+    from .pipeline import build_run_command
+
+    run_command = build_run_command()
+
+    app.command("train", help=train_command.__doc__)(train_command)
+    app.command("export", help=export_command.__doc__)(export_command)
+    app.command("run", help=run_command.__doc__)(run_command)
+    app.add_typer(bundle_app, name="bundle")
 
 
 _register_stages()

@@ -74,12 +74,12 @@ def train_command(
 
     out = console()
     result = train(config, console=out)
-    _print_summary(out, result)
+    print_train_summary(out, result)
     if json_output:
         typer.echo(json.dumps(result.metrics))
 
 
-def _print_summary(out, result) -> None:
+def print_train_summary(out, result) -> None:
     from rich.table import Table
 
     metrics = result.metrics

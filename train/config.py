@@ -45,7 +45,7 @@ class TrainConfig:
     augment: bool = False
     tensorboard: bool = False
     eval_samples: int = 1000
-    calibration_samples: int = 500
+    calibration_samples: int = 200
     resume: bool = False
 
     def __post_init__(self) -> None:
