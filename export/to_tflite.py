@@ -65,5 +65,5 @@ def tflite_io_details(model_path: Path) -> dict:
 
     signature = interpreter.get_signature_list().get("serving_default", {})
     ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})
-    return {"input": describe(interpreter.get_input_details()[0]), "output": describe(interpreter.get_output_details()[0]),
-            "signature": signature, "ops": ops}
+    return {"input": describe(interpreter.get_input_details()[0]),
+            "output": describe(interpreter.get_output_details()[0]), "signature": signature, "ops": ops}

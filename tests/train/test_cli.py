@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import write_npz
+from helpers import write_npz
 from typer.testing import CliRunner
 
 from kerasport.cli import app

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import synthetic_digits, write_idx, write_idx_dir, write_npz, write_png_folders
+from helpers import synthetic_digits, write_idx, write_idx_dir, write_npz, write_png_folders
 
 from kerasport.errors import DataError, UsageError
 from train.data import load_dataset

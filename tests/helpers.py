@@ -1,0 +1,77 @@
+"""Test helpers: tiny datasets written to disk in every supported format, and tiny trained bundles."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+IMAGE = 28
+
+
+def synthetic_digits(n: int, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable uint8 images: each class is a bright bar at its own position, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % n_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(n, IMAGE, IMAGE)).astype(np.uint8)
+    for index, label in enumerate(labels):
+        row = 4 + int(label) * (20 // max(n_classes - 1, 1))
+        images[index, row:row + 3, 4:24] = 230
+    return images, labels.astype(np.uint8)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def write_idx_dir(root: Path, n_train: int = 120, n_test: int = 30, gz: bool = False, n_classes: int = 3) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = synthetic_digits(n_train, n_classes, seed=1)
+    x_test, y_test = synthetic_digits(n_test, n_classes, seed=2)
+    write_idx(root / "train-images-idx3-ubyte", x_train, gz)
+    write_idx(root / "train-labels-idx1-ubyte", y_train, gz)
+    write_idx(root / "t10k-images-idx3-ubyte", x_test, gz)
+    write_idx(root / "t10k-labels-idx1-ubyte", y_test, gz)
+    return root
+
+
+def write_npz(path: Path, n_train: int = 120, n_test: int = 30, **overrides) -> Path:
+    x_train, y_train = synthetic_digits(n_train, seed=1)
+    x_test, y_test = synthetic_digits(n_test, seed=2)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, **overrides}
+    np.savez(path, **arrays)
+    return path
+
+
+def write_png_folders(root: Path, per_class: int = 12, classes=("circle", "cross", "square")) -> Path:
+    from PIL import Image
+
+    x, y = synthetic_digits(per_class * len(classes), len(classes), seed=3)
+    for index, (image, label) in enumerate(zip(x, y, strict=True)):
+        folder = root / classes[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        # 56x56 RGB on disk: the loader must convert to grayscale and resize to 28x28
+        Image.fromarray(image).resize((56, 56)).convert("RGB").save(folder / f"{index:03d}.png")
+    return root
+
+
+def trained_bundle(root: Path, **overrides) -> Path:
+    """Train a tiny model on synthetic IDX files into root/run (a few seconds)."""
+    from train.config import TrainConfig
+    from train.fit import train
+
+    data = write_idx_dir(root / "idx")
+    config = TrainConfig(**{"data": f"idx:{data}", "run": str(root / "run"), "width": 0.125, "epochs": 2,
+                            "batch_size": 16, **overrides})
+    train(config)
+    return root / "run"
