@@ -15,6 +15,7 @@ SEED   ?=
 WIDTH  ?=
 LIMIT  ?=
 TRAIN_ARGS ?=
+EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 
 TRAIN_OPTS := --run $(RUN) \
@@ -23,7 +24,7 @@ TRAIN_OPTS := --run $(RUN) \
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install all train test test-fast lint bench clean
+.PHONY: install all train export verify test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -34,10 +35,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 all: install
-	$(BIN)/kerasport train $(TRAIN_OPTS)
+	$(BIN)/kerasport run $(TRAIN_OPTS) $(EXPORT_ARGS)
 
 train: install
 	$(BIN)/kerasport train $(TRAIN_OPTS)
+
+export: install
+	$(BIN)/kerasport export --run $(RUN) $(EXPORT_ARGS)
+
+verify: install
+	$(BIN)/kerasport bundle verify --run $(RUN)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -50,6 +57,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(RUN) .pytest_cache .ruff_cache

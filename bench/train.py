@@ -47,18 +47,23 @@ def main() -> None:
             dataset = load_dataset(config.data, task=config.task)
             x_fit, y_fit, x_val, y_val = _validation_split(dataset, config)
 
-            keras.utils.set_random_seed(config.seed)
-            model = build_model(config, len(dataset.labels))
-            compile_model(model, config)
-            started = time.perf_counter()
-            model.fit(x_fit, y_fit, batch_size=config.batch_size, epochs=config.epochs,
-                      validation_data=(x_val, y_val), shuffle=True, verbose=0)
-            plain_seconds = time.perf_counter() - started
-            results["plain_fit"].append(len(x_fit) * config.epochs / plain_seconds)
+            def plain_fit(config=config, x_fit=x_fit, y_fit=y_fit, x_val=x_val, y_val=y_val, dataset=dataset):
+                keras.utils.set_random_seed(config.seed)
+                model = build_model(config, len(dataset.labels))
+                compile_model(model, config)
+                started = time.perf_counter()
+                model.fit(x_fit, y_fit, batch_size=config.batch_size, epochs=config.epochs,
+                          validation_data=(x_val, y_val), shuffle=True, verbose=0)
+                results["plain_fit"].append(len(x_fit) * config.epochs / (time.perf_counter() - started))
 
-            # with the progress bar on, as a user runs it (rendered into a buffer instead of a terminal)
-            metrics = train(config, console=Console(file=io.StringIO(), width=100)).metrics
-            results["kerasport"].append(metrics["train_images_per_second"])
+            def kerasport_fit(config=config):
+                # with the progress bar on, as a user runs it (rendered into a buffer instead of a terminal)
+                metrics = train(config, console=Console(file=io.StringIO(), width=100)).metrics
+                results["kerasport"].append(metrics["train_images_per_second"])
+
+            # alternate which runs first, so warm-up effects do not favour one side
+            for step in ((plain_fit, kerasport_fit) if repeat % 2 == 0 else (kerasport_fit, plain_fit)):
+                step()
             print(f"repeat {repeat + 1}: plain fit {results['plain_fit'][-1]:.1f} img/s, "
                   f"kerasport {results['kerasport'][-1]:.1f} img/s")
 
