@@ -24,7 +24,7 @@ TRAIN_OPTS := --run $(RUN) \
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install all train export verify test test-fast lint bench clean
+.PHONY: install all train export parity verify test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ train: install
 
 export: install
 	$(BIN)/kerasport export --run $(RUN) $(EXPORT_ARGS)
+
+parity: install
+	$(BIN)/kerasport parity --run $(RUN)
 
 verify: install
 	$(BIN)/kerasport bundle verify --run $(RUN)

@@ -219,28 +219,6 @@ def _smoke_run(name: str, path: Path, inputs: np.ndarray, input_name: str, n_out
 
 def run_artifact(path: Path, x: np.ndarray, input_name: str) -> np.ndarray:
     """One inference in the artifact's own runtime (onnxruntime or LiteRT), float32 in and out."""
-    if path.suffix == ".onnx":
-        import onnxruntime as ort
+    from kerasport.runtimes import open_runtime
 
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {input_name: x.astype(np.float32)})[0]
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    value = x.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    if detail["dtype"] != np.float32:
-        info = np.iinfo(detail["dtype"])
-        value = np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(detail["dtype"])
-    interpreter.set_tensor(detail["index"], value)
-    interpreter.invoke()
-    out = interpreter.get_output_details()[0]
-    result = interpreter.get_tensor(out["index"])
-    out_scale, out_zero = out["quantization"]
-    if out["dtype"] != np.float32:
-        result = (result.astype(np.float32) - out_zero) * out_scale
-    return result
+    return open_runtime(path, "onnx" if path.suffix == ".onnx" else "tflite").run(x)

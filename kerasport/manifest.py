@@ -121,3 +121,16 @@ def new_manifest(**sections: Any) -> dict[str, Any]:
     now = utc_now()
     return {"schema_version": SCHEMA_VERSION, "kerasport_version": __version__, "created": now, "updated": now,
             **sections, "artifacts": sections.get("artifacts", {})}
+
+
+def require_verified(manifest: dict[str, Any], name: str, *, allow_unverified: bool = False) -> dict[str, Any]:
+    """The serving gate: refuse an artifact whose parity verdict is missing or failed, unless told otherwise."""
+    artifacts = manifest["artifacts"]
+    if name not in artifacts:
+        raise UsageError(f"variant {name!r} is not in the manifest; it has {', '.join(sorted(artifacts))}")
+    entry = artifacts[name]
+    verdict = (entry.get("parity") or {}).get("verdict")
+    if verdict != "pass" and not allow_unverified:
+        state = "has no parity verdict (run `kerasport parity`)" if verdict is None else f"failed parity ({verdict})"
+        raise UsageError(f"artifact {name!r} {state}; refusing to use it without --allow-unverified")
+    return entry

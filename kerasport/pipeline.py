@@ -11,7 +11,7 @@ import typing
 
 import typer
 
-from .cli_support import console, user_errors
+from .cli_support import console, fail, user_errors
 
 
 def build_run_command():
@@ -29,9 +29,11 @@ def build_run_command():
 
     @user_errors
     def run_command(**options) -> None:
-        """Run the pipeline: train, then export every variant (parity joins when that stage exists)."""
+        """Run the pipeline: train, export every variant, then the parity gate (exit 1 if it fails)."""
         from export.stage import ExportOptions, export_bundle
         from export.variants import parse_formats
+        from parity.cli import print_parity_summary
+        from parity.stage import ParityOptions, run_parity
         from train.config import TrainConfig
         from train.fit import train
 
@@ -48,8 +50,14 @@ def build_run_command():
                                                allow_select_tf_ops=export_options["allow_select_tf_ops"]),
                                  console=out)
         print_export_table(out, exported)
+        checked = run_parity(ParityOptions(run=config.run), console=out)
+        print_parity_summary(out, checked)
         if json_output:
-            typer.echo(json.dumps({"train": trained.metrics, "export": exported.rows}))
+            typer.echo(json.dumps({"train": trained.metrics, "export": exported.rows,
+                                   "parity": {"passed": checked.report["passed"], "failures": checked.failures}}))
+        if checked.exit_code:
+            raise fail(f"parity gate failed: {checked.failures[0] if checked.failures else 'see the report'}; "
+                       f"report: {checked.run_dir}/parity/report.md", checked.exit_code)
 
     run_command.__signature__ = inspect.Signature(parameters)
     run_command.__annotations__ = {param.name: param.annotation for param in parameters}

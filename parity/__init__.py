@@ -1,0 +1,1 @@
+"""Parity stage: Keras is the reference; every deployed artifact must answer like it on real held-out data."""

@@ -1,0 +1,49 @@
+"""`kerasport parity`: a thin typer shell over `parity.stage.run_parity` — the release gate."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from kerasport.cli_support import console, fail, user_errors
+
+
+@user_errors
+def parity_command(
+    run: str = typer.Option("build", "--run", help="Run directory with an exported bundle."),
+    sweep: bool = typer.Option(True, "--sweep/--no-sweep",
+                               help="Also run ORT optimization levels, LiteRT with/without XNNPACK, 1 and 2 threads."),
+    fp32_atol: float = typer.Option(None, "--fp32-atol", help="Override the fp32 max |diff| tolerance."),
+    fp16_atol: float = typer.Option(None, "--fp16-atol", help="Override the fp16 max |diff| tolerance."),
+    int8_min_agreement: float = typer.Option(None, "--int8-min-agreement", help="Override int8 top-1 agreement."),
+    int8_max_accuracy_drop: float = typer.Option(None, "--int8-max-accuracy-drop",
+                                                 help="Override the int8 accuracy drop (0.005 = 0.5 pp)."),
+    json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+) -> None:
+    """Check every exported artifact against Keras on held-out data; exit 1 if any check fails."""
+    from .stage import ParityOptions, run_parity
+
+    overrides = {"fp32": {"atol": fp32_atol}, "fp16": {"atol": fp16_atol},
+                 "int8": {"min_agreement": int8_min_agreement, "max_accuracy_drop": int8_max_accuracy_drop}}
+    out = console()
+    result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides), console=out)
+    print_parity_summary(out, result)
+    if json_output:
+        typer.echo(json.dumps(result.report, default=float))
+    if result.exit_code:
+        first = result.failures[0] if result.failures else "see the report"
+        raise fail(f"parity gate failed ({len(result.failures)} failing checks; first: {first}); "
+                   f"report: {result.run_dir}/parity/report.md", result.exit_code)
+
+
+def print_parity_summary(out, result) -> None:
+    report = result.report
+    out.print(f"parity {'PASSED' if report['passed'] else 'FAILED'}: {len(report['candidates'])} candidates, "
+              f"{report['inputs']['eval_sample']['images']} held-out images, {report['seconds']:.1f} s; "
+              f"Keras noise floor {report['reference']['noise_floor']['max_abs_diff']:.1e}; "
+              f"reports in {result.run_dir}/parity/")
+    for failure in result.failures:
+        out.print(f"  FAIL {failure}")
+    for finding in report["findings"]:
+        out.print(f"  finding: {finding}")

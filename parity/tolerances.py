@@ -1,0 +1,88 @@
+"""The tolerance policy: per precision class, defaults overridable by `<run>/parity.toml` and then by options.
+
+Defaults come from measurements on the `seed` arch (README, "Parity"): fp32 runtimes differ from Keras by
+float rounding only (max |diff| of probabilities 2.4e-6 ORT, 3.5e-6 LiteRT; Keras' own batch-size noise 1.2e-6),
+fp16 weights by 1.8e-3 on real images and 7.9e-3 on edge inputs, int8 by 0.05-0.37.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kerasport.errors import UsageError
+
+PRECISION_CLASS = {"fp32": "fp32", "fp16": "fp16", "dynamic-int8": "int8", "int8": "int8"}
+TOLERANCE_FILE = "parity.toml"
+
+
+@dataclass
+class Tolerance:
+    # |candidate - keras| <= atol + rtol * |keras| for every output value; None: not checked
+    atol: float | None = None
+    rtol: float = 0.0
+    min_agreement: float = 1.0  # top-1 agreement with Keras on the real held-out images
+    # Images where Keras' own top-2 margin is below this are near-ties: a flip there is within the output
+    # tolerance, so agreement is judged on the decisive images (raw agreement and every flip are reported too).
+    tie_margin: float = 0.0
+    max_accuracy_drop: float | None = None  # absolute, 0.005 = 0.5 percentage points
+    max_mae_increase: float | None = None  # regression: relative increase of the test MAE, 0.1 = +10 %
+
+
+@dataclass
+class TolerancePolicy:
+    fp32: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-5, rtol=0.0, min_agreement=1.0,
+                                                              max_accuracy_drop=0.0, max_mae_increase=0.001,
+                                                              tie_margin=0.0))
+    fp16: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-2, rtol=0.0, min_agreement=0.999,
+                                                              max_accuracy_drop=0.002, max_mae_increase=0.02,
+                                                              tie_margin=1e-2))
+    int8: Tolerance = field(default_factory=lambda: Tolerance(atol=None, min_agreement=0.99,
+                                                              max_accuracy_drop=0.005, max_mae_increase=0.1,
+                                                              tie_margin=0.05))
+    source: list[str] = field(default_factory=lambda: ["defaults"])
+
+    def for_precision(self, precision: str) -> Tolerance:
+        return getattr(self, PRECISION_CLASS.get(precision, "fp32"))
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in ("fp32", "fp16", "int8")} | {
+            "source": self.source}
+
+    def update(self, precision_class: str, values: dict, origin: str) -> None:
+        if precision_class not in ("fp32", "fp16", "int8"):
+            raise UsageError(f"{origin}: unknown section [{precision_class}]; expected fp32, fp16 or int8")
+        tolerance = getattr(self, precision_class)
+        known = {f.name for f in dataclasses.fields(Tolerance)}
+        for key, value in values.items():
+            if key not in known:
+                raise UsageError(f"{origin}: unknown key {key!r} in [{precision_class}]; expected "
+                                 f"{', '.join(sorted(known))}")
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise UsageError(f"{origin}: [{precision_class}] {key} = {value!r}; expected a number >= 0")
+            setattr(tolerance, key, float(value) if value is not None else None)
+        if not 0 <= tolerance.min_agreement <= 1:
+            raise UsageError(f"{origin}: [{precision_class}] min_agreement = {tolerance.min_agreement}; "
+                             f"expected 0..1")
+        self.source.append(origin)
+
+
+def load_policy(run_dir: Path, overrides: dict[str, dict] | None = None) -> TolerancePolicy:
+    policy = TolerancePolicy()
+    path = run_dir / TOLERANCE_FILE
+    if path.is_file():
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise UsageError(f"{path}: not valid TOML ({error})") from error
+        for section, values in table.items():
+            if not isinstance(values, dict):
+                raise UsageError(f"{path}: {section} = {values!r}; expected a table like [fp32] with atol = 1e-5")
+            policy.update(section, values, str(path))
+    for section, values in (overrides or {}).items():
+        values = {key: value for key, value in values.items() if value is not None}
+        if values:
+            policy.update(section, values, "command line")
+    return policy
