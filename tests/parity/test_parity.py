@@ -1,0 +1,194 @@
+"""The parity gate: passes a faithful bundle, catches a perturbed artifact, reports in JSON/Markdown/JUnit."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from helpers import trained_bundle
+from typer.testing import CliRunner
+
+from export.stage import ExportOptions, export_bundle
+from kerasport.cli import app
+from kerasport.errors import UsageError
+from kerasport.manifest import hash_artifact, load_manifest, require_verified, save_manifest, verify_bundle
+from parity.stage import ParityOptions, run_parity
+
+runner = CliRunner()
+
+
+def refresh_hash(run, name):
+    """What a buggy converter does: write a wrong model and record its hash as if it were right."""
+    manifest = load_manifest(run)
+    manifest["artifacts"][name]["sha256"], manifest["artifacts"][name]["bytes"] = hash_artifact(
+        run / manifest["artifacts"][name]["path"])
+    save_manifest(run, manifest)
+
+
+def perturb_onnx(run, scale=1.5):
+    path = run / "export" / "model.onnx"
+    model = onnx.load(str(path))
+    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims) if t.data_type == 1 else 0)
+    array = onnx.numpy_helper.to_array(weights).copy()
+    array.flat[: array.size // 10] *= scale  # one weight tensor, a tenth of its values
+    weights.CopyFrom(onnx.numpy_helper.from_array(array, weights.name))
+    onnx.save(model, str(path))
+    refresh_hash(run, "onnx-fp32")
+
+
+def perturb_tflite(run, filename="model_fp32.tflite", name="tflite-fp32"):
+    path = run / "export" / filename
+    data = bytearray(path.read_bytes())
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    # the largest float32 constant (a weight tensor): find its bytes in the flatbuffer and change them
+    best = None
+    for detail in interpreter.get_tensor_details():
+        if detail["dtype"] != np.float32 or len(detail["shape"]) < 2:
+            continue
+        try:
+            values = interpreter.get_tensor(detail["index"])
+        except ValueError:
+            continue
+        if best is None or values.size > best.size:
+            best = values.copy()
+    offset = bytes(data).find(best.tobytes())
+    assert offset > 0, "weight bytes not found in the flatbuffer"
+    perturbed = best.copy()
+    perturbed.flat[: perturbed.size // 10] *= 1.5
+    data[offset:offset + best.nbytes] = perturbed.tobytes()
+    path.write_bytes(bytes(data))
+    refresh_hash(run, name)
+
+
+def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
+    result = run_parity(ParityOptions(run=str(exported_copy)))
+    assert result.exit_code == 0, result.failures
+    manifest = verify_bundle(exported_copy)
+    for name in ("saved_model", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-dynamic",
+                 "tflite-int8"):
+        assert manifest["artifacts"][name]["parity"]["verdict"] == "pass", name
+    assert manifest["stages"]["parity"]["passed"] is True
+    for output in ("report.json", "report.md", "junit.xml", "errors.png"):
+        assert (exported_copy / "parity" / output).is_file()
+    require_verified(manifest, "onnx-fp32")  # the serving gate accepts it
+
+
+def test_report_json_has_every_field(exported_copy):
+    run_parity(ParityOptions(run=str(exported_copy)))
+    report = json.loads((exported_copy / "parity" / "report.json").read_text())
+    assert report["passed"] is True
+    assert {"fp32", "fp16", "int8"} <= set(report["tolerances"])
+    assert report["reference"]["noise_floor"]["max_abs_diff"] >= 0
+    assert len(report["inputs"]["eval_sample"]["sha256"]) == 64
+    assert report["inputs"]["edge"]["batch_sizes"] == [1, 7, 64]
+    manifest = load_manifest(exported_copy)
+    assert report["artifacts"]["onnx-fp32"]["sha256"] == manifest["artifacts"]["onnx-fp32"]["sha256"]
+    assert {"tensorflow", "onnxruntime", "ai-edge-litert"} <= set(report["versions"])
+    candidate = report["candidates"]["tflite-int8"]
+    for key in ("max_abs_diff", "mean_abs_diff", "max_rel_diff", "top1_agreement", "label_flips", "accuracy",
+                "reference_accuracy", "accuracy_delta", "accuracy_delta_ci95", "accuracy_ci95"):
+        assert key in candidate["eval"], key
+    assert set(candidate["edge"]) == {"1", "7", "64"}
+    sweep = {row["settings"] for row in candidate["sweep"]}
+    assert sweep == {"xnnpack=on, threads=1", "xnnpack=on, threads=2", "xnnpack=off, threads=1",
+                     "xnnpack=off, threads=2"}
+    assert {row["settings"] for row in report["candidates"]["onnx-fp32"]["sweep"]} >= {
+        "optimization=disabled, threads=1", "optimization=basic, threads=2", "optimization=all, threads=1"}
+    markdown = (exported_copy / "parity" / "report.md").read_text()
+    assert "| onnx-fp32 | fp32 | onnxruntime |" in markdown and "PASSED" in markdown
+
+
+def test_perturbed_onnx_weights_fail_the_gate_naming_the_artifact(exported_copy):
+    perturb_onnx(exported_copy)
+    verify_bundle(exported_copy)  # the hash was refreshed: integrity alone cannot catch this
+    result = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep"])
+    assert result.exit_code == 1, result.output
+    assert "onnx-fp32: max_abs_diff" in result.output
+    manifest = load_manifest(exported_copy)
+    assert manifest["artifacts"]["onnx-fp32"]["parity"]["verdict"] == "fail"
+    assert manifest["artifacts"]["tflite-fp32"]["parity"]["verdict"] == "pass"
+    with pytest.raises(UsageError, match="failed parity"):
+        require_verified(manifest, "onnx-fp32")
+    require_verified(manifest, "onnx-fp32", allow_unverified=True)
+
+
+def test_perturbed_tflite_weights_fail_the_gate_naming_the_artifact(exported_copy):
+    perturb_tflite(exported_copy)
+    result = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
+    assert result.exit_code == 1
+    failing = {failure.split(":")[0] for failure in result.failures}
+    assert failing == {"tflite-fp32"}
+
+
+def test_junit_counts_failures(exported_copy):
+    perturb_onnx(exported_copy)
+    result = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
+    root = ET.parse(exported_copy / "parity" / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    failed = [case for case in cases if case.find("failure") is not None]
+    assert int(suite.get("tests")) == len(cases) == sum(len(c["checks"]) for c in result.report["candidates"].values())
+    assert int(suite.get("failures")) == len(failed) == len(result.failures) >= 1
+    assert {case.get("classname") for case in failed} == {"parity.onnx-fp32"}
+    assert all(case.find("failure").get("message") for case in failed)
+
+
+def test_altered_file_without_a_refreshed_hash_is_refused(exported_copy):
+    path = exported_copy / "export" / "model_fp16.tflite"
+    path.write_bytes(path.read_bytes()[:-10])
+    result = runner.invoke(app, ["parity", "--run", str(exported_copy)])
+    assert result.exit_code == 1 and "artifact 'tflite-fp16' was altered" in result.output
+
+
+def test_artifact_that_will_not_load_exits_3(exported_copy):
+    (exported_copy / "export" / "model.onnx").write_bytes(b"not an onnx model")
+    refresh_hash(exported_copy, "onnx-fp32")
+    result = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep"])
+    assert result.exit_code == 3, result.output
+    assert "onnx-fp32" in result.output
+    junit = ET.parse(exported_copy / "parity" / "junit.xml").getroot().find("testsuite")
+    assert int(junit.get("errors")) == 1
+
+
+def test_usage_errors_exit_2(tmp_path):
+    missing = runner.invoke(app, ["parity", "--run", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "manifest.json is missing" in missing.output
+    run = trained_bundle(tmp_path, epochs=1)
+    not_exported = runner.invoke(app, ["parity", "--run", str(run)])
+    assert not_exported.exit_code == 2 and "kerasport export" in not_exported.output
+
+
+def test_tolerance_file_and_option_override(exported_copy):
+    (exported_copy / "parity.toml").write_text("[fp32]\natol = 1e-15\n")
+    strict = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
+    assert strict.exit_code == 1
+    assert any(f.startswith(("onnx-fp32: max_abs_diff", "tflite-fp32: max_abs_diff")) for f in strict.failures)
+    assert str(exported_copy / "parity.toml") in strict.report["tolerances"]["source"]
+
+    relaxed = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep", "--fp32-atol", "1e-5"])
+    assert relaxed.exit_code == 0, relaxed.output
+
+    (exported_copy / "parity.toml").write_text("[fp32]\nslack = 3\n")
+    bad = runner.invoke(app, ["parity", "--run", str(exported_copy)])
+    assert bad.exit_code == 2 and "unknown key 'slack'" in bad.output
+
+
+def test_regression_model_parity(tmp_path):
+    run = trained_bundle(tmp_path, task="regression", epochs=2)
+    export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32", "tflite-fp32", "tflite-fp16"]))
+    result = run_parity(ParityOptions(run=str(run), sweep=False))
+    assert result.exit_code == 0, result.failures
+    stats = result.report["candidates"]["onnx-fp32"]["eval"]
+    assert {"mae", "reference_mae", "mae_delta"} <= set(stats) and abs(stats["mae_delta"]) < 1e-4
+    assert "top1_agreement" not in stats
+
+
+def test_serving_gate_refuses_a_missing_verdict(exported_copy):
+    manifest = load_manifest(exported_copy)  # exported but never checked
+    with pytest.raises(UsageError, match="has no parity verdict"):
+        require_verified(manifest, "tflite-int8")
+    with pytest.raises(UsageError, match="not in the manifest"):
+        require_verified(manifest, "coreml")
