@@ -33,6 +33,7 @@ def _register_stages() -> None:
     # Each stage's cli module is light: it imports its stage's heavy dependencies only when a command runs.
     from export.cli import export_command
     from parity.cli import parity_command
+    from serve.cli import predict_command, serve_command
     from train.cli import train_command
 
     from .bundle_cli import bundle_app
@@ -44,6 +45,8 @@ def _register_stages() -> None:
     app.command("export", help=export_command.__doc__)(export_command)
     app.command("parity", help=parity_command.__doc__)(parity_command)
     app.command("run", help=run_command.__doc__)(run_command)
+    app.command("serve", help=serve_command.__doc__)(serve_command)
+    app.command("predict", help=predict_command.__doc__)(predict_command)
     app.add_typer(bundle_app, name="bundle")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasport.errors import DataError, UsageError
+from kerasport.images import PREPROCESSING, decode_image
 
 IMAGE_SIZE = 28
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -27,8 +28,7 @@ FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
                   "Ankle boot"]
 
 # How the serving stage must decode a picture so it reaches the model exactly as the training images did.
-DEFAULT_PREPROCESSING = {"decoder": "Pillow", "color_mode": "L", "resize": [IMAGE_SIZE, IMAGE_SIZE],
-                         "resample": "bilinear", "foreground": "light-on-dark", "scale": "none (inside the model)"}
+DEFAULT_PREPROCESSING = PREPROCESSING
 
 
 @dataclass
@@ -328,13 +328,3 @@ def _read_class_folders(root: Path, labels: list[str] | None) -> tuple[np.ndarra
                 raise DataError(f"{file}: cannot decode as an image ({error})") from error
             targets.append(index)
     return np.stack(images), np.asarray(targets, dtype=np.int64), names
-
-
-def decode_image(image) -> np.ndarray:
-    """Grayscale + bilinear resize to 28x28, as recorded in the manifest's preprocessing."""
-    from PIL import Image
-
-    gray = image.convert("L")
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-    return np.asarray(gray, dtype=np.float32)
