@@ -201,7 +201,12 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         try:
             return _loads(body)
         except _JSON_ERRORS as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
+            # orjson rejects the NaN/Infinity tokens some clients emit; parse those leniently so the request
+            # gets the precise "NaN or Inf in the data" answer instead of a vague syntax error.
+            try:
+                return json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                raise BadRequest(f"malformed JSON: {exc}") from None
 
     async def infer(images: np.ndarray) -> np.ndarray:
         return await batcher.submit(images)

@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
+
+
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn re-raises a captured SIGTERM after draining; a completed drain is a clean exit (code 0)."""
+
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    return DrainingServer
 
 
 def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, threads, api_key, max_body_bytes,
@@ -36,7 +51,7 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, lifespan="on",
                             loop="auto", http="auto")
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     original_startup = server.startup
 
     async def startup(sockets=None):

@@ -38,3 +38,15 @@ def exported_copy(exported, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(exported, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def verified(exported, tmp_path_factory) -> Path:
+    """The exported bundle after a passing parity run: what `kerasport serve` accepts."""
+    from parity.stage import ParityOptions, run_parity
+
+    run = tmp_path_factory.mktemp("verified") / "run"
+    shutil.copytree(exported, run)
+    result = run_parity(ParityOptions(run=str(run), sweep=False))
+    assert result.exit_code == 0, result.failures
+    return run
