@@ -24,6 +24,9 @@ class RuntimeSettings:
     threads: int = 0  # 0: the runtime's default
     ort_optimization: str = "all"
     xnnpack: bool = True
+    # onnxruntime's worker threads spin while idle by default: fastest for one caller, but in a server they burn
+    # the cores the event loop needs (bench/serve.py measures both).
+    spinning: bool = True
 
     def describe(self, runtime: str) -> str:
         threads = self.threads or "default"
@@ -52,6 +55,8 @@ class OnnxRuntime:
             options.intra_op_num_threads = settings.threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not settings.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - ORT raises its own exception types

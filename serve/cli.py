@@ -21,7 +21,9 @@ def serve_command(
     model_name: str = typer.Option(None, "--model-name", help="Name in URLs (default: from the manifest)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", help="0 picks a free port (printed on stdout when ready)."),
-    max_batch: int = typer.Option(32, "--max-batch", help="Most images per runtime call when requests coalesce."),
+    max_batch: int = typer.Option(8, "--max-batch",
+                                  help="Most images per runtime call when requests coalesce (8 keeps the fp32 "
+                                       "seed model under 150 MB RSS; 32 is ~15 % faster per image, +90 MB)."),
     max_delay_ms: float = typer.Option(0.0, "--max-delay-ms",
                                        help="Extra wait for more requests (0: greedy batching, no added latency)."),
     threads: int = typer.Option(0, "--threads", help="Runtime intra-op threads (0: the runtime's default)."),

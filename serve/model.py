@@ -77,7 +77,7 @@ def choose_variant(manifest: dict, requested: str | None, allow_unverified: bool
 
 
 def load_served_model(run: str | Path, *, variant: str | None = None, model_name: str | None = None,
-                      threads: int = 0, allow_unverified: bool = False) -> ServedModel:
+                      threads: int = 0, allow_unverified: bool = False, spinning: bool = True) -> ServedModel:
     """Verify the bundle's chosen artifact (hash + parity verdict) and open it in its runtime."""
     started = time.perf_counter()
     run_dir = Path(run)
@@ -89,7 +89,8 @@ def load_served_model(run: str | Path, *, variant: str | None = None, model_name
     except Exception as error:
         raise UsageError(str(error)) from error
     entry = manifest["artifacts"][chosen]
-    runtime = open_runtime(run_dir / entry["path"], entry["format"], RuntimeSettings(threads=threads))
+    runtime = open_runtime(run_dir / entry["path"], entry["format"], RuntimeSettings(threads=threads,
+                                                                                          spinning=spinning))
     name = model_name or manifest["model"]["name"]
     return ServedModel(run_dir=run_dir, variant=chosen, name=name, version=str(manifest["model"].get("version", "1")),
                        manifest=manifest, entry=entry, runtime=runtime,
