@@ -148,7 +148,6 @@ def export_bundle(options: ExportOptions, *, console=None) -> ExportResult:
         entry = artifact_entry(run_dir, f"{STAGE_DIR_NAME}/{variant.filename}", format=variant.format,
                                precision=variant.precision, runtime=variant.runtime, input=tensor_in,
                                output=tensor_out, **info)
-        entry.pop("parity", None)
         manifest["artifacts"][name] = entry
         if name == "tflm":
             manifest["artifacts"]["tflm-header"] = artifact_entry(
