@@ -27,6 +27,8 @@ class RuntimeSettings:
     # onnxruntime's worker threads spin while idle by default: fastest for one caller, but in a server they burn
     # the cores the event loop needs (bench/serve.py measures both).
     spinning: bool = True
+    # Memory patterns cache one activation plan per input shape; with a dynamic batch that is mostly memory.
+    memory_pattern: bool = True
 
     def describe(self, runtime: str) -> str:
         threads = self.threads or "default"
@@ -55,6 +57,8 @@ class OnnxRuntime:
             options.intra_op_num_threads = settings.threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not settings.memory_pattern:
+            options.enable_mem_pattern = False
         if not settings.spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

@@ -89,8 +89,8 @@ def load_served_model(run: str | Path, *, variant: str | None = None, model_name
     except Exception as error:
         raise UsageError(str(error)) from error
     entry = manifest["artifacts"][chosen]
-    runtime = open_runtime(run_dir / entry["path"], entry["format"], RuntimeSettings(threads=threads,
-                                                                                          spinning=spinning))
+    runtime = open_runtime(run_dir / entry["path"], entry["format"], RuntimeSettings(
+        threads=threads, spinning=spinning, memory_pattern=False))
     name = model_name or manifest["model"]["name"]
     return ServedModel(run_dir=run_dir, variant=chosen, name=name, version=str(manifest["model"].get("version", "1")),
                        manifest=manifest, entry=entry, runtime=runtime,
