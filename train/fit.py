@@ -108,6 +108,8 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
         model.save(staging / "model.keras")
         export_saved_model(model, staging / "saved_model", config.task)
         shutil.copyfile(work_dir / "history.csv", staging / "history.csv")
+        if config.tensorboard and (work_dir / "logs").is_dir():
+            shutil.copytree(work_dir / "logs", staging / "logs")
         write_json_atomic(staging / "metrics.json", metrics)
         write_json_atomic(staging / "config.json", stage_record)
         eval_x, eval_y = dataset.x_test[:config.eval_samples], dataset.y_test[:config.eval_samples]

@@ -172,6 +172,12 @@ def test_regression_end_to_end(tiny):
     assert "mae" in history(tiny["run"])[0] and (Path(tiny["run"]) / "train" / "curves.png").is_file()
 
 
+def test_tensorboard_logs_land_in_the_bundle(tiny):
+    train(make(tiny, epochs=1, tensorboard=True))
+    logs = Path(tiny["run"]) / "train" / "logs"
+    assert any(path.name.startswith("events.out.tfevents") for path in logs.rglob("*"))
+
+
 def test_rerun_replaces_the_previous_bundle(tiny):
     train(make(tiny, epochs=1))
     old_hash = verify_bundle(tiny["run"])["artifacts"]["keras"]["sha256"]
