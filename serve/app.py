@@ -50,6 +50,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003
                    0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+BINARY_HEADER = "inference-header-content-length"
 
 
 class JsonResponse(Response):
@@ -194,8 +195,8 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
             return error(503, f"model {model.name!r} is not ready")
         return None
 
-    async def read_json(request: Request):
-        body = await request.body()
+    async def read_json(request: Request, body: bytes | None = None):
+        body = await request.body() if body is None else body
         if not body:
             raise BadRequest("empty body; expected a JSON object")
         try:
@@ -219,7 +220,7 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         return JsonResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
 
     async def server_metadata(request: Request):
-        return JsonResponse({"name": "kerasport", "version": __version__, "extensions": ["model_repository_health"]})
+        return JsonResponse({"name": "kerasport", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def v2_model(request: Request):
         if (problem := check_model(request)) is not None and problem.status_code != 503:
@@ -235,16 +236,31 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         if (problem := check_model(request)) is not None:
             return problem
         try:
-            images, context = parse_v2_infer(await read_json(request), model.input_name, model.output_name)
+            raw = await request.body()
+            header_length = request.headers.get(BINARY_HEADER)
+            binary = b""
+            if header_length is not None:  # the binary tensor data extension: JSON header, then raw tensors
+                if not header_length.isdigit() or int(header_length) > len(raw):
+                    raise BadRequest(f"{BINARY_HEADER} {header_length!r}; expected the JSON header's length in "
+                                     f"bytes, at most the body's {len(raw)}")
+                raw, binary = raw[:int(header_length)], raw[int(header_length):]
+            images, context = parse_v2_infer(await read_json(request, raw), model.input_name, model.output_name,
+                                             binary)
         except BadRequest as exc:
             return error(400, str(exc))
         outputs = await infer(images)
-        response = {"model_name": model.name, "model_version": model.version,
-                    "outputs": [{"name": model.output_name, "shape": list(outputs.shape), "datatype": "FP32",
-                                 "data": outputs.ravel()}]}
+        tensor = {"name": model.output_name, "shape": list(outputs.shape), "datatype": "FP32"}
+        response = {"model_name": model.name, "model_version": model.version, "outputs": [tensor]}
         if context["id"] is not None:
             response["id"] = context["id"]
-        return JsonResponse(response)
+        if not context["binary_output"]:
+            tensor["data"] = outputs.ravel()
+            return JsonResponse(response)
+        payload = np.ascontiguousarray(outputs, dtype="<f4").tobytes()
+        tensor["parameters"] = {"binary_data_size": len(payload)}
+        header = _dumps(response)
+        return Response(header + payload, media_type="application/octet-stream",
+                        headers={BINARY_HEADER: str(len(header))})
 
     # --- TF Serving REST ------------------------------------------------------------------------------------
     async def tfs_status(request: Request):

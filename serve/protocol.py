@@ -49,8 +49,12 @@ def _images_from(data, shape: list[int] | None, where: str) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def parse_v2_infer(body, input_name: str, output_name: str) -> tuple[np.ndarray, dict]:
-    """A V2 inference request -> images and the response context (id, requested outputs)."""
+def parse_v2_infer(body, input_name: str, output_name: str, binary: bytes = b"") -> tuple[np.ndarray, dict]:
+    """A V2 inference request -> images and the response context (id, binary output wanted).
+
+    `binary` is what followed the JSON header under the binary tensor data extension
+    (`Inference-Header-Content-Length`); an input then carries `parameters.binary_data_size` instead of `data`.
+    """
     if not isinstance(body, dict):
         raise BadRequest(f"request body is {type(body).__name__}; expected a JSON object with 'inputs'")
     inputs = body.get("inputs")
@@ -59,9 +63,14 @@ def parse_v2_infer(body, input_name: str, output_name: str) -> tuple[np.ndarray,
         raise BadRequest(f"'inputs' must be a list with exactly one tensor object named {input_name!r}; "
                          f"received {received}")
     tensor = inputs[0]
-    for key in ("name", "shape", "datatype", "data"):
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"input 'parameters' is {type(parameters).__name__}; expected an object")
+    binary_size = parameters.get("binary_data_size")
+    for key in ("name", "shape", "datatype") + (() if binary_size is not None else ("data",)):
         if key not in tensor:
-            raise BadRequest(f"input tensor is missing '{key}'; expected name, shape, datatype and data")
+            raise BadRequest(f"input tensor is missing '{key}'; expected name, shape, datatype and data "
+                             f"(or parameters.binary_data_size with a binary body)")
     if tensor["name"] != input_name:
         raise BadRequest(f"input tensor is named {tensor['name']!r}; this model's input is {input_name!r}")
     datatype = tensor["datatype"]
@@ -70,6 +79,9 @@ def parse_v2_infer(body, input_name: str, output_name: str) -> tuple[np.ndarray,
     shape = tensor["shape"]
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise BadRequest(f"shape {shape!r}; expected a list of positive integers such as [1, 28, 28, 1]")
+    if binary_size is not None:
+        images = _images_from_binary(binary, binary_size, shape, datatype, input_name)
+        return images, _response_context(body, output_name)
     data = tensor["data"]
     if not isinstance(data, list):
         raise BadRequest(f"'data' is {type(data).__name__}; expected a flat or nested list of numbers")
@@ -78,6 +90,21 @@ def parse_v2_infer(body, input_name: str, output_name: str) -> tuple[np.ndarray,
         if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 255 for v in flat):
             raise BadRequest("UINT8 data must be integers in 0..255")
     images = _images_from(data, shape, f"input {input_name!r}")
+    return images, _response_context(body, output_name)
+
+
+def _images_from_binary(binary: bytes, size, shape: list[int], datatype: str, input_name: str) -> np.ndarray:
+    dtype = np.dtype("<f4") if datatype == "FP32" else np.dtype(np.uint8)
+    expected = math.prod(shape) * dtype.itemsize
+    if not isinstance(size, int) or size != expected:
+        raise BadRequest(f"binary_data_size {size!r} for shape {shape} {datatype}; expected {expected} bytes")
+    if len(binary) != size:
+        raise BadRequest(f"the binary part of the body holds {len(binary)} bytes; binary_data_size says {size}")
+    return _images_from(np.frombuffer(binary, dtype=dtype), shape, f"input {input_name!r}")
+
+
+def _response_context(body: dict, output_name: str) -> dict:
+    binary_output = bool((body.get("parameters") or {}).get("binary_data_output", False))
     requested = body.get("outputs")
     if requested is not None:
         if not isinstance(requested, list) or not all(isinstance(o, dict) and "name" in o for o in requested):
@@ -85,10 +112,12 @@ def parse_v2_infer(body, input_name: str, output_name: str) -> tuple[np.ndarray,
         unknown = [o["name"] for o in requested if o["name"] != output_name]
         if unknown:
             raise BadRequest(f"unknown output(s) {unknown}; this model has {output_name!r}")
+        binary_output = binary_output or any((o.get("parameters") or {}).get("binary_data", False)
+                                             for o in requested)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' is {type(request_id).__name__}; expected a string")
-    return images, {"id": request_id}
+    return {"id": request_id, "binary_output": binary_output}
 
 
 def parse_tfs_predict(body, input_name: str) -> tuple[np.ndarray, str]:

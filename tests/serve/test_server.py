@@ -271,3 +271,31 @@ def test_serve_extra_does_not_pull_tensorflow():
     base = " ".join(pyproject["project"]["dependencies"]).lower()
     for heavy in ("tensorflow", "keras", "tf2onnx", "tf-keras"):
         assert heavy not in serve_extra and heavy not in base
+
+
+def test_v2_binary_tensor_extension(client, sample, reference):
+    images = sample[0][:3]
+    header = json.dumps({"inputs": [{"name": "image", "shape": [3, 28, 28, 1], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": images.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    response = client.post(f"/v2/models/{MODEL}/infer", content=header + images.astype("<f4").tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(header)),
+                                    "Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    meta = json.loads(response.content[:length])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 3 * 3 * 4
+    values = np.frombuffer(response.content[length:], dtype="<f4").reshape(3, 3)
+    np.testing.assert_allclose(values, reference[:3], atol=1e-5)
+
+    pixels = images.astype(np.uint8)
+    header = json.dumps({"inputs": [{"name": "image", "shape": [3, 784], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    as_json = client.post(f"/v2/models/{MODEL}/infer", content=header + pixels.tobytes(),
+                          headers={"Inference-Header-Content-Length": str(len(header))})
+    assert as_json.status_code == 200, as_json.text
+    np.testing.assert_allclose(np.reshape(as_json.json()["outputs"][0]["data"], (3, 3)), reference[:3], atol=1e-5)
+
+    short = client.post(f"/v2/models/{MODEL}/infer", content=header + pixels.tobytes()[:-5],
+                        headers={"Inference-Header-Content-Length": str(len(header))})
+    assert short.status_code == 400 and "binary_data_size says 2352" in short.json()["error"]
