@@ -61,6 +61,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(RUN) .pytest_cache .ruff_cache
