@@ -123,8 +123,3 @@ def open_runtime(path: str | Path, artifact_format: str, settings: RuntimeSettin
         return LiteRtRuntime(path, settings)
     raise UsageError(f"no TensorFlow-free runtime for format {artifact_format!r} ({path.name}); expected onnx or "
                      f"tflite")
-
-
-def run_batched(runtime, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([runtime.run(images[start:start + batch_size])
-                           for start in range(0, len(images), batch_size)])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasport.errors import CheckFailed, ConversionError, UsageError
+from kerasport.errors import ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import artifact_entry, load_manifest, save_manifest, utc_now, verify_bundle
 from kerasport.runtimes import RuntimeSettings, open_runtime
@@ -286,10 +286,3 @@ def _sweep(path: Path, artifact_format: str, images: np.ndarray, reference: np.n
         row["within_tolerance"] = bool(within)
         rows.append(row)
     return rows
-
-
-def require_passed(result: ParityResult) -> None:
-    if result.exit_code == 3:
-        raise ConversionError("parity: " + "; ".join(result.failures))
-    if result.exit_code == 1:
-        raise CheckFailed("parity failed: " + "; ".join(result.failures))
