@@ -25,6 +25,7 @@ from .compare import classification_statistics, edge_batch, error_statistics, re
 from .tolerances import PRECISION_CLASS, load_policy
 
 STAGE_DIR_NAME = "parity"
+REPORT_ARTIFACT = "parity-report"
 EDGE_BATCH_SIZES = (1, 7, 64)
 EVAL_BATCH = 64
 RUNTIME_FORMATS = ("onnx", "tflite")
@@ -59,7 +60,9 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     names = candidate_names(manifest)
     if len(names) <= 1:
         raise UsageError(f"{run_dir}: no exported artifacts to check; run `kerasport export --run {run_dir}` first")
-    verify_bundle(run_dir)  # refuse altered files before loading anything (exit 1)
+    # Refuse altered files before loading anything (exit 1); this stage's own previous report is about to be
+    # replaced, so it is the one entry not required to be intact.
+    verify_bundle(run_dir, [name for name in manifest["artifacts"] if name != REPORT_ARTIFACT])
     policy = load_policy(run_dir, options.overrides)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -133,7 +136,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
         manifest["artifacts"][name]["parity"] = {
             "verdict": result["verdict"], "checked": checked, "report": f"{STAGE_DIR_NAME}/report.json",
             "failed_checks": [check["check"] for check in result["checks"] if not check["passed"]]}
-    manifest["artifacts"]["parity-report"] = artifact_entry(run_dir, f"{STAGE_DIR_NAME}/report.json",
+    manifest["artifacts"][REPORT_ARTIFACT] = artifact_entry(run_dir, f"{STAGE_DIR_NAME}/report.json",
                                                             format="json", precision="n/a", role="parity report")
     manifest.setdefault("stages", {})["parity"] = {"finished": checked, "passed": passed,
                                                    "report": f"{STAGE_DIR_NAME}/report.json",

@@ -143,6 +143,16 @@ def test_altered_file_without_a_refreshed_hash_is_refused(exported_copy):
     assert result.exit_code == 1 and "artifact 'tflite-fp16' was altered" in result.output
 
 
+def test_rerun_after_the_old_reports_were_deleted(exported_copy):
+    import shutil
+
+    run_parity(ParityOptions(run=str(exported_copy), sweep=False))
+    shutil.rmtree(exported_copy / "parity")
+    again = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
+    assert again.exit_code == 0 and (exported_copy / "parity" / "report.json").is_file()
+    verify_bundle(exported_copy)
+
+
 def test_artifact_that_will_not_load_exits_3(exported_copy):
     (exported_copy / "export" / "model.onnx").write_bytes(b"not an onnx model")
     refresh_hash(exported_copy, "onnx-fp32")
