@@ -93,6 +93,7 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
                    train_images_per_second=round(len(x_fit) * len(history.epoch) / max(fit_seconds, 1e-9), 1),
                    n_train=len(x_fit), n_val=len(x_val), n_test=len(dataset.x_test),
                    final_learning_rate=rows[-1]["learning_rate"] if rows else None,
+                   **_best_epoch(rows),
                    parameters=int(model.count_params()))
 
     resolved = {**config.to_dict(), "resume": False,
@@ -108,6 +109,9 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
         model.save(staging / "model.keras")
         export_saved_model(model, staging / "saved_model", config.task)
         shutil.copyfile(work_dir / "history.csv", staging / "history.csv")
+        if (work_dir / "best.weights.h5").is_file():
+            # ModelCheckpoint's best-val_loss weights, kept next to the final model (load with load_weights)
+            shutil.copyfile(work_dir / "best.weights.h5", staging / "best.weights.h5")
         if config.tensorboard and (work_dir / "logs").is_dir():
             shutil.copytree(work_dir / "logs", staging / "logs")
         write_json_atomic(staging / "metrics.json", metrics)
@@ -256,6 +260,14 @@ def export_saved_model(model, path: Path, task: str) -> None:
         input_signature=[tf.TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32, name=INPUT_NAME)],
     )
     archive.write_out(str(path), verbose=False)
+
+
+def _best_epoch(rows: list[dict]) -> dict:
+    scored = [row for row in rows if "val_loss" in row]
+    if not scored:
+        return {}
+    best = min(scored, key=lambda row: row["val_loss"])
+    return {"best_epoch": int(best.get("epoch", 0)), "best_val_loss": best["val_loss"]}
 
 
 def _read_history(path: Path) -> list[dict]:

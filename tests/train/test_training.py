@@ -26,13 +26,14 @@ def test_bundle_outputs_metrics_and_manifest(tiny):
     result = train(make(tiny, epochs=3))
     stage = Path(tiny["run"]) / "train"
     for name in ("model.keras", "saved_model/saved_model.pb", "history.csv", "metrics.json", "curves.png",
-                 "confusion.png", "config.json", "eval_sample.npz"):
+                 "confusion.png", "config.json", "eval_sample.npz", "calibration_sample.npz", "best.weights.h5"):
         assert (stage / name).is_file(), name
     metrics = json.loads((stage / "metrics.json").read_text())
     assert metrics == result.metrics
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
     assert set(metrics["per_class_accuracy"]) == {"0", "1", "2"}
     assert metrics["epochs_run"] == 3 and metrics["fit_seconds"] > 0
+    assert 0 <= metrics["best_epoch"] <= 2 and metrics["best_val_loss"] > 0
     assert [float(row["learning_rate"]) for row in history(tiny["run"])] == pytest.approx([1e-3] * 3)
 
     config = json.loads((stage / "config.json").read_text())
