@@ -79,6 +79,7 @@ class Metrics:
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter("kerasport_images_total", "Images inferred", registry=self.registry)
         self.ready = Gauge("kerasport_ready", "1 when the model is ready to serve", registry=self.registry)
+        self.in_flight = Gauge("kerasport_requests_in_flight", "Requests being handled", registry=self.registry)
 
     def observe_batch(self, size: int, queued: float, inference: float) -> None:
         self.batch_size.observe(size)
@@ -118,6 +119,7 @@ class Guard:
             await response(scope, receive, send_wrapper)
 
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        self.metrics.in_flight.inc()
         try:
             if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
                 await respond(error(401, "missing or wrong API key; send 'Authorization: Bearer <key>' or "
@@ -146,6 +148,7 @@ class Guard:
             await respond(error(413, f"body exceeds the limit of {self.max_body_bytes} bytes (cut off while "
                                      f"streaming)"))
         finally:
+            self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(seconds)

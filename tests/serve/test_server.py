@@ -202,6 +202,7 @@ def test_64_parallel_requests_are_all_answered_correctly(server, sample, referen
 
 def test_metrics_and_access_log(client, server):
     client.get("/v2/health/live")
+    assert client.post(f"/v2/models/{MODEL}/infer", json=v2_body(np.zeros((1, 28, 28, 1)))).status_code == 200
     text = client.get("/metrics").text
     assert 'kerasport_requests_total{method="GET",route="/v2/health/live",status="200"}' in text
     assert 'kerasport_request_seconds_bucket{le="0.0001",route="/v2/models/{name}/infer"}' in text
@@ -235,7 +236,11 @@ def test_api_key(verified):
 
 
 def test_sigterm_drains_in_flight_requests(verified):
-    process = ServerProcess(verified, "--variant", "onnx-fp32", "--max-delay-ms", "200")
+    import re
+    import time
+
+    # a long batching window holds the requests in flight while SIGTERM arrives
+    process = ServerProcess(verified, "--variant", "onnx-fp32", "--max-delay-ms", "1500", "--max-batch", "64")
     images = np.zeros((1, 28, 28, 1))
 
     def call(_):
@@ -244,9 +249,12 @@ def test_sigterm_drains_in_flight_requests(verified):
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(call, i) for i in range(8)]
-        import time
-
-        time.sleep(0.1)  # requests are waiting in the 200 ms batching window
+        deadline = time.monotonic() + 10
+        in_flight = 0
+        while time.monotonic() < deadline and in_flight < 8:
+            text = httpx.get(f"{process.url}/metrics").text
+            in_flight = float(re.search(r"^kerasport_requests_in_flight (\S+)", text, re.M).group(1)) - 1
+        assert in_flight >= 8  # all eight are inside the server, none answered yet
         code = process.stop()
         statuses = [future.result() for future in futures]
     assert code == 0
