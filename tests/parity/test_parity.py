@@ -82,6 +82,8 @@ def test_report_json_has_every_field(exported_copy):
     assert report["passed"] is True
     assert {"fp32", "fp16", "int8"} <= set(report["tolerances"])
     assert report["reference"]["noise_floor"]["max_abs_diff"] >= 0
+    assert report["reference"]["noise_floor"]["edge_max_abs_diff"] >= 0
+    assert report["tolerances"]["fp32"]["noise_multiple"] == 5.0
     assert len(report["inputs"]["eval_sample"]["sha256"]) == 64
     assert report["inputs"]["edge"]["batch_sizes"] == [1, 7, 64]
     manifest = load_manifest(exported_copy)
@@ -172,7 +174,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_tolerance_file_and_option_override(exported_copy):
-    (exported_copy / "parity.toml").write_text("[fp32]\natol = 1e-15\n")
+    (exported_copy / "parity.toml").write_text("[fp32]\natol = 1e-15\nnoise_multiple = 0\n")
     strict = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
     assert strict.exit_code == 1
     assert any(f.startswith(("onnx-fp32: max_abs_diff", "tflite-fp32: max_abs_diff")) for f in strict.failures)
