@@ -55,8 +55,14 @@ def build_model(config: TrainConfig, n_outputs: int):
         x = layers.Dense(_scaled(128, width), name="dense", **hidden())(x)
     elif config.arch == "edge":
         # Strided pooling shrinks the feature map 28 -> 14 -> 7 -> 3 so the dense layer stays small.
-        x = layers.Conv2D(_scaled(8, width), 3, padding="same", name="conv1", **hidden())(x)
+        # Conv -> BN -> activation (not the seed's BN after the activation): the TFLite converter folds this BN
+        # into the convolution, so full-int8 has no separate per-tensor-quantized MUL/ADD to lose accuracy in.
+        conv1 = hidden(use_bias=False)
+        activation = conv1.pop("activation")
+        conv1.pop("bias_initializer")
+        x = layers.Conv2D(_scaled(8, width), 3, padding="same", name="conv1", activation=None, **conv1)(x)
         x = layers.BatchNormalization(name="bn1")(x)
+        x = layers.Activation(activation, name="act1")(x)
         x = layers.MaxPool2D(pool_size=2, name="pool1")(x)
         x = layers.Conv2D(_scaled(16, width), 3, padding="same", name="conv2", **hidden())(x)
         x = layers.MaxPool2D(pool_size=2, name="pool2")(x)

@@ -158,3 +158,11 @@ def test_regression_model_and_int8_io_export(tmp_path):
     np.testing.assert_allclose(run_onnx(run / "export" / "model.onnx", x),
                                keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-4)
     assert read_c_array(run / "export" / "model_int8.cc") == (run / "export" / "model_int8.tflite").read_bytes()
+
+
+def test_edge_int8_has_batchnorm_folded_into_the_convolution(tmp_path):
+    run = trained_bundle(tmp_path, arch="edge", epochs=1)
+    export_bundle(ExportOptions(run=str(run), formats=["tflite-int8", "tflm"], calibration_samples=20))
+    tflm = load_manifest(run)["artifacts"]["tflm"]
+    assert "MUL" not in tflm["ops"] and "ADD" not in tflm["ops"], tflm["ops"]
+    assert tflm["all_ops_supported"] and tflm["model_bytes"] < 256 * 1024
