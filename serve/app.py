@@ -94,13 +94,18 @@ class Guard:
     def __init__(self, app, *, routes, metrics: Metrics, api_key: str | None, max_body_bytes: int):
         self.app, self.routes, self.metrics = app, routes, metrics
         self.api_key, self.max_body_bytes = api_key, max_body_bytes
+        self._labels: dict[tuple[str, str], str] = {}
 
     def _route_label(self, scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return route.path
-        return "unmatched"
+        # Clients repeat the same few paths: remember each one's route template (bounded, so odd paths can't
+        # grow it without limit).
+        key = (scope["method"], scope["path"])
+        label = self._labels.get(key)
+        if label is None:
+            label = next((route.path for route in self.routes if route.matches(scope)[0] == Match.FULL), "unmatched")
+            if len(self._labels) < 1024:
+                self._labels[key] = label
+        return label
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

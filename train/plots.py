@@ -27,6 +27,8 @@ def plot_curves(rows: list[dict], task: str, destination: Path) -> None:
         axis.plot(epochs, [row.get(key, np.nan) for row in rows], marker="o", label="train")
         axis.plot(epochs, [row.get(f"val_{key}", np.nan) for row in rows], marker="o", label="validation")
         axis.set(title=title, xlabel="epoch")
+        if key == "loss" and all(row.get("loss", 0) > 0 for row in rows):
+            axis.set_yscale("log")  # the first epoch's loss would otherwise flatten the rest
         axis.legend()
         axis.grid(alpha=0.3)
     axes[2].plot(epochs, [row.get("learning_rate", np.nan) for row in rows], marker="o", color="tab:green")
