@@ -72,17 +72,19 @@ async def _load(host: str, port: int, payload: bytes, concurrency: int, requests
 def load_worker(arguments: list[str]) -> None:
     spec = json.loads(arguments[0])
     body = Path(spec["body_file"]).read_bytes()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in spec.get("headers", {}).items())
     payload = (f"POST {spec['path']} HTTP/1.1\r\nHost: {spec['host']}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n{extra}\r\n").encode() + body
     result = asyncio.run(_load(spec["host"], spec["port"], payload, spec["concurrency"], spec["requests"],
                                spec["seconds"]))
     print(json.dumps(result))
 
 
-def drive(url: str, path: str, body_file: Path, concurrency: int, requests: int = 0, seconds: float = 0) -> dict:
+def drive(url: str, path: str, body_file: Path, concurrency: int, requests: int = 0, seconds: float = 0,
+          headers: dict | None = None) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     spec = {"host": host, "port": int(port), "path": path, "body_file": str(body_file), "concurrency": concurrency,
-            "requests": requests, "seconds": seconds}
+            "requests": requests, "seconds": seconds, "headers": headers or {}}
     output = subprocess.run([sys.executable, __file__, "--load-worker", json.dumps(spec)], capture_output=True,
                             text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -187,6 +189,13 @@ def main() -> None:
     body_file = scratch / "one_image.json"
     body_file.write_bytes(json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
                                                   "data": image.ravel().tolist()}]}).encode())
+    # The same request under the binary tensor data extension, as tritonclient sends it by default.
+    binary_file = scratch / "one_image.bin"
+    binary_header = json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
+                                            "parameters": {"binary_data_size": image.nbytes}}],
+                                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    binary_file.write_bytes(binary_header + image.astype("<f4").tobytes())
+    binary_headers = {"Inference-Header-Content-Length": str(len(binary_header))}
     from kerasport.manifest import load_manifest
 
     model_name = load_manifest(run)["model"]["name"]
@@ -203,6 +212,11 @@ def main() -> None:
                           for _ in range(args.rounds)), key=lambda r: r["p50_ms"])
             crowd = max((drive(server.url, path, body_file, concurrency=32, seconds=args.seconds)
                          for _ in range(args.rounds)), key=lambda r: r["rps"])
+            single_binary = min((drive(server.url, path, binary_file, concurrency=1, requests=args.requests,
+                                       headers=binary_headers) for _ in range(args.rounds)),
+                                key=lambda r: r["p50_ms"])
+            crowd_binary = max((drive(server.url, path, binary_file, concurrency=32, seconds=args.seconds,
+                                      headers=binary_headers) for _ in range(args.rounds)), key=lambda r: r["rps"])
             rss = rss_mb(server.pid)
         finally:
             server.stop()
@@ -215,7 +229,10 @@ def main() -> None:
                             server.ready["ready_seconds"], "rss_mb": rss, "c1": single, "c32": crowd,
                             "in_process": local,
                             "added_latency_ms": single["p50_ms"] - local["p50_ms"],
-                            "throughput_ratio": crowd["rps"] / local["batch32_images_per_second"]}
+                            "throughput_ratio": crowd["rps"] / local["batch32_images_per_second"],
+                            "binary": {"c1": single_binary, "c32": crowd_binary,
+                                       "added_latency_ms": single_binary["p50_ms"] - local["p50_ms"],
+                                       "throughput_ratio": crowd_binary["rps"] / local["batch32_images_per_second"]}}
 
     keras_process = subprocess.Popen([sys.executable, __file__, "--keras-server", str(run / "train" / "model.keras")],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -236,6 +253,12 @@ def main() -> None:
               f"{r['c32']['rps']:>11.0f}{r['in_process']['batch32_images_per_second']:>11.0f}"
               f"{r['throughput_ratio']:>7.2f}{keras_c1['p50_ms'] / r['c1']['p50_ms']:>9.1f}x")
     print(f"{'keras':<13}{'':>8}{keras_rss:>8.0f}{keras_c1['p50_ms']:>11.3f}{keras_c1['p99_ms']:>11.3f}")
+    print("\n== the same with the V2 binary tensor data extension (no JSON numbers)")
+    print(f"{'variant':<13}{'c1 p50 ms':>11}{'c1 p99 ms':>11}{'added ms':>10}{'c32 img/s':>11}{'ratio':>7}")
+    for variant, r in results.items():
+        b = r["binary"]
+        print(f"{variant:<13}{b['c1']['p50_ms']:>11.3f}{b['c1']['p99_ms']:>11.3f}{b['added_latency_ms']:>10.3f}"
+              f"{b['c32']['rps']:>11.0f}{b['throughput_ratio']:>7.2f}")
     print("targets: added ms <= 1; c32/b32 ratio >= 0.8; onnx-fp32 RSS <= 150 MB, ready <= 1.5 s, "
           ">= 15x faster than Keras")
     if args.json_path:
