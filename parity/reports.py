@@ -63,7 +63,8 @@ def markdown(report: dict) -> str:
         for name, rows in sweeps.items():
             for row in rows:
                 agreement = f"{row['top1_agreement']:.4f}" if "top1_agreement" in row else "–"
-                lines.append(f"| {name} | {row['settings']} | {row['max_abs_diff']:.2e} | {agreement} | "
+                difference = f"{row['max_abs_diff']:.2e}" if row["max_abs_diff"] is not None else row["error"]
+                lines.append(f"| {name} | {row['settings']} | {difference} | {agreement} | "
                              f"{row['seconds']:.3f} | {'yes' if row['within_tolerance'] else '**no**'} |")
     lines += ["", "## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
     lines += ["", "## Tolerances", "", "```json", json.dumps(report["tolerances"], indent=2), "```", ""]

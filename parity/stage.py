@@ -97,7 +97,9 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
             result["sweep"] = _sweep(run_dir / entry["path"], entry["format"], images, reference["eval"], labels,
                                      task, tolerance, keras_info["noise_floor"]["max_abs_diff"])
             for row in result["sweep"]:
-                if not row["within_tolerance"]:
+                if "error" in row:
+                    findings.append(f"{name} with {row['settings']}: does not run ({row['error']})")
+                elif not row["within_tolerance"]:
                     findings.append(f"{name} with {row['settings']}: max|diff| {row['max_abs_diff']:.3g}, "
                                     f"agreement {row.get('top1_agreement', float('nan')):.4f} — beyond the "
                                     f"{PRECISION_CLASS.get(precision, 'fp32')} tolerance")
@@ -280,9 +282,14 @@ def _sweep(path: Path, artifact_format: str, images: np.ndarray, reference: np.n
         runtime = "ai-edge-litert"
     rows = []
     for setting in settings:
-        runner = open_runtime(path, artifact_format, setting)
         started = time.perf_counter()
-        outputs = np.concatenate([runner.run(images[i:i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)])
+        try:
+            runner = open_runtime(path, artifact_format, setting)
+            outputs = np.concatenate([runner.run(images[i:i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)])
+        except Exception as error:  # noqa: BLE001 - a setting that cannot run is itself a finding, not a crash
+            rows.append({"settings": setting.describe(runtime), "error": f"{type(error).__name__}: {error}",
+                         "max_abs_diff": None, "seconds": 0.0, "within_tolerance": False})
+            continue
         seconds = time.perf_counter() - started
         row = {"settings": setting.describe(runtime), **error_statistics(reference, outputs),
                "seconds": round(seconds, 3)}
