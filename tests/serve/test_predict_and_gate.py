@@ -119,3 +119,26 @@ def test_batcher_waits_only_with_a_delay_and_propagates_errors():
 
     message, waited = asyncio.run(scenario())
     assert message == "runtime exploded" and waited >= 0.04
+
+
+def test_regression_bundle_serves_values(tmp_path):
+    import io
+
+    from helpers import trained_bundle
+
+    from export.stage import ExportOptions, export_bundle
+    from parity.stage import ParityOptions, run_parity
+
+    run = trained_bundle(tmp_path, task="regression", epochs=1)
+    export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32"]))
+    assert run_parity(ParityOptions(run=str(run), sweep=False)).exit_code == 0
+    model = load_served_model(run)
+    assert model.variant == "onnx-fp32" and model.task == "regression"
+    with TestClient(create_app(model)) as client:
+        body = {"inputs": [{"name": "image", "shape": [2, 784], "datatype": "FP32", "data": [0.0] * 1568}]}
+        output = client.post("/v2/models/kerasport-seed/infer", json=body).json()["outputs"][0]
+        assert output["name"] == "values" and output["shape"] == [2, 1]
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(buffer, format="PNG")
+        result = client.post("/v1/models/kerasport-seed:classify", content=buffer.getvalue()).json()
+        assert len(result["results"][0]["values"]) == 1
