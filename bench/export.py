@@ -38,33 +38,13 @@ def timed(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(samples)
 
 
-def ort_runner(path: Path, x: np.ndarray):
-    import onnxruntime as ort
+def runner(path: Path, artifact_format: str, x: np.ndarray):
+    """One inference of `x` in the artifact's runtime, through the same adapters parity and serve use."""
+    from kerasport.runtimes import RuntimeSettings, open_runtime
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"image": x})[0]
-
-
-def litert_runner(path: Path, x: np.ndarray, threads: int = 2):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    value = x
-    if detail["dtype"] != np.float32:
-        scale, zero = detail["quantization"]
-        value = np.clip(np.round(x / scale + zero), -128, 127).astype(detail["dtype"])
-    output = interpreter.get_output_details()[0]["index"]
-
-    def run():
-        interpreter.set_tensor(detail["index"], value)
-        interpreter.invoke()
-        return interpreter.get_tensor(output)
-
-    return run
+    # LiteRT defaults to one thread; give it both cores like onnxruntime takes by default.
+    runtime = open_runtime(path, artifact_format, RuntimeSettings(threads=2 if artifact_format == "tflite" else 0))
+    return lambda: runtime.run(x)
 
 
 def main() -> None:
@@ -117,8 +97,7 @@ def main() -> None:
             if variant.runtime == "tflite-micro":
                 continue
             path = run / manifest["artifacts"][name]["path"]
-            runner = ort_runner(path, x) if variant.format == "onnx" else litert_runner(path, x)
-            latency.setdefault(name, {})[f"batch{batch}"] = timed(runner, repeats) / batch
+            latency.setdefault(name, {})[f"batch{batch}"] = timed(runner(path, variant.format, x), repeats) / batch
 
     print("\n== latency per image (median), each variant in its own runtime, Keras measured in the same run")
     print(f"{'runtime':<18}{'batch 1 ms':>12}{'batch 64 ms':>13}{'vs predict b1':>15}")
@@ -134,10 +113,10 @@ def main() -> None:
     quantize_onnx_dynamic(run / "export" / "model.onnx", dynamic_path)
     comparison = {}
     for label, path in (("static QDQ", run / "export" / "model_int8.onnx"), ("dynamic", dynamic_path)):
-        outputs = ort_runner(path, images)()
+        outputs = runner(path, "onnx", images)()
         x1 = images[:1]
         comparison[label] = {
-            "batch1_ms": timed(ort_runner(path, x1), args.repeats) * 1e3,
+            "batch1_ms": timed(runner(path, "onnx", x1), args.repeats) * 1e3,
             "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean()),
             "accuracy": float((outputs.argmax(1) == labels).mean()),
             "max_abs_diff": float(np.abs(outputs - reference).max()),

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from kerasport.errors import DataError, UsageError
-from kerasport.images import PREPROCESSING, decode_image
+from kerasport.images import IMAGE_SIZE, PREPROCESSING, decode_image
 
-IMAGE_SIZE = 28
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Fixed so the held-out test split of sources without one (digits, image folders) never depends on --seed.
 SPLIT_SEED = 20240601
