@@ -57,11 +57,11 @@ def main() -> None:
 
     import keras
 
-    from export.stage import ExportOptions, export_bundle
-    from export.to_onnx import quantize_onnx_dynamic
-    from export.variants import VARIANTS
-    from train.config import TrainConfig
-    from train.fit import train
+    from kerasport.export.stage import ExportOptions, export_bundle
+    from kerasport.export.to_onnx import quantize_onnx_dynamic
+    from kerasport.export.variants import VARIANTS
+    from kerasport.train.config import TrainConfig
+    from kerasport.train.fit import train
 
     scratch = Path(tempfile.mkdtemp(prefix="kerasport-bench-"))
     run = Path(args.run) if args.run else scratch / "run"

@@ -175,10 +175,10 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="kerasport-bench-serve-"))
     run = Path(args.run) if args.run else scratch / "run"
     if not args.run:
-        from export.stage import ExportOptions, export_bundle
-        from parity.stage import ParityOptions, run_parity
-        from train.config import TrainConfig
-        from train.fit import train
+        from kerasport.export.stage import ExportOptions, export_bundle
+        from kerasport.parity.stage import ParityOptions, run_parity
+        from kerasport.train.config import TrainConfig
+        from kerasport.train.fit import train
 
         train(TrainConfig(epochs=1, run=str(run)))
         export_bundle(ExportOptions(run=str(run), formats=args.variants.split(",")))

@@ -34,10 +34,10 @@ def main() -> None:
     import keras
     from rich.console import Console
 
-    from train.config import TrainConfig
-    from train.data import load_dataset
-    from train.fit import _validation_split, train
-    from train.models import build_model, compile_model
+    from kerasport.train.config import TrainConfig
+    from kerasport.train.data import load_dataset
+    from kerasport.train.fit import _validation_split, train
+    from kerasport.train.models import build_model, compile_model
 
     results: dict[str, list[float]] = {"plain_fit": [], "kerasport": []}
     with tempfile.TemporaryDirectory() as scratch:

@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
 from kerasport.cli_support import console, user_errors
 
-from .variants import DEFAULT_FORMATS, DEFAULT_OPSET, parse_formats
+from kerasport.cli_options import takes_options
+
+from .options import ExportArgs
 
 
 @user_errors
+@takes_options
 def export_command(
-    run: str = typer.Option("build", "--run", help="Run directory written by `kerasport train`."),
-    formats: str = typer.Option(",".join(DEFAULT_FORMATS), "--formats", help="Comma list of variants."),
-    opset: int = typer.Option(DEFAULT_OPSET, "--opset",
-                              help="ONNX opset (18: the newest tf2onnx 1.17 emits; onnxruntime runs it)."),
-    calibration_samples: int = typer.Option(200, "--calibration-samples",
-                                            help="Training images used to calibrate int8 (ONNX and TFLite)."),
-    int8_io: bool = typer.Option(False, "--int8-io",
-                                 help="tflite-int8/tflm take and return int8 tensors (microcontrollers)."),
-    allow_select_tf_ops: bool = typer.Option(False, "--allow-select-tf-ops",
-                                             help="Allow TensorFlow ops outside the TFLite built-ins."),
-    json_output: bool = typer.Option(False, "--json", help="Print the exported variants as JSON on stdout."),
+    args: ExportArgs,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the exported variants as JSON on stdout.")] = False,
 ) -> None:
     """Convert the run's SavedModel to ONNX and TFLite variants and record them in the manifest."""
-    from .stage import ExportOptions, export_bundle
+    from .stage import export_bundle
 
-    options = ExportOptions(run=run, formats=parse_formats(formats), opset=opset,
-                            calibration_samples=calibration_samples, int8_io=int8_io,
-                            allow_select_tf_ops=allow_select_tf_ops)
     out = console()
-    result = export_bundle(options, console=out)
+    result = export_bundle(args.options(), console=out)
     print_export_table(out, result)
     if json_output:
         typer.echo(json.dumps(result.rows))

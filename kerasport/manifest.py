@@ -1,25 +1,35 @@
 """The release bundle's manifest: one JSON file at the run root that every stage extends.
 
-It records the model contract (input/output spec, labels, preprocessing), the seeds and versions behind the run,
-and every artifact with its sha256, which makes the bundle tamper-evident. No TensorFlow import here: the serving
-process reads this too.
+It records the model contract (named inputs and outputs, see `contract.py`), the seeds and versions behind the run,
+every stage's summary and every artifact with its sha256, which makes the bundle tamper-evident. The JSON is parsed
+and validated once, into a `Manifest` with typed accessors; stages never dig through the raw dictionaries. No
+TensorFlow import here: the serving process reads this too.
+
+Schema 2 (current): `inputs` and `outputs` are lists. Schema 1 bundles (a single `input`/`output`) are migrated
+in memory when they load and written back as schema 2 by the next stage that saves.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .contract import ModelContract
 from .errors import CheckFailed, UsageError
 from .fsutil import sha256_file, sha256_tree, tree_bytes, write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
-REQUIRED_KEYS = ("schema_version", "model", "input", "output", "artifacts")
+REQUIRED_KEYS = ("schema_version", "model", "inputs", "outputs", "artifacts")
 REQUIRED_ARTIFACT_KEYS = ("path", "format", "precision", "sha256", "bytes")
+PASS = "pass"
 
 
 def utc_now() -> str:
@@ -30,24 +40,207 @@ def manifest_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / MANIFEST_NAME
 
 
-def load_manifest(run_dir: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Artifact:
+    """A read-only view of one artifact entry."""
+
+    name: str
+    entry: dict
+
+    @property
+    def path(self) -> str:
+        return self.entry["path"]
+
+    @property
+    def format(self) -> str:
+        return self.entry["format"]
+
+    @property
+    def precision(self) -> str:
+        return self.entry["precision"]
+
+    @property
+    def runtime(self) -> str | None:
+        return self.entry.get("runtime")
+
+    @property
+    def sha256(self) -> str:
+        return self.entry["sha256"]
+
+    @property
+    def bytes(self) -> int:
+        return int(self.entry["bytes"])
+
+    @property
+    def parity(self) -> dict:
+        return self.entry.get("parity") or {}
+
+    @property
+    def verdict(self) -> str | None:
+        """The parity verdict: 'pass', 'fail', 'error', 'skipped' or None when never checked."""
+        return self.parity.get("verdict")
+
+    @property
+    def passed_parity(self) -> bool:
+        return self.verdict == PASS
+
+    @property
+    def status(self) -> str:
+        """'ok', or 'failed: <reason>' for a variant export could not build (`--keep-going`)."""
+        return self.entry.get("status", "ok")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A stage-specific detail recorded with the artifact (e.g. the TFLite ops, the opset)."""
+        return self.entry.get(key, default)
+
+    def resolve(self, run_dir: str | Path) -> Path:
+        return Path(run_dir) / self.path
+
+
+class Manifest:
+    """A parsed, validated manifest. Mutations go through methods; `save` writes it atomically."""
+
+    def __init__(self, data: dict[str, Any], source: str = MANIFEST_NAME):
+        problems = schema_problems(data)
+        if problems:
+            raise CheckFailed(f"{source} does not follow the manifest schema: {'; '.join(problems)}")
+        self.data = data
+        self.contract = ModelContract.from_dict(data)
+
+    # --- the model ----------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.data["model"]
+
+    @property
+    def name(self) -> str:
+        return str(self.model.get("name", "model"))
+
+    @property
+    def version(self) -> str:
+        return str(self.model.get("version", "1"))
+
+    @property
+    def task(self) -> str:
+        return self.contract.task
+
+    @property
+    def source(self) -> dict:
+        """Where the model came from: {"kind": "trained"} or the imported file/builder."""
+        return self.model.get("source") or {"kind": "trained"}
+
+    # --- artifacts ----------------------------------------------------------------------------------------------
+    def artifact_names(self) -> list[str]:
+        return list(self.data["artifacts"])
+
+    def artifacts(self) -> Iterator[Artifact]:
+        for name, entry in self.data["artifacts"].items():
+            yield Artifact(name, entry)
+
+    def has(self, name: str) -> bool:
+        return name in self.data["artifacts"]
+
+    def artifact(self, name: str) -> Artifact:
+        """The named artifact.
+
+        Raises:
+            UsageError: when the manifest has no such artifact (the message lists those it has).
+        """
+        entry = self.data["artifacts"].get(name)
+        if entry is None:
+            raise UsageError(f"artifact {name!r} is not in the manifest; it has {', '.join(self.artifact_names())}")
+        return Artifact(name, entry)
+
+    def parity_verdict(self, name: str) -> str | None:
+        return self.artifact(name).verdict if self.has(name) else None
+
+    def set_artifact(self, name: str, entry: dict) -> None:
+        self.data["artifacts"][name] = entry
+
+    def remove_artifact(self, name: str) -> None:
+        self.data["artifacts"].pop(name, None)
+
+    def set_parity(self, name: str, record: dict | None) -> None:
+        if record is None:
+            self.data["artifacts"][name].pop("parity", None)
+        else:
+            self.data["artifacts"][name]["parity"] = record
+
+    # --- stages, versions ---------------------------------------------------------------------------------------
+    def stage(self, name: str) -> dict:
+        return (self.data.get("stages") or {}).get(name, {})
+
+    def set_stage(self, name: str, record: dict) -> None:
+        self.data.setdefault("stages", {})[name] = record
+
+    def drop_stage(self, name: str) -> None:
+        self.data.setdefault("stages", {}).pop(name, None)
+
+    @property
+    def versions(self) -> dict:
+        return self.data.get("versions") or {}
+
+    def update_versions(self, versions: dict) -> None:
+        self.data.setdefault("versions", {}).update(versions)
+
+    @property
+    def seeds(self) -> dict:
+        return self.data.get("seeds") or {}
+
+    def save(self, run_dir: str | Path) -> None:
+        self.data["updated"] = utc_now()
+        write_json_atomic(manifest_path(run_dir), self.data)
+
+    def copy(self) -> Manifest:
+        return Manifest(copy.deepcopy(self.data))
+
+
+def load_manifest(run_dir: str | Path) -> Manifest:
+    """Read, migrate (schema 1 -> 2) and validate `<run_dir>/manifest.json`.
+
+    Raises:
+        UsageError: there is no manifest (exit 2).
+        CheckFailed: the manifest is not JSON or breaks the schema (exit 1), one line naming the problem.
+    """
     path = manifest_path(run_dir)
     if not path.is_file():
         raise UsageError(f"no bundle at {run_dir}: {path} is missing; expected a run directory written by "
-                         f"`kerasport train`")
+                         f"`kerasport train` or `kerasport import`")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckFailed(f"{path} is not valid JSON ({error}); expected a kerasport manifest") from error
-    problems = schema_problems(manifest)
-    if problems:
-        raise CheckFailed(f"{path} does not follow the manifest schema: {'; '.join(problems)}")
-    return manifest
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        data = migrate_schema_1(data, path)
+    return Manifest(data, source=str(path))
 
 
-def save_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
-    manifest["updated"] = utc_now()
-    write_json_atomic(manifest_path(run_dir), manifest)
+def migrate_schema_1(data: dict, path: Path | str = MANIFEST_NAME) -> dict:
+    """A schema-1 manifest (single `input`/`output`, `preprocessing`) as schema 2.
+
+    Raises:
+        CheckFailed: the schema-1 manifest lacks what the contract needs; re-run the pipeline.
+    """
+    try:
+        single_in, single_out, model = data["input"], data["output"], data["model"]
+        preprocessing = data.get("preprocessing") or {}
+        height, width = preprocessing.get("resize") or single_in["shape"][1:3]
+        color_mode = "rgb" if single_in["shape"][-1] == 3 else "grayscale"
+        inputs = [{"name": single_in["name"], "dtype": single_in["dtype"], "shape": single_in["shape"],
+                   "kind": "image", "value_range": single_in.get("value_range", [0, 255]),
+                   "image": {"height": height, "width": width, "color_mode": color_mode,
+                             "resample": preprocessing.get("resample", "bilinear"),
+                             "foreground": preprocessing.get("foreground")}}]
+        classification = model.get("task") == "classification"
+        outputs = [{"name": single_out["name"], "dtype": single_out["dtype"], "shape": single_out["shape"],
+                    "kind": "probabilities" if classification else "values",
+                    "labels": model.get("labels") or [], "activation": single_out.get("activation")}]
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckFailed(f"{path} is a schema-1 bundle that cannot be read as schema 2 ({error!r} missing or "
+                          f"malformed); re-run `kerasport run` to rebuild it") from None
+    migrated = {key: value for key, value in data.items() if key not in ("input", "output", "preprocessing")}
+    migrated.update(schema_version=SCHEMA_VERSION, inputs=inputs, outputs=outputs, migrated_from_schema=1)
+    return migrated
 
 
 def schema_problems(manifest: Any) -> list[str]:
@@ -56,7 +249,10 @@ def schema_problems(manifest: Any) -> list[str]:
     problems = [f"missing key '{key}'" for key in REQUIRED_KEYS if key not in manifest]
     version = manifest.get("schema_version")
     if "schema_version" in manifest and version != SCHEMA_VERSION:
-        problems.append(f"schema_version is {version!r}, expected {SCHEMA_VERSION}")
+        problems.append(f"schema_version is {version!r}, expected one of {list(SUPPORTED_SCHEMAS)} "
+                        f"(re-run the pipeline to rebuild the bundle)")
+    if not isinstance(manifest.get("model", {}), dict):
+        problems.append("'model' is not an object")
     artifacts = manifest.get("artifacts", {})
     if not isinstance(artifacts, dict):
         problems.append(f"'artifacts' is {type(artifacts).__name__}, expected an object")
@@ -82,34 +278,40 @@ def hash_artifact(path: Path) -> tuple[str, int]:
 
 def artifact_entry(run_dir: str | Path, relative_path: str, *, format: str, precision: str,
                    **details: Any) -> dict[str, Any]:
+    """A new artifact entry: the file's sha256 and size plus the given details."""
     sha256, size = hash_artifact(Path(run_dir) / relative_path)
     return {"path": relative_path, "format": format, "precision": precision, "sha256": sha256, "bytes": size,
             **details}
 
 
-def artifact_problems(run_dir: str | Path, manifest: dict[str, Any],
-                      names: list[str] | None = None) -> list[str]:
+def artifact_problems(run_dir: str | Path, manifest: Manifest, names: list[str] | None = None) -> list[str]:
     """Re-hash the named artifacts (default: all) and describe every missing or altered one."""
-    artifacts = manifest["artifacts"]
     problems = []
-    for name in names if names is not None else sorted(artifacts):
-        entry = artifacts.get(name)
-        if entry is None:
-            problems.append(f"artifact '{name}' is not in the manifest (it has: {', '.join(sorted(artifacts))})")
+    for name in names if names is not None else sorted(manifest.artifact_names()):
+        if not manifest.has(name):
+            problems.append(f"artifact '{name}' is not in the manifest (it has: "
+                            f"{', '.join(sorted(manifest.artifact_names()))})")
             continue
-        path = Path(run_dir) / entry["path"]
+        artifact = manifest.artifact(name)
+        if artifact.status != "ok":
+            continue  # a variant export recorded as failed has no file to check
+        path = artifact.resolve(run_dir)
         if not path.exists():
             problems.append(f"artifact '{name}' is missing: {path}")
             continue
         sha256, _ = hash_artifact(path)
-        if sha256 != entry["sha256"]:
+        if sha256 != artifact.sha256:
             problems.append(f"artifact '{name}' was altered: {path} has sha256 {sha256[:12]}…, "
-                            f"the manifest expects {entry['sha256'][:12]}…")
+                            f"the manifest expects {artifact.sha256[:12]}…")
     return problems
 
 
-def verify_bundle(run_dir: str | Path, names: list[str] | None = None) -> dict[str, Any]:
-    """Load the manifest, check its schema and the artifacts' hashes; raise CheckFailed naming each problem."""
+def verify_bundle(run_dir: str | Path, names: list[str] | None = None) -> Manifest:
+    """Load the manifest, check its schema and the artifacts' hashes.
+
+    Raises:
+        CheckFailed: naming each missing or altered artifact.
+    """
     manifest = load_manifest(run_dir)
     problems = artifact_problems(run_dir, manifest, names)
     if problems:
@@ -117,20 +319,23 @@ def verify_bundle(run_dir: str | Path, names: list[str] | None = None) -> dict[s
     return manifest
 
 
-def new_manifest(**sections: Any) -> dict[str, Any]:
+def new_manifest(*, model: dict, contract: ModelContract, **sections: Any) -> Manifest:
+    """A fresh schema-2 manifest for a model and its contract."""
     now = utc_now()
-    return {"schema_version": SCHEMA_VERSION, "kerasport_version": __version__, "created": now, "updated": now,
-            **sections, "artifacts": sections.get("artifacts", {})}
+    return Manifest({"schema_version": SCHEMA_VERSION, "kerasport_version": __version__, "created": now,
+                     "updated": now, "model": model, **contract.to_dict(), **sections,
+                     "artifacts": sections.get("artifacts", {})})
 
 
-def require_verified(manifest: dict[str, Any], name: str, *, allow_unverified: bool = False) -> dict[str, Any]:
-    """The serving gate: refuse an artifact whose parity verdict is missing or failed, unless told otherwise."""
-    artifacts = manifest["artifacts"]
-    if name not in artifacts:
-        raise UsageError(f"variant {name!r} is not in the manifest; it has {', '.join(sorted(artifacts))}")
-    entry = artifacts[name]
-    verdict = (entry.get("parity") or {}).get("verdict")
-    if verdict != "pass" and not allow_unverified:
+def require_verified(manifest: Manifest, name: str, *, allow_unverified: bool = False) -> Artifact:
+    """The serving gate: refuse an artifact whose parity verdict is missing or failed, unless told otherwise.
+
+    Raises:
+        UsageError: the artifact is unknown, or unverified without `allow_unverified`.
+    """
+    artifact = manifest.artifact(name)
+    if not artifact.passed_parity and not allow_unverified:
+        verdict = artifact.verdict
         state = "has no parity verdict (run `kerasport parity`)" if verdict is None else f"failed parity ({verdict})"
         raise UsageError(f"artifact {name!r} {state}; refusing to use it without --allow-unverified")
-    return entry
+    return artifact

@@ -1,14 +1,16 @@
 """TensorFlow-free runtimes for the deployed artifacts: onnxruntime for ONNX, LiteRT for TFLite.
 
-Shared by the parity stage (which also sweeps their settings) and the serving stage. Each runtime takes raw
-float32 NHWC pixels of any batch size and returns float32 outputs; int8 input/output tensors are quantized and
-dequantized with the parameters stored in the model. onnxruntime and ai_edge_litert are imported only when a
-runtime is opened.
+Shared by the export stage (smoke runs), the parity stage (which also sweeps their settings) and the serving stage.
+Each runtime takes a dict of named input arrays of any batch size and returns a dict of named outputs, keyed by the
+names in the model contract. Inputs are cast to the dtype the artifact declares; int8-quantized input/output
+tensors are quantized and dequantized with the parameters stored in the model, so callers always see the
+contract's dtypes. onnxruntime and ai_edge_litert are imported only when a runtime is opened.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,11 @@ import numpy as np
 from .errors import ConversionError, UsageError
 
 ORT_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+TFLITE_SIGNATURE = "serving_default"
+# onnxruntime's type strings -> numpy
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,11 @@ class RuntimeSettings:
         if runtime == "onnxruntime":
             return f"optimization={self.ort_optimization}, threads={threads}"
         return f"xnnpack={'on' if self.xnnpack else 'off'}, threads={threads}"
+
+
+def _check_names(given: Mapping[str, np.ndarray], expected: list[str], artifact: str) -> None:
+    if set(given) != set(expected):
+        raise UsageError(f"{artifact}: inputs {sorted(given)}; expected exactly {sorted(expected)}")
 
 
 class OnnxRuntime:
@@ -65,15 +77,25 @@ class OnnxRuntime:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - ORT raises its own exception types
             raise ConversionError(f"onnxruntime cannot load {path}: {error}") from error
-        self._input = self._session.get_inputs()[0].name
-        self._output = self._session.get_outputs()[0].name
+        self._path = path
+        self._input_dtypes = {i.name: ORT_DTYPES.get(i.type, np.float32) for i in self._session.get_inputs()}
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
 
-    def run(self, images: np.ndarray) -> np.ndarray:
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _check_names(inputs, self.input_names, self._path.name)
+        feed = {name: np.ascontiguousarray(value, dtype=self._input_dtypes[name]) for name, value in inputs.items()}
         # onnxruntime's run is thread-safe and releases the GIL.
-        return self._session.run([self._output], {self._input: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return dict(zip(self.output_names, self._session.run(self.output_names, feed), strict=True))
 
 
 class LiteRtRuntime:
+    """A TFLite model run through its `serving_default` signature's tensors, with cached allocations per shape.
+
+    The signature maps the contract's names to tensor indices; driving the interpreter directly (instead of the
+    SignatureRunner, which re-allocates on every call) keeps a steady-shape serving loop allocation-free.
+    """
+
     name = "ai-edge-litert"
 
     def __init__(self, path: Path, settings: RuntimeSettings = RuntimeSettings()):
@@ -86,36 +108,76 @@ class LiteRtRuntime:
             self._interpreter.allocate_tensors()
         except Exception as error:  # noqa: BLE001
             raise ConversionError(f"LiteRT cannot load {path}: {error}") from error
+        self._path = path
+        self._inputs, self._outputs = self._signature_tensors()
+        self.input_names, self.output_names = list(self._inputs), list(self._outputs)
         # An interpreter must never be invoked from two threads at once.
         self._lock = threading.Lock()
-        self._batch = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
-    def run(self, images: np.ndarray) -> np.ndarray:
+    def _signature_tensors(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        interpreter = self._interpreter
+        if TFLITE_SIGNATURE in interpreter.get_signature_list():
+            runner = interpreter.get_signature_runner(TFLITE_SIGNATURE)
+            return runner.get_input_details(), runner.get_output_details()
+        # A model without signatures (not one kerasport writes): tensor names stand in for contract names.
+        return ({d["name"]: d for d in interpreter.get_input_details()},
+                {d["name"]: d for d in interpreter.get_output_details()})
+
+    def input_details(self) -> dict[str, dict]:
+        return dict(self._inputs)
+
+    def output_details(self) -> dict[str, dict]:
+        return dict(self._outputs)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _check_names(inputs, self.input_names, self._path.name)
+        interpreter = self._interpreter
         with self._lock:
-            interpreter = self._interpreter
-            detail = interpreter.get_input_details()[0]
-            if self._batch != len(images):
-                interpreter.resize_tensor_input(detail["index"], [len(images), *detail["shape"][1:]])
+            shapes = {name: tuple(np.shape(value)) for name, value in inputs.items()}
+            if shapes != self._shapes:
+                for name, shape in shapes.items():
+                    interpreter.resize_tensor_input(self._inputs[name]["index"], list(shape))
                 interpreter.allocate_tensors()
-                self._batch = len(images)
-                detail = interpreter.get_input_details()[0]
-            value = np.ascontiguousarray(images, dtype=np.float32)
-            if detail["dtype"] != np.float32:
-                scale, zero_point = detail["quantization"]
-                limits = np.iinfo(detail["dtype"])
-                value = np.clip(np.round(value / scale + zero_point), limits.min, limits.max).astype(detail["dtype"])
-            interpreter.set_tensor(detail["index"], value)
+                self._shapes = shapes
+            for name, value in inputs.items():
+                interpreter.set_tensor(self._inputs[name]["index"], _quantize(value, self._inputs[name]))
             interpreter.invoke()
-            output = interpreter.get_output_details()[0]
-            result = interpreter.get_tensor(output["index"])
-            if output["dtype"] != np.float32:
-                scale, zero_point = output["quantization"]
-                result = (result.astype(np.float32) - zero_point) * scale
-            return result.copy()
+            return {name: _dequantize(interpreter.get_tensor(detail["index"]), detail)
+                    for name, detail in self._outputs.items()}
+
+
+def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if scale and dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        quantized = np.round(np.asarray(value, dtype=np.float32) / scale + zero_point)
+        return np.ascontiguousarray(np.clip(quantized, limits.min, limits.max), dtype=dtype)
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if scale and np.dtype(detail["dtype"]).kind in "iu":
+        return (value.astype(np.float32) - zero_point) * scale
+    return value.copy()
 
 
 def open_runtime(path: str | Path, artifact_format: str, settings: RuntimeSettings = RuntimeSettings()):
-    """Open an ONNX or TFLite artifact in its runtime."""
+    """Open an ONNX or TFLite artifact in its runtime.
+
+    Args:
+        path: the artifact file.
+        artifact_format: "onnx" or "tflite" (the manifest's `format`).
+        settings: threads, ORT optimization level, XNNPACK on/off.
+
+    Returns:
+        A runtime with `input_names`, `output_names` and `run(dict) -> dict`.
+
+    Raises:
+        UsageError: an unknown format. ConversionError: the runtime cannot load the file.
+    """
     path = Path(path)
     if artifact_format == "onnx":
         return OnnxRuntime(path, settings)

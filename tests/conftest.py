@@ -26,7 +26,7 @@ def tiny(tmp_path: Path):
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> Path:
     """A tiny trained bundle with every variant exported; tests copy it before changing anything."""
-    from export.stage import ExportOptions, export_bundle
+    from kerasport.export.stage import ExportOptions, export_bundle
 
     run = trained_bundle(tmp_path_factory.mktemp("exported"))
     export_bundle(ExportOptions(run=str(run), calibration_samples=50))
@@ -43,7 +43,7 @@ def exported_copy(exported, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def verified(exported, tmp_path_factory) -> Path:
     """The exported bundle after a passing parity run: what `kerasport serve` accepts."""
-    from parity.stage import ParityOptions, run_parity
+    from kerasport.parity.stage import ParityOptions, run_parity
 
     run = tmp_path_factory.mktemp("verified") / "run"
     shutil.copytree(exported, run)

@@ -67,8 +67,8 @@ def write_png_folders(root: Path, per_class: int = 12, classes=("circle", "cross
 
 def trained_bundle(root: Path, **overrides) -> Path:
     """Train a tiny model on synthetic IDX files into root/run (a few seconds)."""
-    from train.config import TrainConfig
-    from train.fit import train
+    from kerasport.train.config import TrainConfig
+    from kerasport.train.fit import train
 
     data = write_idx_dir(root / "idx")
     config = TrainConfig(**{"data": f"idx:{data}", "run": str(root / "run"), "width": 0.125, "epochs": 2,

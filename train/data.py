@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.contract import ImageSpec, check_pixel_range
 from kerasport.errors import DataError, UsageError
-from kerasport.images import IMAGE_SIZE, PREPROCESSING, decode_image
+from kerasport.images import REFERENCE_IMAGE, decode_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Fixed so the held-out test split of sources without one (digits, image folders) never depends on --seed.
@@ -26,8 +27,7 @@ TEST_FRACTION = 0.2
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
 
-# How the serving stage must decode a picture so it reaches the model exactly as the training images did.
-DEFAULT_PREPROCESSING = PREPROCESSING
+IMAGE_SIZE = REFERENCE_IMAGE.height
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Dataset:
     y_test: np.ndarray
     labels: list[str]
     source: dict = field(default_factory=dict)
-    preprocessing: dict = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+    # How a picture must be decoded to reach the model exactly as these training images did.
+    image: ImageSpec = REFERENCE_IMAGE
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -94,14 +95,10 @@ def _validate(dataset: Dataset, task: str) -> None:
                             f"expected equal counts")
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise DataError(f"{origin}: x_{split} has dtype {x.dtype}; expected numeric pixels")
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise DataError(f"{origin}: x_{split} contains NaN or infinite pixels; expected finite 0..255 values")
-        low, high = float(x.min()), float(x.max())
-        if low < 0 or high > 255:
-            raise DataError(f"{origin}: x_{split} values span {low:g}..{high:g}; expected raw pixels in 0..255")
-        if np.issubdtype(x.dtype, np.floating) and high <= 1.0 and high > 0:
-            raise DataError(f"{origin}: x_{split} values span {low:g}..{high:g}, which looks already scaled to "
-                            f"0..1; expected raw 0..255 pixels (the model rescales inside)")
+        try:
+            check_pixel_range(x, f"{origin}: x_{split}")
+        except UsageError as error:
+            raise DataError(str(error)) from None
         if y.ndim != 1 and not (task == "regression" and y.ndim == 2):
             raise DataError(f"{origin}: y_{split} has shape {y.shape}; expected (n,) labels")
         if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from kerasport import __version__
+from kerasport.contract import DYNAMIC, ModelContract, OutputSpec, image_input_spec
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
-from kerasport.manifest import artifact_entry, new_manifest, save_manifest, utc_now
+from kerasport.manifest import new_manifest, utc_now
+from kerasport.samples import Samples
 
+from .bundle import export_saved_model, model_artifacts, write_samples
 from .config import INPUT_NAME, TrainConfig
 from .data import Dataset, load_dataset
 
@@ -103,11 +106,12 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
                                                  "source": dataset.source, "labels": dataset.labels},
                     "environment": environment, "finished": utc_now()}
 
+    contract = reference_contract(config, dataset, n_outputs)
     train_dir = run_dir / STAGE_DIR_NAME
     with atomic_path(train_dir) as staging:
         staging.mkdir()
         model.save(staging / "model.keras")
-        export_saved_model(model, staging / "saved_model", config.task)
+        export_saved_model(model, staging / "saved_model", contract)
         shutil.copyfile(work_dir / "history.csv", staging / "history.csv")
         if (work_dir / "best.weights.h5").is_file():
             # ModelCheckpoint's best-val_loss weights, kept next to the final model (load with load_weights)
@@ -116,20 +120,20 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
             shutil.copytree(work_dir / "logs", staging / "logs")
         write_json_atomic(staging / "metrics.json", metrics)
         write_json_atomic(staging / "config.json", stage_record)
-        eval_x, eval_y = dataset.x_test[:config.eval_samples], dataset.y_test[:config.eval_samples]
-        np.savez_compressed(staging / "eval_sample.npz", x=eval_x, y=eval_y,
-                            indices=np.arange(len(eval_x)))
+        output_name = contract.outputs[0].name
+        eval_samples = Samples({INPUT_NAME: dataset.x_test[:config.eval_samples]},
+                               {output_name: dataset.y_test[:config.eval_samples]})
         # Training images (never the held-out slice) for int8 calibration in the export stage.
         picks = np.random.default_rng(config.seed).permutation(len(x_fit))[:config.calibration_samples]
-        np.savez_compressed(staging / "calibration_sample.npz", x=x_fit[picks], y=y_fit[picks])
+        write_samples(staging, eval_samples, Samples({INPUT_NAME: x_fit[picks]}, {output_name: y_fit[picks]}))
         from .plots import plot_confusion, plot_curves
 
         plot_curves(rows, config.task, staging / "curves.png")
         if config.task == "classification":
             plot_confusion(np.asarray(metrics["confusion_matrix"]), dataset.labels, staging / "confusion.png")
 
-    manifest = _build_manifest(run_dir, config, dataset, n_outputs, environment, metrics)
-    save_manifest(run_dir, manifest)
+    manifest = _build_manifest(run_dir, config, dataset, contract, environment, metrics)
+    manifest.save(run_dir)
     remove_path(work_dir)
     # Later stages' outputs describe the previous model; the new manifest no longer lists them.
     for stale in ("export", "parity"):
@@ -246,20 +250,17 @@ def evaluate(model, dataset: Dataset, config: TrainConfig) -> dict:
             "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}
 
 
-def export_saved_model(model, path: Path, task: str) -> None:
-    """TF SavedModel with a `serving_default` signature: input `image` [None, 28, 28, 1] float32, named output."""
-    import keras
-    import tensorflow as tf
-
-    output_name = "probabilities" if task == "classification" else "values"
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serve",
-        fn=lambda image: {output_name: model(image, training=False)},
-        input_signature=[tf.TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32, name=INPUT_NAME)],
-    )
-    archive.write_out(str(path), verbose=False)
+def reference_contract(config: TrainConfig, dataset: Dataset, n_outputs: int) -> ModelContract:
+    """The contract of a reference model: raw pixels in, softmax probabilities or regression values out."""
+    image = dataset.image
+    classification = config.task == "classification"
+    output = OutputSpec(name="probabilities" if classification else "values", dtype="float32",
+                        shape=(DYNAMIC, n_outputs), kind="probabilities" if classification else "values",
+                        labels=tuple(dataset.labels) if classification else (),
+                        activation="softmax" if classification else "identity")
+    return ModelContract(inputs=(image_input_spec(INPUT_NAME, image.height, image.width, image.color_mode,
+                                                  foreground=image.foreground),),
+                         outputs=(output,))
 
 
 def _best_epoch(rows: list[dict]) -> dict:
@@ -287,34 +288,18 @@ def _environment(keras, tf) -> dict:
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TensorFlow default: on)")}
 
 
-def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, n_outputs: int, environment: dict,
-                    metrics: dict) -> dict:
+def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, contract: ModelContract,
+                    environment: dict, metrics: dict):
     classification = config.task == "classification"
-    output_name = "probabilities" if classification else "values"
-    tensor_in = {"name": INPUT_NAME, "dtype": "float32", "shape": [-1, 28, 28, 1]}
-    tensor_out = {"name": output_name, "dtype": "float32", "shape": [-1, n_outputs]}
     stage = STAGE_DIR_NAME
-    artifacts = {
-        "keras": artifact_entry(run_dir, f"{stage}/model.keras", format="keras", precision="fp32",
-                                runtime="keras", input=tensor_in, output=tensor_out),
-        "saved_model": artifact_entry(run_dir, f"{stage}/saved_model", format="tf_saved_model",
-                                      precision="fp32", runtime="tensorflow", signature="serving_default",
-                                      input=tensor_in, output=tensor_out),
-        "eval_sample": artifact_entry(run_dir, f"{stage}/eval_sample.npz", format="npz", precision="fp32",
-                                      role="held-out parity and evaluation slice"),
-        "calibration_sample": artifact_entry(run_dir, f"{stage}/calibration_sample.npz", format="npz",
-                                             precision="fp32", role="training images for int8 calibration"),
-    }
+    artifacts = model_artifacts(run_dir, stage, eval_role="held-out parity and evaluation slice",
+                                calibration_role="training images for int8 calibration")
     headline = ({"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]} if classification
                 else {"test_mae": metrics["test_mae"], "test_mse": metrics["test_mse"]})
     return new_manifest(
         model={"name": f"kerasport-{config.arch}", "version": "1", "task": config.task, "arch": config.arch,
-               "width": config.width, "parameters": metrics["parameters"],
-               "labels": dataset.labels if classification else [], "n_outputs": n_outputs},
-        input={**tensor_in, "layout": "NHWC", "value_range": [0, 255], "color_mode": "grayscale"},
-        output={**tensor_out, "kind": "probabilities" if classification else "regression values",
-                "activation": "softmax" if classification else "identity"},
-        preprocessing=dataset.preprocessing,
+               "width": config.width, "parameters": metrics["parameters"], "source": {"kind": "trained"}},
+        contract=contract,
         seeds={"seed": config.seed, "deterministic": config.deterministic},
         versions=environment,
         stages={"train": {"finished": utc_now(), "config": f"{stage}/config.json",

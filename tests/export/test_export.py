@@ -11,10 +11,10 @@ from ai_edge_litert.interpreter import Interpreter
 from helpers import trained_bundle
 from typer.testing import CliRunner
 
-from export.stage import ExportOptions, export_bundle
-from export.tflm import read_c_array
-from export.variants import VARIANTS
-from kerasport.cli import app
+from kerasport.export.stage import ExportOptions, export_bundle
+from kerasport.export.tflm import read_c_array
+from kerasport.export.variants import VARIANTS
+from kerasport.app.cli import app
 from kerasport.manifest import load_manifest, verify_bundle
 
 runner = CliRunner()

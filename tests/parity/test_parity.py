@@ -10,11 +10,11 @@ from ai_edge_litert.interpreter import Interpreter
 from helpers import trained_bundle
 from typer.testing import CliRunner
 
-from export.stage import ExportOptions, export_bundle
-from kerasport.cli import app
+from kerasport.export.stage import ExportOptions, export_bundle
+from kerasport.app.cli import app
 from kerasport.errors import UsageError
 from kerasport.manifest import hash_artifact, load_manifest, require_verified, save_manifest, verify_bundle
-from parity.stage import ParityOptions, run_parity
+from kerasport.parity.stage import ParityOptions, run_parity
 
 runner = CliRunner()
 

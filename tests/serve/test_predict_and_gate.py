@@ -10,10 +10,10 @@ from PIL import Image
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from kerasport.cli import app
-from serve.app import create_app
-from serve.batcher import MicroBatcher
-from serve.model import load_served_model
+from kerasport.app.cli import app
+from kerasport.serve.app import create_app
+from kerasport.serve.batcher import MicroBatcher
+from kerasport.serve.model import load_served_model
 
 runner = CliRunner()
 
@@ -126,8 +126,8 @@ def test_regression_bundle_serves_values(tmp_path):
 
     from helpers import trained_bundle
 
-    from export.stage import ExportOptions, export_bundle
-    from parity.stage import ParityOptions, run_parity
+    from kerasport.export.stage import ExportOptions, export_bundle
+    from kerasport.parity.stage import ParityOptions, run_parity
 
     run = trained_bundle(tmp_path, task="regression", epochs=1)
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32"]))

@@ -264,7 +264,7 @@ def test_sigterm_drains_in_flight_requests(verified):
 def test_loopback_default_and_port_in_use(verified, server):
     from typer.testing import CliRunner
 
-    from kerasport.cli import app
+    from kerasport.app.cli import app
 
     port = int(server.url.rsplit(":", 1)[1])
     with socket.socket() as probe:

@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import write_npz
 from typer.testing import CliRunner
 
-from kerasport.cli import app
+from kerasport.app.cli import app
 
 runner = CliRunner()
 
@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_and_version_do_not_import_tensorflow():
     code = ("import sys\n"
             "from typer.testing import CliRunner\n"
-            "from kerasport.cli import app\n"
+            "from kerasport.app.cli import app\n"
             "runner = CliRunner()\n"
             "for args in (['--help'], ['train', '--help'], ['--version']):\n"
             "    assert runner.invoke(app, args).exit_code == 0, args\n"

@@ -10,7 +10,7 @@ import pytest
 from helpers import synthetic_digits, write_idx, write_idx_dir, write_npz, write_png_folders
 
 from kerasport.errors import DataError, UsageError
-from train.data import load_dataset
+from kerasport.train.data import load_dataset
 
 
 def test_digits_is_builtin_and_follows_the_contract():
@@ -147,7 +147,7 @@ def test_keras_mnist_offline_without_cache_says_where_to_put_the_file(tmp_path):
     # a subprocess with an empty Keras home and no proxy: the real keras.datasets path must fail cleanly
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    code = ("from train.data import load_dataset\n"
+    code = ("from kerasport.train.data import load_dataset\n"
             "from kerasport.errors import DataError\n"
             "try:\n    load_dataset('mnist')\nexcept DataError as e:\n    print('DATAERROR', e)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -162,6 +162,6 @@ def test_keras_mnist_uses_the_cache_when_present(tmp_path):
     x_test, y_test = synthetic_digits(10, seed=2)
     np.savez(home / "datasets" / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     env = {**os.environ, "KERAS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    code = "from train.data import load_dataset\nd = load_dataset('mnist')\nprint('SHAPE', d.x_train.shape)\n"
+    code = "from kerasport.train.data import load_dataset\nd = load_dataset('mnist')\nprint('SHAPE', d.x_train.shape)\n"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "SHAPE (40, 28, 28, 1)" in result.stdout, result.stderr[-2000:]

@@ -3,8 +3,8 @@
 import keras
 import pytest
 
-from train.config import ACTIVATIONS, TrainConfig
-from train.models import build_model, compile_model
+from kerasport.train.config import ACTIVATIONS, TrainConfig
+from kerasport.train.models import build_model, compile_model
 
 SEED_LAYERS = [
     ("InputLayer", None), ("Rescaling", None),

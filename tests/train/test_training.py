@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kerasport.manifest import verify_bundle
-from train.config import TrainConfig
-from train.fit import WORK_DIR_NAME, train
+from kerasport.train.config import TrainConfig
+from kerasport.train.fit import WORK_DIR_NAME, train
 
 
 def make(tiny: dict, **overrides) -> TrainConfig:
@@ -80,8 +80,8 @@ def test_cosine_schedule_decays_to_about_zero(tiny):
 
 def test_reduce_on_plateau_fires_on_a_stalled_metric(tmp_path):
     # Drive kerasport's own callback stack with a val_loss that never improves, as a stalled run reports it.
-    from train.callbacks import build_callbacks
-    from train.models import build_model, compile_model
+    from kerasport.train.callbacks import build_callbacks
+    from kerasport.train.models import build_model, compile_model
 
     config = TrainConfig(width=0.125, plateau_patience=2, plateau_factor=0.5)
     model = build_model(config, n_outputs=3)
@@ -101,8 +101,8 @@ def test_reduce_on_plateau_fires_on_a_stalled_metric(tmp_path):
 
 
 def test_early_stopping_stops_and_restores_the_best_weights(tmp_path):
-    from train.callbacks import build_callbacks
-    from train.models import build_model
+    from kerasport.train.callbacks import build_callbacks
+    from kerasport.train.models import build_model
 
     config = TrainConfig(width=0.125, early_stopping=2, plateau=False)
     model = build_model(config, n_outputs=3)

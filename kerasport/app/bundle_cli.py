@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from .cli_support import user_errors
-from .errors import CheckFailed
-from .manifest import artifact_problems, load_manifest
+from kerasport.cli_support import user_errors
+from kerasport.errors import CheckFailed
+from kerasport.manifest import artifact_problems, load_manifest
 
 bundle_app = typer.Typer(help="Inspect and verify a run's release bundle.", no_args_is_help=True)
 

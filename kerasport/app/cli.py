@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import __version__
+from kerasport import __version__
 
 app = typer.Typer(
     name="kerasport",
@@ -31,10 +31,10 @@ def root(
 
 def _register_stages() -> None:
     # Each stage's cli module is light: it imports its stage's heavy dependencies only when a command runs.
-    from export.cli import export_command
-    from parity.cli import parity_command
-    from serve.cli import predict_command, serve_command
-    from train.cli import train_command
+    from kerasport.export.cli import export_command
+    from kerasport.parity.cli import parity_command
+    from kerasport.serve.cli import predict_command, serve_command
+    from kerasport.train.cli import train_command
 
     from .bundle_cli import bundle_app
     from .pipeline import build_run_command

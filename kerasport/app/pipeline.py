@@ -11,12 +11,12 @@ import typing
 
 import typer
 
-from .cli_support import console, fail, user_errors
+from kerasport.cli_support import console, fail, user_errors
 
 
 def build_run_command():
-    from export.cli import export_command, print_export_table
-    from train.cli import print_train_summary, train_command
+    from kerasport.export.cli import export_command, print_export_table
+    from kerasport.train.cli import print_train_summary, train_command
 
     train_signature = inspect.signature(train_command)
     train_hints = typing.get_type_hints(inspect.unwrap(train_command))
@@ -30,12 +30,12 @@ def build_run_command():
     @user_errors
     def run_command(**options) -> None:
         """Run the pipeline: train, export every variant, then the parity gate (exit 1 if it fails)."""
-        from export.stage import ExportOptions, export_bundle
-        from export.variants import parse_formats
-        from parity.cli import print_parity_summary
-        from parity.stage import ParityOptions, run_parity
-        from train.config import TrainConfig
-        from train.fit import train
+        from kerasport.export.stage import ExportOptions, export_bundle
+        from kerasport.export.variants import parse_formats
+        from kerasport.parity.cli import print_parity_summary
+        from kerasport.parity.stage import ParityOptions, run_parity
+        from kerasport.train.config import TrainConfig
+        from kerasport.train.fit import train
 
         json_output = options.pop("json_output")
         export_options = {name: options.pop(name) for name in export_only}

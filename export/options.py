@@ -1,0 +1,39 @@
+"""`kerasport export`'s options, declared once: `kerasport export` and `kerasport run` both take `ExportArgs`.
+
+Each field is one command-line option (see `kerasport.cli_options`); its name is the `ExportOptions` field it sets,
+so an option added here reaches the export stage from both commands. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .variants import DEFAULT_FORMATS, DEFAULT_OPSET, parse_formats
+
+if TYPE_CHECKING:
+    from .stage import ExportOptions
+
+
+@dataclass
+class ExportArgs:
+    run: Annotated[str, typer.Option("--run", help="Run directory written by `kerasport train`.")] = "build"
+    formats: Annotated[str, typer.Option("--formats", help="Comma list of variants.")] = ",".join(DEFAULT_FORMATS)
+    opset: Annotated[int, typer.Option(
+        "--opset", help=f"ONNX opset ({DEFAULT_OPSET}: the newest tf2onnx 1.17 emits; onnxruntime runs it).")
+    ] = DEFAULT_OPSET
+    calibration_samples: Annotated[int, typer.Option(
+        "--calibration-samples", help="Training images used to calibrate int8 (ONNX and TFLite).")] = 200
+    int8_io: Annotated[bool, typer.Option(
+        "--int8-io", help="tflite-int8/tflm take and return int8 tensors (microcontrollers).")] = False
+    allow_select_tf_ops: Annotated[bool, typer.Option(
+        "--allow-select-tf-ops", help="Allow TensorFlow ops outside the TFLite built-ins.")] = False
+
+    def options(self) -> ExportOptions:
+        """The `ExportOptions` these options ask for (unknown --formats raise UsageError: exit 2)."""
+        from .stage import ExportOptions
+
+        return ExportOptions(**{**dataclasses.asdict(self), "formats": parse_formats(self.formats)})

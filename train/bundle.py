@@ -1,0 +1,66 @@
+"""What a bundle's model part is made of, shared by training and import: the Keras model, a SavedModel with a
+`serving_default` signature named after the contract, and the pinned eval/calibration samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kerasport.contract import DYNAMIC, ModelContract
+from kerasport.manifest import artifact_entry
+from kerasport.samples import Samples, save_samples
+
+SIGNATURE = "serving_default"
+EVAL_SAMPLE = "eval_sample.npz"
+CALIBRATION_SAMPLE = "calibration_sample.npz"
+
+
+def call_model(model, inputs: list):
+    """Call a Keras model on positional inputs in `model.inputs` order; always returns a list of outputs."""
+    outputs = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    if isinstance(outputs, dict):
+        return list(outputs.values())
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def export_saved_model(model, path: Path, contract: ModelContract) -> None:
+    """A TF SavedModel whose `serving_default` signature takes and returns the contract's named tensors.
+
+    Args:
+        model: a built Keras model whose inputs/outputs are, in order, the contract's.
+        path: the SavedModel directory to write.
+        contract: names, dtypes and shapes for the signature.
+    """
+    import keras
+    import tensorflow as tf
+
+    output_names = contract.output_names
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda *tensors: dict(zip(output_names, call_model(model, list(tensors)), strict=True)),
+        input_signature=[tf.TensorSpec(shape=tuple(None if d == DYNAMIC else d for d in spec.shape),
+                                       dtype=tf.as_dtype(spec.dtype), name=spec.name) for spec in contract.inputs],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def write_samples(staging: Path, eval_samples: Samples, calibration: Samples) -> None:
+    save_samples(staging / EVAL_SAMPLE, eval_samples)
+    save_samples(staging / CALIBRATION_SAMPLE, calibration)
+
+
+def model_artifacts(run_dir: Path, stage: str, *, eval_role: str, calibration_role: str,
+                    saved_model: bool = True) -> dict:
+    """Manifest entries for what `stage/` holds: model.keras, saved_model/, the two samples."""
+    artifacts = {"keras": artifact_entry(run_dir, f"{stage}/model.keras", format="keras", precision="fp32",
+                                         runtime="keras")}
+    if saved_model:
+        artifacts["saved_model"] = artifact_entry(run_dir, f"{stage}/saved_model", format="tf_saved_model",
+                                                  precision="fp32", runtime="tensorflow", signature=SIGNATURE)
+    artifacts["eval_sample"] = artifact_entry(run_dir, f"{stage}/{EVAL_SAMPLE}", format="npz", precision="fp32",
+                                              role=eval_role)
+    artifacts["calibration_sample"] = artifact_entry(run_dir, f"{stage}/{CALIBRATION_SAMPLE}", format="npz",
+                                                     precision="fp32", role=calibration_role)
+    return artifacts
