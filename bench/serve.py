@@ -24,8 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for devtools/, shared with the tests
 
 import numpy as np  # noqa: E402
 
@@ -170,7 +169,7 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
 
-    from helpers import ServerProcess
+    from devtools.serving import ServerProcess
 
     scratch = Path(tempfile.mkdtemp(prefix="kerasport-bench-serve-"))
     run = Path(args.run) if args.run else scratch / "run"

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from kerasport.cli_support import console, user_errors
-
 from kerasport.cli_options import takes_options
+from kerasport.cli_support import console, user_errors
 
 from .options import ExportArgs
 

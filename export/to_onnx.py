@@ -2,41 +2,79 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
+from kerasport.samples import Samples
+
+from .messages import first_line, ort_missing_op
+
+BATCH_DIM = "batch"
 
 
-def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: int, input_name: str,
-                                output_name: str) -> dict:
+class _UnmappedOps(logging.Handler):
+    """Collects the TensorFlow ops tf2onnx reports it has no ONNX conversion for (it logs them, then goes on)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.ops: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Unsupported ops:") and record.args:
+            self.ops.update(str(op) for op in dict(record.args[0]))
+
+
+@contextlib.contextmanager
+def _watch_unmapped_ops() -> Iterator[_UnmappedOps]:
+    handler = _UnmappedOps()
+    logger = logging.getLogger("tf2onnx")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: int,
+                                contract: ModelContract) -> dict:
     """The saved-model path of tf2onnx (what `python -m tf2onnx.convert --saved-model` does), in process.
 
-    tf2onnx's `from_keras` does not handle Keras 3 models; the SavedModel signature is the stable interface.
+    tf2onnx's `from_keras` does not handle Keras 3 models; the SavedModel signature is the stable interface. The
+    graph's inputs and outputs are the signature's, named as in the contract and put in the contract's order;
+    every dynamic dimension gets a readable name (`batch` for the first).
+
+    Raises:
+        ConversionError: tf2onnx fails or has no conversion for an op, the names differ from the contract, or the
+            ONNX checker rejects the graph.
     """
     import onnx
     from tf2onnx import convert, tf_loader
 
+    with _watch_unmapped_ops() as unmapped:
+        try:
+            graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+                str(saved_model), None, None, "serve", ["serving_default"], None, False,
+                return_initialized_tables=True, return_tensors_to_rename=True)
+            proto, _ = convert._convert_common(
+                graph_def, name="kerasport", opset=opset, input_names=inputs, output_names=outputs,
+                tensors_to_rename=renames, initialized_tables=tables, continue_on_error=False)
+        except Exception as error:  # noqa: BLE001 - tf2onnx raises many types; all mean "conversion failed"
+            raise ConversionError(f"tf2onnx could not convert the SavedModel at opset {opset}"
+                                  f"{_ops_text(unmapped.ops)}: {first_line(error)}") from error
+    if unmapped.ops:
+        raise ConversionError(f"tf2onnx has no ONNX opset-{opset} conversion for op(s) "
+                              f"{', '.join(sorted(unmapped.ops))}")
+    _match_contract(proto.graph, contract)
     try:
-        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-            str(saved_model), None, None, "serve", ["serving_default"], None, False,
-            return_initialized_tables=True, return_tensors_to_rename=True)
-        proto, _ = convert._convert_common(
-            graph_def, name="kerasport", opset=opset, input_names=inputs, output_names=outputs,
-            tensors_to_rename=renames, initialized_tables=tables, continue_on_error=False)
-    except Exception as error:  # noqa: BLE001 - tf2onnx raises many types; all mean "conversion failed"
-        raise ConversionError(f"tf2onnx could not convert {saved_model} at opset {opset}: "
-                              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
-    graph_inputs = [tensor.name for tensor in proto.graph.input]
-    graph_outputs = [tensor.name for tensor in proto.graph.output]
-    if graph_inputs != [input_name] or graph_outputs != [output_name]:
-        raise ConversionError(f"tf2onnx produced inputs {graph_inputs} and outputs {graph_outputs}; expected "
-                              f"[{input_name!r}] and [{output_name!r}]")
-    # A readable name for the dynamic batch dimension instead of tf2onnx's generated `unk__NN`.
-    for tensor in (*proto.graph.input, *proto.graph.output):
-        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-    onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # noqa: BLE001 - onnx raises ValidationError and shape-inference errors
+        raise ConversionError(f"the ONNX checker rejects tf2onnx's graph: {first_line(error)}") from error
     onnx.save(proto, str(destination))
     return {"opset": opset, "onnx_checker": "passed", "producer": f"{proto.producer_name} {proto.producer_version}",
             # bench/export.py: a pre-optimized model started no faster (76.7 vs 78.2 ms for `seed`), and
@@ -44,37 +82,87 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
             "offline_graph_optimization": False}
 
 
-class _CalibrationReader:
-    """Feeds calibration images to onnxruntime.quantization in small batches."""
+def _ops_text(ops: set[str]) -> str:
+    return f" (no conversion for op(s) {', '.join(sorted(ops))})" if ops else ""
 
-    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 16):
-        self._batches = iter([{input_name: images[start:start + batch_size]}
-                              for start in range(0, len(images), batch_size)])
+
+def _match_contract(graph, contract: ModelContract) -> None:
+    """Check the graph's I/O names are the contract's, order them as the contract does, name dynamic dims."""
+    for kind, tensors, expected in (("inputs", graph.input, contract.input_names),
+                                    ("outputs", graph.output, contract.output_names)):
+        names = [tensor.name for tensor in tensors]
+        if sorted(names) != sorted(expected):
+            raise ConversionError(f"tf2onnx produced {kind} {names}; the contract names {expected}")
+        by_name = {tensor.name: tensor for tensor in tensors}
+        ordered = [type(by_name[name])() for name in expected]
+        for copy, name in zip(ordered, expected, strict=True):
+            copy.CopyFrom(by_name[name])
+        del tensors[:]
+        tensors.extend(ordered)
+        for tensor in tensors:
+            dims = tensor.type.tensor_type.shape.dim
+            for index, dim in enumerate(dims):
+                if not dim.HasField("dim_value"):
+                    # tf2onnx names unknown dims `unk__NN`; the batch is `batch`, others `<tensor>_dim<i>`.
+                    dim.dim_param = BATCH_DIM if index == 0 else f"{tensor.name}_dim{index}"
+
+
+def onnx_io_details(model_path: Path) -> dict:
+    """The graph's inputs and outputs as onnxruntime sees them: name, numpy dtype, shape (named dynamic dims)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def describe(tensor) -> dict:
+        tensor_type = tensor.type.tensor_type
+        return {"name": tensor.name,
+                "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name,
+                "shape": [dim.dim_param or dim.dim_value for dim in tensor_type.shape.dim]}
+
+    return {"inputs": [describe(tensor) for tensor in graph.input],
+            "outputs": [describe(tensor) for tensor in graph.output]}
+
+
+class _CalibrationReader:
+    """Feeds the calibration sample to onnxruntime.quantization: one dict of every input per step."""
+
+    def __init__(self, calibration: Samples, contract: ModelContract, batch_size: int = 16):
+        inputs = {spec.name: np.asarray(calibration.inputs[spec.name], dtype=spec.dtype) for spec in contract.inputs}
+        self._batches = iter([{name: array[start:start + batch_size] for name, array in inputs.items()}
+                              for start in range(0, len(calibration), batch_size)])
 
     def get_next(self):
         return next(self._batches, None)
 
 
-def quantize_onnx_static(fp32_model: Path, destination: Path, calibration: np.ndarray, *,
-                         input_name: str, scratch: Path) -> dict:
-    """Static int8 quantization in QDQ format, per-channel weights, calibrated on training images."""
+def quantize_onnx_static(fp32_model: Path, destination: Path, calibration: Samples, *, contract: ModelContract,
+                         scratch: Path) -> dict:
+    """Static int8 quantization in QDQ format, per-channel weights, calibrated on the bundle's calibration sample.
+
+    Every input is fed from the sample in its contract dtype; only float tensors are quantized (integer ids and
+    booleans pass through unchanged, as onnxruntime's QDQ quantizer handles only float tensors).
+
+    Raises:
+        ConversionError: the quantizer fails (naming the op onnxruntime lacks a kernel for, when it says so).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = scratch / "model_prepared.onnx"
+    prepared = scratch / f"{destination.stem}_prepared.onnx"
     try:
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(destination), _CalibrationReader(calibration.astype(np.float32),
-                                                                            input_name),
+        quantize_static(str(prepared), str(destination), _CalibrationReader(calibration, contract),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     except Exception as error:  # noqa: BLE001
-        raise ConversionError(f"onnxruntime static quantization of {fp32_model.name} failed: "
-                              f"{type(error).__name__}: {error}") from error
+        op = ort_missing_op(error)
+        missing = f" (op {op} has no onnxruntime kernel)" if op else ""
+        raise ConversionError(f"onnxruntime static quantization of {fp32_model.name} failed{missing}: "
+                              f"{first_line(error)}") from error
     finally:
         prepared.unlink(missing_ok=True)
     return {"quantization": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
-            "calibration_images": len(calibration)}
+            "calibration_samples": len(calibration)}
 
 
 def quantize_onnx_dynamic(fp32_model: Path, destination: Path) -> dict:

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from kerasport.errors import UsageError
 
 PRECISION_CLASS = {"fp32": "fp32", "fp16": "fp16", "dynamic-int8": "int8", "int8": "int8"}
@@ -20,7 +22,8 @@ TOLERANCE_FILE = "parity.toml"
 
 @dataclass
 class Tolerance:
-    # |candidate - keras| <= atol + rtol * |keras| for every output value; None: not checked
+    # |candidate - reference| <= max(atol, noise_multiple x noise) + rtol * |reference| for every output value
+    # (`allowed_difference`); atol None: values not checked
     atol: float | None = None
     rtol: float = 0.0
     # The bound is max(atol, noise_multiple x Keras' own noise on the same inputs): a runtime that sums in another
@@ -72,7 +75,41 @@ class TolerancePolicy:
         self.source.append(origin)
 
 
+def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor: float) -> np.ndarray | None:
+    """The largest |candidate - reference| the tolerance allows for each reference value; None when not checked.
+
+    One bound for the gate and the settings sweep: max(atol, noise_multiple x the reference's own noise on the same
+    inputs) + rtol x |reference|.
+
+    Args:
+        tolerance: the precision class's tolerance.
+        reference: the reference outputs (any shape).
+        noise_floor: the reference's own max |diff| between batch 1 and batch 64 on these inputs, for this output.
+
+    Returns:
+        An array shaped like `reference`, or None when the tolerance has no `atol` (values are not bounded).
+    """
+    if tolerance.atol is None:
+        return None
+    floor = max(tolerance.atol, tolerance.noise_multiple * noise_floor)
+    return floor + tolerance.rtol * np.abs(np.asarray(reference, dtype=np.float64))
+
+
+def bound_excess(tolerance: Tolerance, reference: np.ndarray, candidate: np.ndarray, noise_floor: float) -> float:
+    """max(|candidate - reference| - allowed_difference): <= 0 within the bound, NaN when values are not bounded."""
+    allowed = allowed_difference(tolerance, reference, noise_floor)
+    if allowed is None:
+        return float("nan")
+    difference = np.abs(np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
+    return float((difference - allowed).max()) if difference.size else 0.0
+
+
 def load_policy(run_dir: Path, overrides: dict[str, dict] | None = None) -> TolerancePolicy:
+    """The defaults, updated by `<run_dir>/parity.toml`, then by command-line overrides (None values ignored).
+
+    Raises:
+        UsageError: the file is not TOML, or names an unknown section or key, or a value is not a number >= 0.
+    """
     policy = TolerancePolicy()
     path = run_dir / TOLERANCE_FILE
     if path.is_file():

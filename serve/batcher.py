@@ -1,5 +1,9 @@
 """Micro-batching: concurrent requests coalesce into one runtime call, run in a worker thread.
 
+A request is a dict of named input arrays sharing one batch size. Requests coalesce when their inputs have the
+same names and per-example shapes: each input is concatenated along the batch axis, and every output is split
+back into the callers' rows.
+
 With `max_delay_ms = 0` (the default) batching is greedy: a request runs at once when the worker is idle, and
 whatever queues up while a batch runs forms the next batch. So a lone client pays no added latency, and under load
 batches grow by themselves. A positive delay additionally waits up to that long for more requests.
@@ -10,22 +14,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 
+Arrays = Mapping[str, np.ndarray]
+
+
 @dataclass
 class _Request:
-    images: np.ndarray
+    inputs: Arrays
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    size: int = field(init=False)
+    signature: tuple = field(init=False)
+
+    def __post_init__(self) -> None:
+        sizes = {len(array) for array in self.inputs.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs of one request differ in batch size: "
+                             f"{ {name: len(array) for name, array in self.inputs.items()} }")
+        self.size = sizes.pop()
+        # Requests coalesce only when every input has the same per-example shape and dtype.
+        self.signature = tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in self.inputs.items()))
+
+
+def concatenate(requests: list[_Request]) -> dict[str, np.ndarray]:
+    if len(requests) == 1:
+        return dict(requests[0].inputs)
+    return {name: np.concatenate([request.inputs[name] for request in requests]) for name in requests[0].inputs}
+
+
+def split(outputs: Arrays, requests: list[_Request]) -> list[dict[str, np.ndarray]]:
+    """Every output cut back into each request's rows, in order."""
+    parts, offset = [], 0
+    for request in requests:
+        parts.append({name: array[offset:offset + request.size] for name, array in outputs.items()})
+        offset += request.size
+    return parts
 
 
 class MicroBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32, max_delay_ms: float = 0.0,
+    """Coalesces concurrent `submit` calls into batched `infer` calls on one worker thread.
+
+    Args:
+        infer: runs one batch, dict of named inputs -> dict of named outputs (each batch-first).
+        max_batch: most examples per call (a single larger request still runs, alone).
+        max_delay_ms: how long the first request of a batch may wait for more (0: greedy).
+        observe: called with (examples, seconds the oldest request queued, inference seconds) per call.
+    """
+
+    def __init__(self, infer: Callable[[dict[str, np.ndarray]], Arrays], *, max_batch: int = 32, max_delay_ms: float = 0.0,
                  observe: Callable[[int, float, float], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, received {max_batch}")
@@ -53,11 +95,12 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, images: np.ndarray) -> np.ndarray:
+    async def submit(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        """Infer one request's named inputs (all with the same batch size); returns its rows of every output."""
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(images, future))
+        await self._queue.put(_Request(inputs, future))
         return await future
 
     async def _next(self, timeout: float | None) -> _Request | None:
@@ -76,39 +119,39 @@ class MicroBatcher:
         except TimeoutError:
             return None
 
+    async def _collect(self) -> list[_Request]:
+        first = await self._next(None)
+        batch, size = [first], first.size
+        deadline = first.enqueued + self._max_delay
+        while size < self._max_batch:
+            request = await self._next(deadline - time.perf_counter())
+            if request is None:
+                break
+            if size + request.size > self._max_batch or request.signature != first.signature:
+                self._held = request  # starts the next batch
+                break
+            batch.append(request)
+            size += request.size
+        return [request for request in batch if not request.future.done()]  # skip cancelled clients
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._next(None)
-            batch, size = [first], len(first.images)
-            deadline = first.enqueued + self._max_delay
-            while size < self._max_batch:
-                request = await self._next(deadline - time.perf_counter())
-                if request is None:
-                    break
-                if size + len(request.images) > self._max_batch:
-                    self._held = request  # starts the next batch
-                    break
-                batch.append(request)
-                size += len(request.images)
-            live = [request for request in batch if not request.future.done()]  # skip cancelled clients
+            live = await self._collect()
             if not live:
                 continue
-            images = live[0].images if len(live) == 1 else np.concatenate([r.images for r in live])
+            inputs = concatenate(live)
             queued = time.perf_counter() - live[0].enqueued
             started = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self._executor, self._infer, images)
+                outputs = await loop.run_in_executor(self._executor, self._infer, inputs)
             except Exception as error:  # noqa: BLE001 - every waiting request gets the runtime's error
                 for request in live:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
             if self._observe is not None:
-                self._observe(len(images), queued, time.perf_counter() - started)
-            offset = 0
-            for request in live:
-                count = len(request.images)
+                self._observe(sum(request.size for request in live), queued, time.perf_counter() - started)
+            for request, rows in zip(live, split(outputs, live), strict=True):
                 if not request.future.done():
-                    request.future.set_result(outputs[offset:offset + count])
-                offset += count
+                    request.future.set_result(rows)

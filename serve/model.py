@@ -3,95 +3,133 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kerasport.errors import UsageError
-from kerasport.manifest import load_manifest, require_verified, verify_bundle
+from kerasport.contract import ModelContract
+from kerasport.errors import CheckFailed, UsageError
+from kerasport.manifest import Artifact, Manifest, load_manifest, require_verified, verify_bundle
 from kerasport.runtimes import RuntimeSettings, open_runtime
 
 # Fastest first, from bench/export.py on the `seed` arch (batch-1 latency per image, 2 cores):
 # tflite-int8 0.15 ms, tflite-dynamic 0.18, onnx-int8 0.27, tflite-fp32 0.95, tflite-fp16 1.0, onnx-fp32 1.1.
+# Servable artifacts of other names come after these, in manifest order.
 SPEED_ORDER = ("tflite-int8", "tflite-dynamic", "onnx-int8", "tflite-fp32", "tflite-fp16", "onnx-fp32")
 SERVABLE_FORMATS = ("onnx", "tflite")
 
 
 @dataclass
 class ServedModel:
+    """One artifact of a bundle, opened in its runtime, with the bundle's contract."""
+
     run_dir: Path
-    variant: str
-    name: str
-    version: str
-    manifest: dict
-    entry: dict
+    manifest: Manifest
+    artifact: Artifact
     runtime: object
+    name: str
     load_seconds: float
 
     @property
-    def labels(self) -> list[str]:
-        return self.manifest["model"].get("labels") or []
+    def contract(self) -> ModelContract:
+        return self.manifest.contract
+
+    @property
+    def variant(self) -> str:
+        return self.artifact.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @property
     def task(self) -> str:
-        return self.manifest["model"]["task"]
+        return self.contract.task
 
     @property
-    def n_outputs(self) -> int:
-        return int(self.manifest["output"]["shape"][-1])
+    def runtime_name(self) -> str:
+        return self.artifact.runtime or getattr(self.runtime, "name", self.artifact.format)
 
     @property
-    def input_name(self) -> str:
-        return self.manifest["input"]["name"]
+    def entry(self) -> dict:
+        """The artifact's manifest entry (read-only use: the ready line names its runtime)."""
+        return {**self.artifact.entry, "runtime": self.runtime_name}
 
-    @property
-    def output_name(self) -> str:
-        return self.manifest["output"]["name"]
-
-    @property
-    def preprocessing(self) -> dict:
-        return self.manifest.get("preprocessing", {})
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.runtime.run(images)
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: arrays keyed by the contract's input names -> arrays keyed by its output names."""
+        return self.runtime.run(inputs)
 
 
-def choose_variant(manifest: dict, requested: str | None, allow_unverified: bool) -> str:
-    artifacts = manifest["artifacts"]
+def _servable(artifact: Artifact) -> bool:
+    return artifact.format in SERVABLE_FORMATS and artifact.status == "ok"
+
+
+def choose_variant(manifest: Manifest, requested: str | None, allow_unverified: bool) -> str:
+    """The artifact to serve: the requested one, else the fastest that passed parity (SPEED_ORDER).
+
+    Variants export could not build (`failed: ...`) are never chosen; with `allow_unverified`, the fastest
+    servable artifact is chosen when none passed parity.
+
+    Raises:
+        UsageError: the requested artifact is not servable, or nothing is.
+    """
+    servable = [artifact.name for artifact in manifest.artifacts() if _servable(artifact)]
     if requested:
-        if requested not in artifacts or artifacts[requested].get("format") not in SERVABLE_FORMATS:
-            servable = [n for n, e in artifacts.items() if e.get("format") in SERVABLE_FORMATS]
-            raise UsageError(f"--variant {requested!r} is not a servable artifact of this bundle; expected one of "
-                             f"{', '.join(servable) or '(none: run kerasport export)'}")
+        if requested not in servable:
+            state = ""
+            if manifest.has(requested) and manifest.artifact(requested).status != "ok":
+                state = f" (export recorded it as {manifest.artifact(requested).status})"
+            raise UsageError(f"--variant {requested!r} is not a servable artifact of this bundle{state}; expected "
+                             f"one of {', '.join(servable) or '(none: run kerasport export)'}")
         return requested
-    passed = [name for name in SPEED_ORDER if (artifacts.get(name, {}).get("parity") or {}).get("verdict") == "pass"]
+    ordered = [name for name in SPEED_ORDER if name in servable] + [n for n in servable if n not in SPEED_ORDER]
+    passed = [name for name in ordered if manifest.artifact(name).passed_parity]
     if passed:
         return passed[0]
-    if allow_unverified:
-        present = [name for name in SPEED_ORDER if name in artifacts]
-        if present:
-            return present[0]
+    if allow_unverified and ordered:
+        return ordered[0]
     raise UsageError("no artifact of this bundle passed parity; run `kerasport parity`, or pick one with "
                      "--variant and --allow-unverified")
 
 
 def load_served_model(run: str | Path, *, variant: str | None = None, model_name: str | None = None,
                       threads: int = 0, allow_unverified: bool = False, spinning: bool = True) -> ServedModel:
-    """Verify the bundle's chosen artifact (hash + parity verdict) and open it in its runtime."""
+    """Choose an artifact, verify it (sha256 and parity verdict) and open it in its runtime.
+
+    Args:
+        run: the run directory holding `manifest.json`.
+        variant: the artifact to serve; default: the fastest that passed parity (see `SPEED_ORDER`).
+        model_name: the name clients use in URLs; default: the manifest's model name.
+        threads: the runtime's intra-op threads (0: its default).
+        allow_unverified: serve an artifact whose parity verdict is missing or failed.
+        spinning: let onnxruntime's idle worker threads spin (fastest for a lone client).
+
+    Returns:
+        The ServedModel, whose `predict` takes and returns arrays keyed by the contract's names.
+
+    Raises:
+        UsageError: no bundle, no servable or verified artifact, an altered artifact (exit 2).
+        CheckFailed: the manifest is invalid (exit 1).
+        ConversionError: the runtime cannot load the artifact (exit 3).
+    """
     started = time.perf_counter()
     run_dir = Path(run)
     manifest = load_manifest(run_dir)
     chosen = choose_variant(manifest, variant, allow_unverified)
-    require_verified(manifest, chosen, allow_unverified=allow_unverified)
+    artifact = require_verified(manifest, chosen, allow_unverified=allow_unverified)
     try:
         verify_bundle(run_dir, [chosen])
-    except Exception as error:
+    except CheckFailed as error:
         raise UsageError(str(error)) from error
-    entry = manifest["artifacts"][chosen]
-    runtime = open_runtime(run_dir / entry["path"], entry["format"], RuntimeSettings(
-        threads=threads, spinning=spinning, memory_pattern=False))
-    name = model_name or manifest["model"]["name"]
-    return ServedModel(run_dir=run_dir, variant=chosen, name=name, version=str(manifest["model"].get("version", "1")),
-                       manifest=manifest, entry=entry, runtime=runtime,
-                       load_seconds=time.perf_counter() - started)
+    runtime = open_runtime(artifact.resolve(run_dir), artifact.format,
+                           RuntimeSettings(threads=threads, spinning=spinning, memory_pattern=False))
+    contract = manifest.contract
+    if set(runtime.input_names) != set(contract.input_names) or set(runtime.output_names) != set(
+            contract.output_names):
+        raise UsageError(f"artifact {chosen!r} takes {runtime.input_names} and returns {runtime.output_names}; the "
+                         f"contract names {contract.input_names} and {contract.output_names} (re-run `kerasport "
+                         f"export`)")
+    return ServedModel(run_dir=run_dir, manifest=manifest, artifact=artifact, runtime=runtime,
+                       name=model_name or manifest.name, load_seconds=time.perf_counter() - started)

@@ -1,147 +1,226 @@
-"""Request parsing for the KServe V2 (Open Inference Protocol) and TF Serving REST formats.
+"""The KServe V2 (Open Inference Protocol) and TF Serving REST formats: requests in, responses out.
 
-Every malformed request raises `BadRequest` with a precise message; the app turns it into a 400.
+Pure functions over parsed JSON and the model contract, with no HTTP in them: the route modules read bodies and
+call these. Any number of named inputs and outputs, in the contract's datatypes; every malformed request raises
+`BadRequest` naming the offending input.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-from kerasport.errors import UsageError
+from kerasport.contract import ModelContract
 
-PIXELS = 28 * 28
-# Shapes (after the batch dimension) a client may use for the [batch, 28, 28, 1] image tensor.
-ACCEPTED_TRAILING_SHAPES = ((28, 28, 1), (28, 28), (PIXELS,))
-V2_DATATYPES = {"FP32": np.float32, "UINT8": np.uint8}
+from .errors import BadRequest
+from .tensors import (
+    array_from_binary,
+    array_from_json,
+    check_batch,
+    check_datatype,
+    check_names,
+    check_shape,
+    reshape,
+    to_input,
+)
 
-
-class BadRequest(UsageError):
-    """A client error: answered with HTTP 400 and {"error": message}."""
-
-
-def _images_from(data, shape: list[int] | None, where: str) -> np.ndarray:
-    """Nested or flat numbers -> float32 [n, 28, 28, 1], validated."""
-    try:
-        array = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError) as error:
-        raise BadRequest(f"{where}: data is not a (nested) list of numbers ({error})") from None
-    if array.dtype == object:
-        raise BadRequest(f"{where}: data is ragged; expected equally long rows")
-    if shape is not None:
-        expected = math.prod(shape)
-        if array.size != expected:
-            raise BadRequest(f"{where}: data holds {array.size} values but shape {shape} needs {expected}")
-        array = array.reshape(shape)
-    if array.ndim >= 1 and array.shape[1:] in ACCEPTED_TRAILING_SHAPES and array.shape[0] >= 1:
-        images = array.reshape(array.shape[0], 28, 28, 1)
-    elif array.shape in ACCEPTED_TRAILING_SHAPES:  # one image without a batch dimension
-        images = array.reshape(1, 28, 28, 1)
-    else:
-        raise BadRequest(f"{where}: shape {list(array.shape)}; expected [batch, 28, 28, 1], [batch, 28, 28] or "
-                         f"[batch, 784] raw pixels")
-    if not np.isfinite(images).all():
-        raise BadRequest(f"{where}: NaN or Inf in the data; expected finite pixel values 0..255")
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 255:
-        raise BadRequest(f"{where}: values span {low:g}..{high:g}; expected raw pixels in 0..255")
-    return images.astype(np.float32)
+TFS_SIGNATURE = "serving_default"
 
 
-def parse_v2_infer(body, input_name: str, output_name: str, binary: bytes = b"") -> tuple[np.ndarray, dict]:
-    """A V2 inference request -> images and the response context (id, binary output wanted).
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool = False
 
-    `binary` is what followed the JSON header under the binary tensor data extension
-    (`Inference-Header-Content-Length`); an input then carries `parameters.binary_data_size` instead of `data`.
+
+@dataclass
+class V2Request:
+    """A parsed V2 inference request: checked model inputs, the outputs wanted, the request id."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput]
+    id: str | None = None
+
+
+def _object(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} is {type(value).__name__}; expected a JSON object")
+    return value
+
+
+def parse_v2_infer(body: object, contract: ModelContract, binary: bytes = b"") -> V2Request:
+    """A V2 inference request -> model inputs, keyed by the contract's names and in its dtypes.
+
+    Args:
+        body: the parsed JSON (the header, under the binary tensor data extension).
+        contract: the served model's contract.
+        binary: what followed the JSON header under the binary tensor data extension
+            (`Inference-Header-Content-Length`): inputs with `parameters.binary_data_size` take their bytes from
+            it, in the order the inputs are listed.
+
+    Raises:
+        BadRequest: one line naming the offending input or field.
     """
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body is {type(body).__name__}; expected a JSON object with 'inputs'")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        received = f"{len(inputs)} items" if isinstance(inputs, list) else type(inputs).__name__
-        raise BadRequest(f"'inputs' must be a list with exactly one tensor object named {input_name!r}; "
-                         f"received {received}")
-    tensor = inputs[0]
-    parameters = tensor.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest(f"input 'parameters' is {type(parameters).__name__}; expected an object")
-    binary_size = parameters.get("binary_data_size")
-    for key in ("name", "shape", "datatype") + (() if binary_size is not None else ("data",)):
+    body = _object(body, "the request body")
+    tensors = body.get("inputs")
+    if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) for t in tensors):
+        received = f"{len(tensors)} items" if isinstance(tensors, list) else type(tensors).__name__
+        raise BadRequest(f"'inputs' must be a non-empty list of tensor objects, one per input "
+                         f"{contract.input_names}; received {received}")
+    names = [tensor.get("name") for tensor in tensors]
+    if not all(isinstance(name, str) for name in names):
+        raise BadRequest(f"input tensor names {names}; expected strings among {contract.input_names}")
+    if len(set(names)) != len(names):
+        raise BadRequest(f"input tensor names {names} repeat; expected each of {contract.input_names} once")
+    check_names(dict.fromkeys(names), contract, "'inputs'")
+    inputs, offset, view = {}, 0, memoryview(binary)
+    for tensor in tensors:
+        array, offset = _v2_tensor(tensor, contract, view, offset)
+        inputs[tensor["name"]] = array
+    if offset != len(binary):
+        raise BadRequest(f"the binary part of the body holds {len(binary)} bytes; the inputs' binary_data_size "
+                         f"add up to {offset}")
+    check_batch(inputs)
+    return V2Request(inputs=inputs, outputs=requested_outputs(body, contract), id=_request_id(body))
+
+
+def _v2_tensor(tensor: dict, contract: ModelContract, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    name = tensor["name"]
+    spec, where = contract.input(name), f"input {name!r}"
+    parameters = _object(tensor.get("parameters") or {}, f"{where} 'parameters'")
+    size = parameters.get("binary_data_size")
+    for key in ("shape", "datatype") + (() if size is not None else ("data",)):
         if key not in tensor:
-            raise BadRequest(f"input tensor is missing '{key}'; expected name, shape, datatype and data "
-                             f"(or parameters.binary_data_size with a binary body)")
-    if tensor["name"] != input_name:
-        raise BadRequest(f"input tensor is named {tensor['name']!r}; this model's input is {input_name!r}")
-    datatype = tensor["datatype"]
-    if datatype not in V2_DATATYPES:
-        raise BadRequest(f"datatype {datatype!r} is not supported; expected FP32 or UINT8")
-    shape = tensor["shape"]
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise BadRequest(f"shape {shape!r}; expected a list of positive integers such as [1, 28, 28, 1]")
-    if binary_size is not None:
-        images = _images_from_binary(binary, binary_size, shape, datatype, input_name)
-        return images, _response_context(body, output_name)
-    data = tensor["data"]
-    if not isinstance(data, list):
-        raise BadRequest(f"'data' is {type(data).__name__}; expected a flat or nested list of numbers")
-    if datatype == "UINT8":
-        flat = np.asarray(data, dtype=object).ravel() if data else np.asarray([])
-        if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 255 for v in flat):
-            raise BadRequest("UINT8 data must be integers in 0..255")
-    images = _images_from(data, shape, f"input {input_name!r}")
-    return images, _response_context(body, output_name)
+            raise BadRequest(f"{where} is missing '{key}'; expected name, shape, datatype and data (or "
+                             f"parameters.binary_data_size with a binary body)")
+    dtype = check_datatype(spec, tensor["datatype"], where)
+    shape = check_shape(tensor["shape"], where)
+    if size is None:
+        return to_input(spec, reshape(array_from_json(tensor["data"], dtype, where), shape, where), where), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"{where}: binary_data_size {size!r}; expected a byte count")
+    if offset + size > len(binary):
+        raise BadRequest(f"{where}: the binary part of the body holds {len(binary) - offset} bytes from offset "
+                         f"{offset}; binary_data_size says {size}")
+    array = array_from_binary(binary[offset:offset + size], dtype, shape, where)
+    return to_input(spec, array, where), offset + size
 
 
-def _images_from_binary(binary: bytes, size, shape: list[int], datatype: str, input_name: str) -> np.ndarray:
-    dtype = np.dtype("<f4") if datatype == "FP32" else np.dtype(np.uint8)
-    expected = math.prod(shape) * dtype.itemsize
-    if not isinstance(size, int) or size != expected:
-        raise BadRequest(f"binary_data_size {size!r} for shape {shape} {datatype}; expected {expected} bytes")
-    if len(binary) != size:
-        raise BadRequest(f"the binary part of the body holds {len(binary)} bytes; binary_data_size says {size}")
-    return _images_from(np.frombuffer(binary, dtype=dtype), shape, f"input {input_name!r}")
-
-
-def _response_context(body: dict, output_name: str) -> dict:
-    binary_output = bool((body.get("parameters") or {}).get("binary_data_output", False))
+def requested_outputs(body: dict, contract: ModelContract) -> list[RequestedOutput]:
+    """The outputs a V2 request asks for (default: all, in contract order), each as JSON or binary."""
+    default_binary = bool(_object(body.get("parameters") or {}, "request 'parameters'").get("binary_data_output",
+                                                                                           False))
     requested = body.get("outputs")
-    if requested is not None:
-        if not isinstance(requested, list) or not all(isinstance(o, dict) and "name" in o for o in requested):
-            raise BadRequest("'outputs' must be a list of objects with a 'name'")
-        unknown = [o["name"] for o in requested if o["name"] != output_name]
-        if unknown:
-            raise BadRequest(f"unknown output(s) {unknown}; this model has {output_name!r}")
-        binary_output = binary_output or any((o.get("parameters") or {}).get("binary_data", False)
-                                             for o in requested)
+    if requested is None:
+        return [RequestedOutput(name, default_binary) for name in contract.output_names]
+    if not isinstance(requested, list) or not all(isinstance(o, dict) and "name" in o for o in requested):
+        raise BadRequest("'outputs' must be a list of objects with a 'name'")
+    unknown = [o["name"] for o in requested if o["name"] not in contract.output_names]
+    if unknown:
+        raise BadRequest(f"unknown output(s) {unknown}; this model's outputs are {contract.output_names}")
+    return [RequestedOutput(o["name"], bool(_object(o.get("parameters") or {}, f"output {o['name']!r} "
+                                                    f"'parameters'").get("binary_data", default_binary)))
+            for o in requested]
+
+
+def _request_id(body: dict) -> str | None:
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' is {type(request_id).__name__}; expected a string")
-    return {"id": request_id, "binary_output": binary_output}
+    return request_id
 
 
-def parse_tfs_predict(body, input_name: str) -> tuple[np.ndarray, str]:
-    """A TF Serving :predict request -> images and the response format ('row' or 'columnar')."""
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body is {type(body).__name__}; expected a JSON object with 'instances' or "
-                         f"'inputs'")
+def output_arrays(outputs: Mapping[str, np.ndarray], contract: ModelContract) -> dict[str, np.ndarray]:
+    """The runtime's outputs in the contract's order and dtypes, C-contiguous (orjson serializes them as is)."""
+    return {spec.name: np.ascontiguousarray(outputs[spec.name], dtype=spec.dtype) for spec in contract.outputs}
+
+
+def v2_response(outputs: Mapping[str, np.ndarray], request: V2Request, contract: ModelContract, *,
+                model_name: str, model_version: str) -> tuple[dict, bytes]:
+    """The V2 response body and the binary part (non-empty when an output was asked for as binary data)."""
+    arrays = output_arrays(outputs, contract)
+    tensors, chunks = [], []
+    for wanted in request.outputs:
+        spec, array = contract.output(wanted.name), arrays[wanted.name]
+        tensor: dict = {"name": spec.name, "datatype": spec.v2_datatype, "shape": list(array.shape)}
+        if wanted.binary:
+            payload = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(payload)}
+            chunks.append(payload)
+        else:
+            tensor["data"] = array.ravel()
+        tensors.append(tensor)
+    response: dict = {"model_name": model_name, "model_version": model_version, "outputs": tensors}
+    if request.id is not None:
+        response["id"] = request.id
+    return response, b"".join(chunks)
+
+
+def parse_tfs_predict(body: object, contract: ModelContract) -> tuple[dict[str, np.ndarray], str]:
+    """A TF Serving :predict request -> model inputs and the response layout ('row' or 'columnar').
+
+    Row format: `instances`, a list of examples, each a value (single-input models) or an object keyed by input
+    name. Columnar format: `inputs`, a batch-first value (single-input models) or an object keyed by input name.
+
+    Raises:
+        BadRequest: one line naming the offending instance or input.
+    """
+    body = _object(body, "the request body")
+    signature = body.get("signature_name", TFS_SIGNATURE)
+    if signature != TFS_SIGNATURE:
+        raise BadRequest(f"signature_name {signature!r}; this model has only {TFS_SIGNATURE!r}")
     if ("instances" in body) == ("inputs" in body):
         raise BadRequest("the request needs exactly one of 'instances' (row format) or 'inputs' (columnar format)")
     if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise BadRequest("'instances' must be a non-empty list of images")
-        rows = []
-        for index, instance in enumerate(instances):
-            if isinstance(instance, dict):
-                if input_name not in instance:
-                    raise BadRequest(f"instance {index} has keys {sorted(instance)}; expected {input_name!r}")
-                instance = instance[input_name]
-            rows.append(_images_from(instance, None, f"instance {index}"))
-        return np.concatenate(rows), "row"
-    inputs = body["inputs"]
-    if isinstance(inputs, dict):
-        if input_name not in inputs:
-            raise BadRequest(f"'inputs' has keys {sorted(inputs)}; expected {input_name!r}")
-        inputs = inputs[input_name]
-    return _images_from(inputs, None, "'inputs'"), "columnar"
+        return _tfs_rows(body["instances"], contract), "row"
+    columns = body["inputs"]
+    if not isinstance(columns, dict):
+        if len(contract.inputs) > 1:
+            raise BadRequest(f"'inputs' is {type(columns).__name__}; this model has inputs {contract.input_names}, "
+                             f"so 'inputs' must be an object keyed by input name")
+        columns = {contract.input_names[0]: columns}
+    check_names(columns, contract, "'inputs'")
+    inputs = {name: _tfs_input(contract, name, columns[name], f"input {name!r}") for name in contract.input_names}
+    check_batch(inputs)
+    return inputs, "columnar"
+
+
+def _tfs_rows(instances: object, contract: ModelContract) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("'instances' must be a non-empty list of examples")
+    keyed = [isinstance(instance, dict) for instance in instances]
+    if not any(keyed):
+        if len(contract.inputs) > 1:
+            raise BadRequest(f"instance 0 is {type(instances[0]).__name__}; this model has inputs "
+                             f"{contract.input_names}, so each instance must be an object keyed by input name")
+        name = contract.input_names[0]
+        return {name: _tfs_input(contract, name, instances, f"input {name!r} of 'instances'")}
+    if not all(keyed):
+        index = keyed.index(False)
+        raise BadRequest(f"instance {index} is {type(instances[index]).__name__}; expected an object keyed by input "
+                         f"name like the other instances")
+    for index, instance in enumerate(instances):
+        check_names(instance, contract, f"instance {index}")
+    return {name: _tfs_input(contract, name, [instance[name] for instance in instances],
+                             f"input {name!r} of 'instances'") for name in contract.input_names}
+
+
+def _tfs_input(contract: ModelContract, name: str, values: object, where: str) -> np.ndarray:
+    spec = contract.input(name)
+    if not isinstance(values, list):
+        raise BadRequest(f"{where} is {type(values).__name__}; expected a batch-first (nested) list of values")
+    return to_input(spec, array_from_json(values, np.dtype(spec.dtype), where), where)
+
+
+def tfs_response(outputs: Mapping[str, np.ndarray], contract: ModelContract, layout: str) -> dict:
+    """As TF Serving answers: one output -> its values; several -> objects keyed by output name."""
+    arrays = output_arrays(outputs, contract)
+    names = contract.output_names
+    if layout == "row":
+        if len(names) == 1:
+            return {"predictions": arrays[names[0]]}
+        count = len(arrays[names[0]])
+        return {"predictions": [{name: arrays[name][index] for name in names} for index in range(count)]}
+    return {"outputs": arrays[names[0]] if len(names) == 1 else arrays}

@@ -1,66 +1,111 @@
-"""Run the app under uvicorn: load and verify first (exit 2 on a bad bundle), then serve until SIGTERM/SIGINT.
+"""Run the app under uvicorn: bind the port, load and verify the bundle, then serve until SIGTERM/SIGINT.
 
-uvicorn's shutdown stops accepting connections and lets in-flight requests finish (up to the grace period)
-before the lifespan closes the batcher, which is the drain SIGTERM needs.
+The listening socket is bound here, before the model loads, so a port in use is a one-line usage error (exit 2)
+and the ready line can name the real port when `--port 0` picks one. uvicorn is handed the socket
+(`Server.serve(sockets=...)`); a task beside it prints the ready line once `server.started` is true, which is
+after the app's lifespan has started (the batcher is running).
+
+Shutdown is uvicorn's: it stops accepting connections and lets in-flight requests finish (up to the grace
+period) before the lifespan closes the batcher — the drain SIGTERM needs. While serving, uvicorn handles SIGINT
+and SIGTERM itself; afterwards it restores the handlers that were installed before it started and re-raises the
+signal it caught, so the handler installed here decides what the process does then: after a SIGTERM drain,
+return normally (exit 0). SIGINT keeps Python's default, KeyboardInterrupt, which the CLI reports as exit 130.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 
+from kerasport.errors import UsageError
+
 GRACEFUL_SHUTDOWN_SECONDS = 30
+BACKLOG = 2048
 
 
-def _server_class():
-    import uvicorn
+def bind_listening_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A TCP socket listening on host:port (port 0: a free one); an address in use is a UsageError."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host!r}: cannot resolve it ({error.strerror})") from None
+    sock = socket.socket(family, kind, protocol)
+    try:
+        # SO_REUSEADDR lets a restarted server take over a port whose old connections sit in TIME_WAIT; on Linux it
+        # does not let two servers listen on one port, so a live server on the port still fails below.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({error.strerror}); pick another "
+                         f"--port, or 0 for a free one") from None
+    return sock
 
-    class DrainingServer(uvicorn.Server):
-        """uvicorn re-raises a captured SIGTERM after draining; a completed drain is a clean exit (code 0)."""
 
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            if sig == signal.SIGTERM and sig in self._captured_signals:
-                self._captured_signals.remove(sig)
-
-    return DrainingServer
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, threads, api_key, max_body_bytes,
           allow_unverified, access_log) -> None:
     started = time.perf_counter()
-    import uvicorn
+    sock = bind_listening_socket(host, port)
+    with contextlib.closing(sock):
+        import uvicorn
 
-    from .app import create_app
-    from .model import load_served_model
+        from .app import create_app
+        from .model import load_served_model
 
-    model = load_served_model(run, variant=variant, model_name=model_name, threads=threads,
-                              allow_unverified=allow_unverified)
-    app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, api_key=api_key,
-                     max_body_bytes=max_body_bytes)
+        model = load_served_model(run, variant=variant, model_name=model_name, threads=threads,
+                                  allow_unverified=allow_unverified)
+        app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, api_key=api_key,
+                         max_body_bytes=max_body_bytes)
+        _configure_access_log(access_log)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="auto", http="auto",
+                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
+        server = uvicorn.Server(config)
+
+        def announce() -> None:
+            # One machine-readable line on stdout: clients and tests wait for it.
+            print(json.dumps({"event": "ready", "url": url_of(sock), "model": model.name, "variant": model.variant,
+                              "runtime": model.entry["runtime"],
+                              "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
+
+        def stop(signum, frame) -> None:
+            # Runs for a SIGTERM before uvicorn has taken over the signal (the server then exits as soon as it
+            # has started) and again when uvicorn re-raises the SIGTERM it drained for: returning is exit 0.
+            server.should_exit = True
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+                runner.run(_serve_and_announce(server, sock, announce))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+async def _serve_and_announce(server, sock: socket.socket, announce) -> None:
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not (server.started or serving.done()):
+        await asyncio.sleep(0.005)
+    if server.started and not server.should_exit:
+        announce()
+    await serving
+
+
+def _configure_access_log(enabled: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access = logging.getLogger("kerasport.access")
     access.handlers[:] = [handler]
-    access.setLevel(logging.INFO if access_log else logging.WARNING)
+    access.setLevel(logging.INFO if enabled else logging.WARNING)
     access.propagate = False
-
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, lifespan="on",
-                            loop="auto", http="auto")
-    server = _server_class()(config)
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-        # One machine-readable line on stdout: clients and tests wait for it.
-        print(json.dumps({"event": "ready", "url": f"http://{bound[0]}:{bound[1]}", "model": model.name,
-                          "variant": model.variant, "runtime": model.entry["runtime"],
-                          "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
-
-    server.startup = startup
-    server.run()

@@ -1,12 +1,27 @@
-"""Test helpers: tiny datasets written to disk in every supported format, and tiny trained bundles."""
+"""Test helpers: tiny datasets written to disk in every supported format, and tiny trained bundles.
+
+What benchmarks need too (ServerProcess) lives in the repository's devtools/ package and is re-exported here.
+"""
 
 from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
+
+# devtools/ sits at the repository root, beside tests/ and bench/, and is not installed. Appended, so nothing
+# installed (kerasport itself) is shadowed by the repository's folders.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from devtools.serving import ServerProcess  # noqa: E402
+
+__all__ = ["ServerProcess", "synthetic_digits", "trained_bundle", "write_idx", "write_idx_dir", "write_npz",
+           "write_png_folders"]
 
 IMAGE = 28
 
@@ -75,47 +90,3 @@ def trained_bundle(root: Path, **overrides) -> Path:
                             "batch_size": 16, **overrides})
     train(config)
     return root / "run"
-
-
-class ServerProcess:
-    """`kerasport serve` as a real subprocess on a free loopback port (it prints its URL when ready)."""
-
-    def __init__(self, run: Path, *args: str, timeout: float = 60.0):
-        import json
-        import subprocess
-        import sys
-        import tempfile
-        import time
-
-        script = Path(sys.executable).with_name("kerasport")
-        # stderr (the access log) goes to a file: a full pipe would block the server
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # noqa: SIM115 - lives as long as the server
-        self.process = subprocess.Popen([str(script), "serve", "--run", str(run), "--port", "0", *args],
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True)
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if line.startswith("{") or self.process.poll() is not None:
-                break
-        if not line.startswith("{"):
-            self.process.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.logs()[-3000:]}")
-        self.ready = json.loads(line)
-        self.url = self.ready["url"]
-        self.pid = self.process.pid
-
-    def logs(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def stop(self) -> int:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()

@@ -22,7 +22,7 @@ from kerasport import __version__
 from kerasport.contract import DYNAMIC, ModelContract, OutputSpec, image_input_spec
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
-from kerasport.manifest import new_manifest, utc_now
+from kerasport.manifest import Manifest, new_manifest, utc_now
 from kerasport.samples import Samples
 
 from .bundle import export_saved_model, model_artifacts, write_samples
@@ -37,11 +37,35 @@ STAGE_DIR_NAME = "train"
 class TrainResult:
     run_dir: Path
     metrics: dict
-    manifest: dict
+    manifest: Manifest
+
+
+@dataclass
+class _Fitted:
+    """What fitting produced: the model, its data splits and history."""
+
+    model: object
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    x_val: np.ndarray
+    history: object
+    fit_seconds: float
 
 
 def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = None) -> TrainResult:
-    """Run the training stage for `config` and return its metrics and the run's new manifest."""
+    """Run the training stage: load data, fit with the reference's callbacks, evaluate, write the bundle.
+
+    Args:
+        config: the validated training configuration (`kerasport train --help` documents every field).
+        console: a rich Console for the per-epoch progress bar, or None for silence.
+        extra_callbacks: Keras callbacks run before kerasport's own (tests use this to interrupt a run).
+
+    Returns:
+        The run directory, the test metrics (also in `<run>/train/metrics.json`) and the new manifest.
+
+    Raises:
+        UsageError / DataError: bad options or data, before anything is written (exit 2).
+    """
     run_dir = Path(config.run)
     work_dir = run_dir / WORK_DIR_NAME
     if config.resume:
@@ -52,52 +76,15 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     import keras
     import tensorflow as tf
 
-    from .callbacks import build_callbacks
-    from .models import build_model, compile_model, resolve_initializer
+    from .models import resolve_initializer
 
-    if config.resume:
-        _trim_history_to_backup(work_dir)
-    else:
-        remove_path(work_dir)  # a stale interrupted run must not be resumed silently
-    work_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(work_dir / "config.json", config.to_dict())
-
+    _prepare_work_dir(work_dir, config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-
-    x_fit, y_fit, x_val, y_val = _validation_split(dataset, config)
     n_outputs = len(dataset.labels) if config.task == "classification" else _regression_width(dataset)
-    model = build_model(config, n_outputs)
-    compile_model(model, config)
-    steps_per_epoch = int(np.ceil(len(x_fit) / config.batch_size))
-    callbacks = build_callbacks(config, work_dir, console=console, steps_per_epoch=steps_per_epoch,
-                                resuming=config.resume)
-    callbacks = list(extra_callbacks or []) + callbacks
-    fit_data = _fit_inputs(x_fit, y_fit, config)
-
-    started = time.perf_counter()
-    history = model.fit(*fit_data, batch_size=None if config.augment else config.batch_size,
-                        epochs=config.epochs, validation_data=(x_val, y_val), callbacks=callbacks,
-                        shuffle=True, verbose=0)
-    fit_seconds = time.perf_counter() - started
-
-    before_recalibration = None
-    if config.precise_bn:
-        # Measured on every run, so the effect of the recalibration is visible in metrics.json.
-        before_recalibration = evaluate(model, dataset, config)
-        recalibrate_batch_norm(model, x_fit, batch_size=256)
-    metrics = evaluate(model, dataset, config)
-    if before_recalibration is not None:
-        headline = "test_accuracy" if config.task == "classification" else "test_mae"
-        metrics[f"{headline}_before_precise_bn"] = before_recalibration[headline]
-    rows = _read_history(work_dir / "history.csv")
-    metrics.update(epochs_run=len(rows), epochs_this_session=len(history.epoch), fit_seconds=round(fit_seconds, 2),
-                   train_images_per_second=round(len(x_fit) * len(history.epoch) / max(fit_seconds, 1e-9), 1),
-                   n_train=len(x_fit), n_val=len(x_val), n_test=len(dataset.x_test),
-                   final_learning_rate=rows[-1]["learning_rate"] if rows else None,
-                   **_best_epoch(rows),
-                   parameters=int(model.count_params()))
+    fitted = _fit(config, dataset, n_outputs, work_dir, console, extra_callbacks)
+    metrics = _evaluate_and_summarize(fitted, dataset, config, work_dir)
 
     resolved = {**config.to_dict(), "resume": False,
                 "resolved_initializer": resolve_initializer(config.activation, config.initializer)}
@@ -105,13 +92,78 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     stage_record = {"config": resolved, "data": {"spec": dataset.name, "fingerprint": dataset.fingerprint(),
                                                  "source": dataset.source, "labels": dataset.labels},
                     "environment": environment, "finished": utc_now()}
-
     contract = reference_contract(config, dataset, n_outputs)
-    train_dir = run_dir / STAGE_DIR_NAME
+    _write_train_stage(run_dir / STAGE_DIR_NAME, work_dir, fitted, dataset, config, contract, metrics,
+                       stage_record)
+
+    manifest = _build_manifest(run_dir, config, dataset, contract, environment, metrics)
+    manifest.save(run_dir)
+    remove_path(work_dir)
+    # Later stages' outputs (and an imported model) describe another model; the new manifest no longer lists them.
+    for stale in ("export", "parity", "model"):
+        remove_path(run_dir / stale)
+    return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
+
+
+def _prepare_work_dir(work_dir: Path, config: TrainConfig) -> None:
+    if config.resume:
+        _trim_history_to_backup(work_dir)
+    else:
+        remove_path(work_dir)  # a stale interrupted run must not be resumed silently
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(work_dir / "config.json", config.to_dict())
+
+
+def _fit(config: TrainConfig, dataset: Dataset, n_outputs: int, work_dir: Path, console,
+         extra_callbacks: list | None) -> _Fitted:
+    from .callbacks import build_callbacks
+    from .models import build_model, compile_model
+
+    x_fit, y_fit, x_val, y_val = _validation_split(dataset, config)
+    model = build_model(config, n_outputs)
+    compile_model(model, config)
+    steps_per_epoch = int(np.ceil(len(x_fit) / config.batch_size))
+    callbacks = build_callbacks(config, work_dir, console=console, steps_per_epoch=steps_per_epoch,
+                                resuming=config.resume)
+    callbacks = list(extra_callbacks or []) + callbacks
+    started = time.perf_counter()
+    history = model.fit(*_fit_inputs(x_fit, y_fit, config), batch_size=None if config.augment else config.batch_size,
+                        epochs=config.epochs, validation_data=(x_val, y_val), callbacks=callbacks,
+                        shuffle=True, verbose=0)
+    return _Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
+
+
+def _evaluate_and_summarize(fitted: _Fitted, dataset: Dataset, config: TrainConfig, work_dir: Path) -> dict:
+    model = fitted.model
+    before_recalibration = None
+    if config.precise_bn:
+        # Measured on every run, so the effect of the recalibration is visible in metrics.json.
+        before_recalibration = evaluate(model, dataset, config)
+        recalibrate_batch_norm(model, fitted.x_fit, batch_size=256)
+    metrics = evaluate(model, dataset, config)
+    if before_recalibration is not None:
+        headline = "test_accuracy" if config.task == "classification" else "test_mae"
+        metrics[f"{headline}_before_precise_bn"] = before_recalibration[headline]
+    rows = _read_history(work_dir / "history.csv")
+    epochs = len(fitted.history.epoch)
+    metrics.update(epochs_run=len(rows), epochs_this_session=epochs, fit_seconds=round(fitted.fit_seconds, 2),
+                   train_images_per_second=round(len(fitted.x_fit) * epochs / max(fitted.fit_seconds, 1e-9), 1),
+                   n_train=len(fitted.x_fit), n_val=len(fitted.x_val), n_test=len(dataset.x_test),
+                   final_learning_rate=rows[-1]["learning_rate"] if rows else None,
+                   **_best_epoch(rows),
+                   parameters=int(model.count_params()))
+    return metrics
+
+
+def _write_train_stage(train_dir: Path, work_dir: Path, fitted: _Fitted, dataset: Dataset, config: TrainConfig,
+                       contract: ModelContract, metrics: dict, stage_record: dict) -> None:
+    """Everything in `<run>/train/`, built in a staging directory and swapped in only when complete."""
+    from .plots import plot_confusion, plot_curves
+
     with atomic_path(train_dir) as staging:
         staging.mkdir()
-        model.save(staging / "model.keras")
-        export_saved_model(model, staging / "saved_model", contract)
+        fitted.model.save(staging / "model.keras")
+        export_saved_model(fitted.model, staging / "saved_model", contract)
         shutil.copyfile(work_dir / "history.csv", staging / "history.csv")
         if (work_dir / "best.weights.h5").is_file():
             # ModelCheckpoint's best-val_loss weights, kept next to the final model (load with load_weights)
@@ -120,25 +172,16 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
             shutil.copytree(work_dir / "logs", staging / "logs")
         write_json_atomic(staging / "metrics.json", metrics)
         write_json_atomic(staging / "config.json", stage_record)
-        output_name = contract.outputs[0].name
-        eval_samples = Samples({INPUT_NAME: dataset.x_test[:config.eval_samples]},
+        input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
+        eval_samples = Samples({input_name: dataset.x_test[:config.eval_samples]},
                                {output_name: dataset.y_test[:config.eval_samples]})
         # Training images (never the held-out slice) for int8 calibration in the export stage.
-        picks = np.random.default_rng(config.seed).permutation(len(x_fit))[:config.calibration_samples]
-        write_samples(staging, eval_samples, Samples({INPUT_NAME: x_fit[picks]}, {output_name: y_fit[picks]}))
-        from .plots import plot_confusion, plot_curves
-
-        plot_curves(rows, config.task, staging / "curves.png")
+        picks = np.random.default_rng(config.seed).permutation(len(fitted.x_fit))[:config.calibration_samples]
+        write_samples(staging, eval_samples, Samples({input_name: fitted.x_fit[picks]},
+                                                     {output_name: fitted.y_fit[picks]}))
+        plot_curves(_read_history(work_dir / "history.csv"), config.task, staging / "curves.png")
         if config.task == "classification":
             plot_confusion(np.asarray(metrics["confusion_matrix"]), dataset.labels, staging / "confusion.png")
-
-    manifest = _build_manifest(run_dir, config, dataset, contract, environment, metrics)
-    manifest.save(run_dir)
-    remove_path(work_dir)
-    # Later stages' outputs describe the previous model; the new manifest no longer lists them.
-    for stale in ("export", "parity"):
-        remove_path(run_dir / stale)
-    return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
 
 
 def _config_to_resume(work_dir: Path, requested: TrainConfig) -> TrainConfig:

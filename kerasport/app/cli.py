@@ -37,9 +37,7 @@ def _register_stages() -> None:
     from kerasport.train.cli import train_command
 
     from .bundle_cli import bundle_app
-    from .pipeline import build_run_command
-
-    run_command = build_run_command()
+    from .pipeline import run_command
 
     app.command("train", help=train_command.__doc__)(train_command)
     app.command("export", help=export_command.__doc__)(export_command)

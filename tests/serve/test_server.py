@@ -2,7 +2,11 @@
 
 import io
 import json
+import os
 import socket
+import struct
+import subprocess
+import sys
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +17,8 @@ import numpy as np
 import pytest
 from helpers import ServerProcess
 from PIL import Image
+
+from kerasport.errors import EXIT_USAGE
 
 MODEL = "kerasport-seed"
 
@@ -261,16 +267,34 @@ def test_sigterm_drains_in_flight_requests(verified):
     assert statuses == [200] * 8
 
 
+def listening_addresses(pid: int, port: int) -> set[str]:
+    """The local addresses `pid` listens on at `port`, from /proc/net/tcp{,6} (no psutil needed)."""
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    addresses = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            address, local_port = fields[1].split(":")
+            if fields[3] == "0A" and int(local_port, 16) == port and f"socket:[{fields[9]}]" in inodes:
+                # the kernel prints the address as native-endian 32-bit words
+                packed = b"".join(struct.pack("=I", int(address[i:i + 8], 16)) for i in range(0, len(address), 8))
+                addresses.add(socket.inet_ntop(family, packed))
+    return addresses
+
+
 def test_loopback_default_and_port_in_use(verified, server):
-    from typer.testing import CliRunner
-
-    from kerasport.app.cli import app
-
+    # the fixture passes no --host: the default listens on the loopback interface only
     port = int(server.url.rsplit(":", 1)[1])
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) == 0
-    result = CliRunner().invoke(app, ["serve", "--help"])
-    assert "127.0.0.1" in result.output
+    assert server.url == f"http://127.0.0.1:{port}"
+    assert listening_addresses(server.pid, port) == {"127.0.0.1"}
+
+    script = Path(sys.executable).with_name("kerasport")
+    taken = subprocess.run([str(script), "serve", "--run", str(verified), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert taken.returncode == EXIT_USAGE, taken.stderr
+    lines = taken.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Address already in use" in lines[0], taken.stderr
+    assert taken.stdout == ""  # no ready line
 
 
 def test_serve_extra_does_not_pull_tensorflow():

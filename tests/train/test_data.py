@@ -85,7 +85,7 @@ def test_npz_keras_layout_with_int64_labels(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"x_train": np.zeros((10, 32, 32), np.uint8)}, r"x_train has shape \(10, 32, 32\); expected"),
     ({"y_test": np.zeros(5, np.uint8)}, "x_test has 30 images but y_test has 5 labels"),
-    ({"x_train": np.full((120, 28, 28), np.nan, np.float32)}, "x_train contains NaN"),
+    ({"x_train": np.full((120, 28, 28), np.nan, np.float32)}, "x_train: NaN or Inf in the data"),
     ({"x_train": np.full((120, 28, 28), 0.5, np.float32)}, "looks already scaled to 0..1"),
     ({"x_train": np.full((120, 28, 28), 300.0, np.float32)}, "expected raw pixels in 0..255"),
     ({"y_train": np.full(120, 1.5)}, "non-integer values"),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from kerasport.manifest import verify_bundle
-from kerasport.train.config import TrainConfig
+from kerasport.samples import load_samples
+from kerasport.train.config import INPUT_NAME, TrainConfig
 from kerasport.train.fit import WORK_DIR_NAME, train
 
 
@@ -42,14 +43,18 @@ def test_bundle_outputs_metrics_and_manifest(tiny):
     assert {"tensorflow", "keras", "numpy", "TF_ENABLE_ONEDNN_OPTS"} <= set(config["environment"])
 
     manifest = verify_bundle(tiny["run"])  # every recorded hash matches the files
-    assert manifest["input"] == {"name": "image", "dtype": "float32", "shape": [-1, 28, 28, 1], "layout": "NHWC",
-                                 "value_range": [0, 255], "color_mode": "grayscale"}
-    assert manifest["output"]["shape"] == [-1, 3] and manifest["model"]["labels"] == ["0", "1", "2"]
-    assert {"keras", "saved_model", "eval_sample"} <= set(manifest["artifacts"])
+    (image,) = manifest.contract.inputs
+    assert (image.name, image.dtype, image.shape, image.kind, image.value_range) == (
+        INPUT_NAME, "float32", (-1, 28, 28, 1), "image", (0, 255))
+    assert (image.image.color_mode, image.image.layout) == ("grayscale", "NHWC")
+    (output,) = manifest.contract.outputs
+    assert output.shape == (-1, 3) and output.labels == ("0", "1", "2") and output.kind == "probabilities"
+    assert {"keras", "saved_model", "eval_sample", "calibration_sample"} <= set(manifest.artifact_names())
     assert not (Path(tiny["run"]) / WORK_DIR_NAME).exists()
 
-    sample = np.load(stage / "eval_sample.npz")
-    assert sample["x"].shape == (30, 28, 28, 1) and sample["y"].shape == (30,)
+    sample = load_samples(stage / "eval_sample.npz", manifest.contract)
+    x_eval, y_eval = sample.inputs[INPUT_NAME], sample.targets[output.name]
+    assert x_eval.shape == (30, 28, 28, 1) and y_eval.shape == (30,)
 
     # the SavedModel serves a dynamic batch of raw pixels under the contract's names, equal to Keras
     import tensorflow as tf
@@ -59,7 +64,7 @@ def test_bundle_outputs_metrics_and_manifest(tiny):
     assert list(signature.structured_input_signature[1]) == ["image"]
     model = keras.saving.load_model(stage / "model.keras")
     for batch in (1, 7):
-        x = sample["x"][:batch]
+        x = x_eval[:batch]
         served = signature(image=tf.constant(x))["probabilities"].numpy()
         np.testing.assert_allclose(served, model(x, training=False), atol=1e-6)
 
@@ -169,7 +174,8 @@ def test_regression_end_to_end(tiny):
     result = train(make(tiny, task="regression"))
     assert {"test_mae", "test_mse"} <= set(result.metrics) and result.metrics["test_mae"] >= 0
     manifest = verify_bundle(tiny["run"])
-    assert manifest["output"]["name"] == "values" and manifest["output"]["activation"] == "identity"
+    (output,) = manifest.contract.outputs
+    assert (output.name, output.kind, output.activation) == ("values", "values", "identity")
     assert "mae" in history(tiny["run"])[0] and (Path(tiny["run"]) / "train" / "curves.png").is_file()
 
 
@@ -181,6 +187,6 @@ def test_tensorboard_logs_land_in_the_bundle(tiny):
 
 def test_rerun_replaces_the_previous_bundle(tiny):
     train(make(tiny, epochs=1))
-    old_hash = verify_bundle(tiny["run"])["artifacts"]["keras"]["sha256"]
+    old_hash = verify_bundle(tiny["run"]).artifact("keras").sha256
     train(make(tiny, epochs=1, seed=3))
-    assert verify_bundle(tiny["run"])["artifacts"]["keras"]["sha256"] != old_hash
+    assert verify_bundle(tiny["run"]).artifact("keras").sha256 != old_hash

@@ -1,0 +1,149 @@
+"""What parity runs: the reference (Keras, or the SavedModel of a SavedModel-source import) and each candidate.
+
+Every runner takes a dict of named input arrays (the contract's names) and returns a dict of named outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasport.contract import ModelContract
+from kerasport.errors import ConversionError
+from kerasport.manifest import Artifact
+from kerasport.runtimes import RuntimeSettings, open_runtime
+
+from .compare import error_statistics
+
+EVAL_BATCH = 64
+EDGE_BATCH_SIZES = (1, 7, 64)
+RUNTIME_FORMATS = ("onnx", "tflite")
+SIGNATURE = "serving_default"
+
+
+class KerasRunner:
+    """A Keras model called with `training=False`, inputs in the contract's order (the model's own order)."""
+
+    def __init__(self, path: Path, contract: ModelContract):
+        import keras
+
+        try:
+            self._model = keras.saving.load_model(path, compile=False)
+        except Exception as error:  # noqa: BLE001 - any failure means the reference cannot run
+            raise ConversionError(f"Keras cannot load the reference model {path}: {error}") from error
+        self._keras, self._contract = keras, contract
+        self.description = f"keras {keras.__version__} (training=False)"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = [np.asarray(inputs[spec.name], dtype=spec.dtype) for spec in self._contract.input_specs()]
+        outputs = self._model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+        names = self._contract.output_names
+        if isinstance(outputs, Mapping):
+            outputs = [outputs[name] for name in names] if set(names) <= set(outputs) else list(outputs.values())
+        elif not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return {name: self._keras.ops.convert_to_numpy(value) for name, value in zip(names, outputs, strict=True)}
+
+
+class SavedModelRunner:
+    """A TF SavedModel's `serving_default` signature: named tensors in, a dict keyed by output name out."""
+
+    def __init__(self, path: Path, contract: ModelContract):
+        import tensorflow as tf
+
+        try:
+            self._signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+        except Exception as error:  # noqa: BLE001
+            raise ConversionError(f"TensorFlow cannot load the SavedModel {path}: {error}") from error
+        self._tf, self._contract = tf, contract
+        self.description = f"tensorflow {tf.__version__} (SavedModel {SIGNATURE})"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {spec.name: self._tf.constant(np.asarray(inputs[spec.name], dtype=spec.dtype))
+                for spec in self._contract.input_specs()}
+        return {name: value.numpy() for name, value in self._signature(**feed).items()}
+
+
+def open_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract,
+                   settings: RuntimeSettings = RuntimeSettings()):
+    """A runner for the SavedModel (TensorFlow) or an ONNX/TFLite artifact (onnxruntime / LiteRT).
+
+    Raises:
+        ConversionError: the runtime cannot load the file.
+    """
+    path = artifact.resolve(run_dir)
+    if artifact.format in RUNTIME_FORMATS:
+        return open_runtime(path, artifact.format, settings)
+    return SavedModelRunner(path, contract)
+
+
+@dataclass
+class Outputs:
+    """Named outputs on the eval inputs and, per edge batch size, on the first edge examples."""
+
+    eval: dict[str, np.ndarray]
+    edge: dict[int, dict[str, np.ndarray]]
+
+
+def run_batched(runner, inputs: Mapping[str, np.ndarray], batch: int = EVAL_BATCH) -> dict[str, np.ndarray]:
+    """Run `inputs` in batches of `batch` and concatenate each output."""
+    total = len(next(iter(inputs.values())))
+    parts = [runner.run({name: array[start:start + batch] for name, array in inputs.items()})
+             for start in range(0, total, batch)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def run_everything(runner, eval_inputs: Mapping[str, np.ndarray], edge_inputs: Mapping[str, np.ndarray]) -> Outputs:
+    """The eval inputs in batches of EVAL_BATCH, then the edge inputs at each of EDGE_BATCH_SIZES.
+
+    Raises:
+        ConversionError: the runtime failed at run time (message names the exception).
+    """
+    try:
+        eval_outputs = run_batched(runner, eval_inputs)
+        edge_outputs = {batch: runner.run({name: array[:batch] for name, array in edge_inputs.items()})
+                        for batch in EDGE_BATCH_SIZES}
+    except ConversionError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a runtime failing at run time
+        raise ConversionError(f"inference failed: {type(error).__name__}: {error}") from error
+    return Outputs(eval_outputs, edge_outputs)
+
+
+@dataclass
+class Reference:
+    """The reference's outputs, its own batch-order noise per output and a description for the report."""
+
+    outputs: Outputs
+    noise: dict[str, dict]
+    info: dict
+
+
+def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
+                      edge_inputs: Mapping[str, np.ndarray]) -> Reference:
+    """Run the reference on everything and measure its noise floor per output.
+
+    The noise floor: the same inputs one at a time vs in one batch of EVAL_BATCH (another summation order), on
+    the first eval examples and on the edge inputs. The fp32 bound scales with it (README, "Parity").
+    """
+    outputs = run_everything(runner, eval_inputs, edge_inputs)
+    probe = {name: array[:EVAL_BATCH] for name, array in eval_inputs.items()}
+    probe_count = len(next(iter(probe.values())))
+    one_by_one = run_batched(runner, probe, batch=1)
+    widest = max(EDGE_BATCH_SIZES)
+    edge_one_by_one = run_batched(runner, {name: array[:widest] for name, array in edge_inputs.items()}, batch=1)
+    noise = {}
+    for name in contract.output_names:
+        floor = error_statistics(outputs.eval[name][:probe_count], one_by_one[name])
+        edge_floor = error_statistics(outputs.edge[widest][name], edge_one_by_one[name])
+        noise[name] = {**floor, "edge_max_abs_diff": edge_floor["max_abs_diff"]}
+    info = {"artifact": artifact.name, "runtime": runner.description, "path": artifact.path,
+            "noise_floor": {"what": f"reference batch 1 vs batch {EVAL_BATCH} on the same inputs",
+                            "examples": probe_count,
+                            "max_abs_diff": max(stats["max_abs_diff"] for stats in noise.values()),
+                            "edge_max_abs_diff": max(stats["edge_max_abs_diff"] for stats in noise.values()),
+                            "outputs": noise}}
+    return Reference(outputs, noise, info)

@@ -1,0 +1,104 @@
+"""ASGI middleware in front of every route: API key, body limit, metrics and one JSON access-log line per request.
+
+Refusals use the same typed errors as the routes (`errors.py` maps them to status codes); a body that exceeds the
+limit while streaming raises `PayloadTooLarge` inside the route's read, where the app's exception handlers answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+
+from starlette.routing import Match
+
+from .errors import BadRequest, PayloadTooLarge, ServeError, Unauthorized, error_response
+from .metrics import Metrics
+
+access_log = logging.getLogger("kerasport.access")
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+ROUTE_LABEL_CACHE = 1024
+
+
+class Guard:
+    def __init__(self, app, *, routes, metrics: Metrics, api_key: str | None, max_body_bytes: int):
+        self.app, self.routes, self.metrics = app, routes, metrics
+        self.api_key, self.max_body_bytes = api_key, max_body_bytes
+        self._labels: dict[tuple[str, str], str] = {}
+
+    def _route_label(self, scope) -> str:
+        # Clients repeat the same few paths: remember each one's route template (bounded, so odd paths can't
+        # grow it without limit).
+        key = (scope["method"], scope["path"])
+        label = self._labels.get(key)
+        if label is None:
+            label = next((route.path for route in self.routes if route.matches(scope)[0] == Match.FULL), "unmatched")
+            if len(self._labels) < ROUTE_LABEL_CACHE:
+                self._labels[key] = label
+        return label
+
+    def _refusal(self, scope, headers: dict) -> ServeError | None:
+        """Why the request is refused before it reaches a route, if it is."""
+        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+            return Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return BadRequest(f"Content-Length {length!r} is not a number")
+            if int(length) > self.max_body_bytes:
+                return PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} "
+                                       f"bytes")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        route = self._route_label(scope)
+        status = {"code": 500, "started": False}
+        received = {"bytes": 0}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+            await send(message)
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > self.max_body_bytes:
+                    raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes (cut off while "
+                                          f"streaming)")
+            return message
+
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        self.metrics.in_flight.inc()
+        try:
+            refusal = self._refusal(scope, headers)
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, limited_receive, send_wrapper)
+        except ServeError as error:  # raised while reading a body outside a route's exception handlers
+            if status["started"]:
+                raise
+            await error_response(error)(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            self._record(scope, route, status["code"], received["bytes"], time.perf_counter() - started)
+
+    def _record(self, scope, route: str, status: int, bytes_in: int, seconds: float) -> None:
+        self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+        self.metrics.latency.labels(route).observe(seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client") or ("", 0)
+            access_log.info(json.dumps({"ts": time.time(), "method": scope["method"], "path": scope["path"],
+                                        "route": route, "status": status, "ms": round(seconds * 1000, 3),
+                                        "bytes_in": bytes_in, "client": client[0]}))
+
+    def _authorized(self, headers: dict) -> bool:
+        bearer = headers.get("authorization", "")
+        token = bearer[7:] if bearer.lower().startswith("bearer ") else headers.get("x-api-key")
+        return token is not None and hmac.compare_digest(token.encode(), self.api_key.encode())
