@@ -44,7 +44,8 @@ def runner(path: Path, artifact_format: str, x: np.ndarray):
 
     # LiteRT defaults to one thread; give it both cores like onnxruntime takes by default.
     runtime = open_runtime(path, artifact_format, RuntimeSettings(threads=2 if artifact_format == "tflite" else 0))
-    return lambda: runtime.run(x)
+    (input_name,), (output_name,) = runtime.input_names, runtime.output_names
+    return lambda: runtime.run({input_name: x})[output_name]
 
 
 def main() -> None:
@@ -72,7 +73,7 @@ def main() -> None:
     result = export_bundle(ExportOptions(run=str(run)))
     export_seconds = time.perf_counter() - started
     manifest = result.manifest
-    print(f"\n== conversion ({manifest['model']['arch']} arch, {manifest['model']['parameters']:,} parameters)")
+    print(f"\n== conversion ({manifest.model.get('arch')} arch, {manifest.model.get('parameters', 0):,} parameters)")
     print(f"{'variant':<16}{'size MB':>10}{'seconds':>10}")
     for row in result.rows:
         print(f"{row['variant']:<16}{row['bytes'] / 1e6:>10.2f}{row['seconds']:>10.2f}")
@@ -80,14 +81,18 @@ def main() -> None:
     print(f"{'all variants':<16}{'':>10}{conversion_total:>10.2f}   (whole export call incl. loading: "
           f"{export_seconds:.1f} s; target <= 60 s)")
 
-    sample = np.load(run / "train" / "eval_sample.npz")
-    images, labels = sample["x"].astype(np.float32), sample["y"]
+    from kerasport.samples import load_samples
+
+    contract = manifest.contract
+    (image_input,), (output,) = contract.inputs, contract.outputs
+    sample = load_samples(run / manifest.artifact("eval_sample").path, contract)
+    images, labels = sample.inputs[image_input.name].astype(np.float32), sample.targets[output.name]
     model = keras.saving.load_model(run / "train" / "model.keras")
     reference = keras.ops.convert_to_numpy(model.predict(images, batch_size=256, verbose=0))
 
     latency: dict[str, dict[str, float]] = {}
     for batch in (1, 64):
-        x = np.ascontiguousarray(np.resize(images, (batch, 28, 28, 1)))
+        x = np.ascontiguousarray(np.resize(images, image_input.example_shape(batch)))
         repeats = args.repeats if batch == 1 else max(5, args.repeats // 5)
         latency.setdefault("keras model(x)", {})[f"batch{batch}"] = timed(
             lambda x=x: model(x, training=False), repeats) / batch
@@ -96,7 +101,7 @@ def main() -> None:
         for name, variant in VARIANTS.items():
             if variant.runtime == "tflite-micro":
                 continue
-            path = run / manifest["artifacts"][name]["path"]
+            path = run / manifest.artifact(name).path
             latency.setdefault(name, {})[f"batch{batch}"] = timed(runner(path, variant.format, x), repeats) / batch
 
     print("\n== latency per image (median), each variant in its own runtime, Keras measured in the same run")

@@ -36,10 +36,12 @@ def print_export_table(out, result) -> None:
     for column, justify in (("variant", "left"), ("file", "left"), ("size", "right"), ("seconds", "right")):
         table.add_column(column, justify=justify)
     for row in result.rows:
-        table.add_row(row["variant"], row["file"], f"{row['bytes'] / 1e6:.2f} MB", f"{row['seconds']:.2f}")
+        ok = row.get("status", "ok") == "ok"  # --keep-going: a failed variant shows its status instead of a size
+        table.add_row(row["variant"], row["file"], f"{row['bytes'] / 1e6:.2f} MB" if ok else "failed",
+                      f"{row['seconds']:.2f}")
     out.print(table)
-    tflm = result.manifest["artifacts"].get("tflm")
-    if tflm and any(row["variant"] == "tflm" for row in result.rows):
+    tflm = result.manifest.artifact("tflm").entry if result.manifest.has("tflm") else None
+    if tflm and tflm.get("status", "ok") == "ok" and any(row["variant"] == "tflm" for row in result.rows):
         fits = [device for device, ok in tflm["fits_flash"].items() if ok]
         out.print(f"tflm: {tflm['model_bytes'] / 1024:.0f} KiB int8 model; every op supported by TFLM: "
                   f"{tflm['all_ops_supported']}"

@@ -31,6 +31,8 @@ class ExportArgs:
         "--int8-io", help="tflite-int8/tflm take and return int8 tensors (microcontrollers).")] = False
     allow_select_tf_ops: Annotated[bool, typer.Option(
         "--allow-select-tf-ops", help="Allow TensorFlow ops outside the TFLite built-ins.")] = False
+    keep_going: Annotated[bool, typer.Option(
+        "--keep-going", help="Keep the variants that convert; record the others as failed in the manifest.")] = False
 
     def options(self) -> ExportOptions:
         """The `ExportOptions` these options ask for (unknown --formats raise UsageError: exit 2)."""

@@ -1,7 +1,9 @@
 """The export stage: every requested variant, smoke-run in its runtime, recorded in the manifest.
 
-All variants are built in a staging copy of `<run>/export/` that replaces the old directory only when every
-conversion succeeded, so a failed export leaves the previous bundle intact.
+All variants are built in a staging copy of `<run>/export/` that replaces the old directory only when the export
+succeeds, so a failed export leaves the previous bundle intact. By default one variant that cannot be built fails
+the whole export (exit 3, nothing changed); with `keep_going` the variants that converted are kept and the others
+are recorded in the manifest with `status: "failed: <reason>"`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
-
 from kerasport.errors import CheckFailed, ConversionError, UsageError
-from kerasport.fsutil import atomic_path, sha256_file
-from kerasport.manifest import artifact_entry, load_manifest, save_manifest, utc_now, verify_bundle
+from kerasport.fsutil import atomic_path
+from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
+from kerasport.samples import Samples, load_samples
 
-from .variants import DEFAULT_OPSET, VARIANTS
+from .builders import BuildContext, Built
+from .messages import first_line
+from .smoke import smoke_run
+from .variants import DEFAULT_OPSET, MIN_OPSET, VARIANTS, Variant, build_order
 
 STAGE_DIR_NAME = "export"
-TFLM_HEADER = "model_int8.h"
-SMOKE_BATCHES = (1, 7)
+SCRATCH_DIR_NAME = ".scratch"
+TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
+# What the export reads from the bundle (all verified against their recorded sha256 first).
+INPUT_ARTIFACTS = ("saved_model", "calibration_sample", "eval_sample")
+STATUS_OK = "ok"
 
 
 @dataclass
@@ -34,18 +41,41 @@ class ExportOptions:
     calibration_samples: int = 200
     int8_io: bool = False
     allow_select_tf_ops: bool = False
+    keep_going: bool = False
 
 
 @dataclass
 class ExportResult:
+    """What `export_bundle` did: one row per requested variant (`status` "ok" or "failed: ..."), the manifest."""
+
     run_dir: Path
     rows: list[dict]
-    manifest: dict
+    manifest: Manifest
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Sources:
+    """The bundle's parts the export reads, loaded and checked once."""
+
+    run_dir: Path
+    manifest: Manifest
+    saved_model: Path
+    calibration: Samples
+    eval_sample: Samples
+
+
+@dataclass
+class _Outcome:
+    built: dict[str, Built] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def tool_versions() -> dict:
     versions = {}
-    for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
+    for package in TOOLS:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -54,131 +84,137 @@ def tool_versions() -> dict:
 
 
 def export_bundle(options: ExportOptions, *, console=None) -> ExportResult:
-    run_dir = Path(options.run)
+    """Build the requested variants from the bundle's SavedModel, smoke-run each, and record them in the manifest.
+
+    Names, shapes and dtypes come from the manifest's contract; int8 variants are calibrated on the bundle's
+    calibration sample (every input), and every runnable variant runs batches 1 and 7 of the eval sample.
+
+    Args:
+        options: the run directory, the variants (`formats`), the ONNX opset, how many calibration examples,
+            int8 I/O for tflite-int8/tflm, whether TFLite may use TensorFlow Select ops, and `keep_going`.
+        console: a rich console for one progress line per variant, or None for silence.
+
+    Returns:
+        An ExportResult with one row per requested variant, the saved manifest and the failures (`keep_going`).
+
+    Raises:
+        UsageError: bad options, no bundle, or a bundle whose SavedModel or samples are missing, altered or
+            unusable (exit 2).
+        ConversionError: a variant cannot be built or does not run in its runtime (exit 3; one line naming the
+            variant, the op when known and the runtime). Without `keep_going` nothing in `export/` or the
+            manifest changes; with it, only when every requested variant failed.
+    """
+    _check_options(options)
+    sources = _load_sources(Path(options.run), options.calibration_samples)
+    outcome = _build_variants(sources, options, console)
+    manifest = _record(sources, options, outcome)
+    rows = [_row(name, outcome) for name in options.formats]
+    return ExportResult(run_dir=sources.run_dir, rows=rows, manifest=manifest, failures=dict(outcome.failures))
+
+
+def _check_options(options: ExportOptions) -> None:
     if options.calibration_samples < 1:
-        raise UsageError(f"--calibration-samples {options.calibration_samples} must be >= 1")
-    if not 7 <= options.opset <= 18:
-        raise UsageError(f"--opset {options.opset} is outside what tf2onnx 1.17 emits; expected 7..18")
+        raise UsageError(f"--calibration-samples {options.calibration_samples}; expected at least 1")
+    if not MIN_OPSET <= options.opset <= DEFAULT_OPSET:
+        raise UsageError(f"--opset {options.opset} is outside what tf2onnx 1.17 emits; expected "
+                         f"{MIN_OPSET}..{DEFAULT_OPSET}")
+    unknown = [name for name in options.formats if name not in VARIANTS]
+    if unknown or not options.formats:
+        raise UsageError(f"formats {options.formats}; expected a non-empty list of {', '.join(VARIANTS)}")
+
+
+def _load_sources(run_dir: Path, calibration_samples: int) -> _Sources:
     load_manifest(run_dir)  # exit 2 when there is no bundle at all
     try:
-        manifest = verify_bundle(run_dir, ["saved_model", "calibration_sample", "eval_sample"])
+        manifest = verify_bundle(run_dir, list(INPUT_ARTIFACTS))
+        calibration = load_samples(manifest.artifact("calibration_sample").resolve(run_dir), manifest.contract)
+        eval_sample = load_samples(manifest.artifact("eval_sample").resolve(run_dir), manifest.contract)
     except CheckFailed as error:
         raise UsageError(f"cannot export: {error}") from error
-
+    if not len(calibration) or not len(eval_sample):
+        raise UsageError(f"cannot export: the bundle's calibration ({len(calibration)}) or eval ({len(eval_sample)}) "
+                         f"sample is empty; expected at least one example each")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    artifacts = manifest["artifacts"]
-    saved_model = run_dir / artifacts["saved_model"]["path"]
-    _check_saved_model_loads(saved_model)
-    calibration = np.load(run_dir / artifacts["calibration_sample"]["path"])["x"][:options.calibration_samples]
-    smoke_inputs = np.load(run_dir / artifacts["eval_sample"]["path"])["x"][:max(SMOKE_BATCHES)]
-    input_name, output_name = manifest["input"]["name"], manifest["output"]["name"]
-    n_outputs = manifest["output"]["shape"][-1]
+    saved_model = manifest.artifact("saved_model").resolve(run_dir)
+    _check_saved_model(saved_model, manifest)
+    return _Sources(run_dir=run_dir, manifest=manifest, saved_model=saved_model,
+                    calibration=calibration.take(calibration_samples), eval_sample=eval_sample)
 
-    requested = list(options.formats)
-    rows: list[dict] = []
-    details: dict[str, dict] = {}
-    export_dir = run_dir / STAGE_DIR_NAME
+
+def _check_saved_model(saved_model: Path, manifest: Manifest) -> None:
+    """The SavedModel loads and its `serving_default` signature takes and returns the contract's names."""
+    import tensorflow as tf
+
+    try:
+        signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    except Exception as error:  # noqa: BLE001 - any failure here means an unusable SavedModel
+        raise UsageError(f"cannot export: {saved_model} is not a loadable SavedModel with a serving_default "
+                         f"signature ({first_line(error, 200)})") from error
+    contract = manifest.contract
+    inputs = sorted(signature.structured_input_signature[1])
+    outputs = sorted(signature.structured_outputs)
+    if inputs != sorted(contract.input_names) or outputs != sorted(contract.output_names):
+        raise UsageError(f"cannot export: the SavedModel's serving_default takes {inputs} and returns {outputs}; "
+                         f"the manifest's contract names {contract.input_names} and {contract.output_names}")
+
+
+def _build_variants(sources: _Sources, options: ExportOptions, console) -> _Outcome:
+    """Build every requested variant (and its prerequisites) in a staging copy of `export/`, then swap it in."""
+    outcome = _Outcome()
+    export_dir = sources.run_dir / STAGE_DIR_NAME
     with atomic_path(export_dir) as staging:
         _stage_previous_export(export_dir, staging)
-        scratch = staging / ".scratch"
-        scratch.mkdir()
-
-        def target(name: str) -> Path:
+        scratch = staging / SCRATCH_DIR_NAME
+        scratch.mkdir(exist_ok=True)
+        context = BuildContext(saved_model=sources.saved_model, contract=sources.manifest.contract,
+                               calibration=sources.calibration, opset=options.opset, int8_io=options.int8_io,
+                               allow_select_tf_ops=options.allow_select_tf_ops, built=outcome.built, scratch=scratch)
+        for name in build_order(options.formats):
             # Prerequisites that were not requested are built in scratch and not kept.
-            path = (staging if name in requested else scratch) / VARIANTS[name].filename
-            path.unlink(missing_ok=True)  # never write through a hard link into the previous export
-            return path
-
-        needed = _with_prerequisites(requested)
-        for name in VARIANTS:  # fixed order: prerequisites first
-            if name not in needed:
+            folder = staging if name in options.formats else scratch
+            try:
+                _build_one(VARIANTS[name], folder, context, sources, outcome)
+            except ConversionError as error:
+                _give_up_or_go_on(VARIANTS[name], folder, error, options, outcome, console)
                 continue
-            variant = VARIANTS[name]
-            path = target(name)
-            started = time.perf_counter()
-            if name == "onnx-fp32":
-                from .to_onnx import convert_saved_model_to_onnx
-
-                info = convert_saved_model_to_onnx(saved_model, path, opset=options.opset, input_name=input_name,
-                                                   output_name=output_name)
-            elif name == "onnx-int8":
-                from .to_onnx import quantize_onnx_static
-
-                fp32 = _built_path(staging, scratch, "onnx-fp32")
-                info = quantize_onnx_static(fp32, path, calibration, input_name=input_name, scratch=scratch)
-            elif name == "tflm":
-                from .tflm import device_report, write_c_array
-
-                int8_model = _built_path(staging, scratch, "tflite-int8")
-                header = staging / TFLM_HEADER
-                header.unlink(missing_ok=True)
-                write_c_array(int8_model, path, header, sha256=sha256_file(int8_model))
-                info = device_report(details["tflite-int8"]["ops"], int8_model.stat().st_size)
-            else:
-                from .to_tflite import convert_saved_model_to_tflite, tflite_io_details
-
-                info = convert_saved_model_to_tflite(
-                    saved_model, path, precision=variant.precision, calibration=calibration,
-                    int8_io=options.int8_io and name == "tflite-int8", allow_select_tf_ops=options.allow_select_tf_ops)
-                info.update(tflite_io_details(path))
-            seconds = time.perf_counter() - started
-            if variant.runtime != "tflite-micro":
-                _smoke_run(name, path, smoke_inputs, input_name, n_outputs)
-            details[name] = {**info, "conversion_seconds": round(seconds, 2)}
-            if name in requested:
-                rows.append({"variant": name, "file": f"{STAGE_DIR_NAME}/{path.name}", "bytes": path.stat().st_size,
-                             "seconds": round(seconds, 2)})
-                if console is not None:
-                    console.print(f"exported {name:<15} {path.stat().st_size / 1e6:8.2f} MB in {seconds:6.2f} s")
+            if console is not None and name in options.formats:
+                console.print(f"exported {name:<15} {outcome.bytes[name] / 1e6:8.2f} MB in "
+                              f"{outcome.seconds[name]:6.2f} s")
+        if outcome.failures and not any(name in outcome.built for name in options.formats):
+            raise ConversionError(f"export failed for every requested variant (first: "
+                                  f"{next(iter(outcome.failures.items()))[1]}); nothing was changed")
         shutil.rmtree(scratch)
-
-    manifest = load_manifest(run_dir)
-    contract_in = {key: manifest["input"][key] for key in ("name", "dtype", "shape")}
-    contract_out = {key: manifest["output"][key] for key in ("name", "dtype", "shape")}
-    for name in requested:
-        variant = VARIANTS[name]
-        info = dict(details[name])
-        tensor_in, tensor_out = dict(contract_in), dict(contract_out)
-        if variant.format == "tflite" or name == "tflm":
-            io = details["tflite-int8" if name == "tflm" else name]
-            tensor_in.update(io["input"])
-            tensor_out.update(io["output"])
-            for key in ("input", "output"):
-                info.pop(key, None)
-        entry = artifact_entry(run_dir, f"{STAGE_DIR_NAME}/{variant.filename}", format=variant.format,
-                               precision=variant.precision, runtime=variant.runtime, input=tensor_in,
-                               output=tensor_out, **info)
-        manifest["artifacts"][name] = entry
-        if name == "tflm":
-            manifest["artifacts"]["tflm-header"] = artifact_entry(
-                run_dir, f"{STAGE_DIR_NAME}/{TFLM_HEADER}", format="c-header", precision="int8",
-                runtime="tflite-micro")
-    versions = tool_versions()
-    manifest.setdefault("versions", {}).update(versions)
-    stages = manifest.setdefault("stages", {})
-    previous = stages.get("export", {}).get("variants", {})
-    stages["export"] = {"finished": utc_now(), "opset": options.opset, "tools": versions,
-                        "calibration_images": int(len(calibration)), "int8_io": options.int8_io,
-                        "variants": {**previous, **{row["variant"]: {"seconds": row["seconds"], "bytes": row["bytes"]}
-                                                    for row in rows}}}
-    # A re-export changes artifacts, so earlier parity verdicts no longer apply to them.
-    stages.pop("parity", None)
-    save_manifest(run_dir, manifest)
-    return ExportResult(run_dir=run_dir, rows=rows, manifest=manifest)
+    return outcome
 
 
-def _with_prerequisites(requested: list[str]) -> set[str]:
-    needed = set(requested)
-    if "onnx-int8" in needed:
-        needed.add("onnx-fp32")
-    if "tflm" in needed:
-        needed.add("tflite-int8")
-    return needed
+def _build_one(variant: Variant, folder: Path, context: BuildContext, sources: _Sources, outcome: _Outcome) -> None:
+    failed = [name for name in variant.requires if name in outcome.failures]
+    if failed:
+        raise ConversionError(f"needs {failed[0]}, which failed: {outcome.failures[failed[0]]}")
+    path = folder / variant.filename
+    path.unlink(missing_ok=True)  # never write through a hard link into the previous export
+    started = time.perf_counter()
+    details = variant.build(context, variant, path)
+    outcome.seconds[variant.name] = time.perf_counter() - started
+    if variant.runnable:
+        smoke_run(path, variant.format, variant.runtime, context.contract, sources.eval_sample)
+    outcome.bytes[variant.name] = path.stat().st_size
+    outcome.built[variant.name] = Built(path, {**details,
+                                               "conversion_seconds": round(outcome.seconds[variant.name], 2)})
 
 
-def _built_path(staging: Path, scratch: Path, name: str) -> Path:
-    filename = VARIANTS[name].filename
-    return scratch / filename if (scratch / filename).exists() else staging / filename
+def _give_up_or_go_on(variant: Variant, folder: Path, error: ConversionError, options: ExportOptions,
+                      outcome: _Outcome, console) -> None:
+    reason = first_line(error, limit=400)
+    if not options.keep_going:
+        raise ConversionError(f"variant {variant.name} for {variant.runtime} failed: {reason}; nothing was changed "
+                              f"(--keep-going keeps the variants that convert)") from error
+    outcome.failures[variant.name] = reason
+    for filename in (variant.filename, variant.companion.filename if variant.companion else None):
+        if filename:
+            (folder / filename).unlink(missing_ok=True)
+    if console is not None and variant.name in options.formats:
+        console.print(f"[red]failed[/red]   {variant.name:<15} for {variant.runtime}: {reason}")
 
 
 def _stage_previous_export(export_dir: Path, staging: Path) -> None:
@@ -189,35 +225,47 @@ def _stage_previous_export(export_dir: Path, staging: Path) -> None:
         staging.mkdir()
 
 
-def _check_saved_model_loads(saved_model: Path) -> None:
-    import tensorflow as tf
+def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome) -> Manifest:
+    """Write the requested variants' entries (built or failed) and the stage record into the manifest."""
+    run_dir, manifest = sources.run_dir, load_manifest(sources.run_dir)
+    for name in options.formats:
+        variant = VARIANTS[name]
+        relative = f"{STAGE_DIR_NAME}/{variant.filename}"
+        if name in outcome.built:
+            manifest.set_artifact(name, artifact_entry(run_dir, relative, format=variant.format,
+                                                       precision=variant.precision, runtime=variant.runtime,
+                                                       status=STATUS_OK, **outcome.built[name].details))
+        else:
+            # Where the file would be, no hash, no bytes: `artifact_problems` skips entries whose status is not ok.
+            manifest.set_artifact(name, {"path": relative, "format": variant.format, "precision": variant.precision,
+                                         "runtime": variant.runtime, "sha256": "", "bytes": 0,
+                                         "status": f"failed: {outcome.failures[name]}"})
+        if variant.companion is not None:
+            companion = variant.companion
+            if name in outcome.built:
+                manifest.set_artifact(companion.artifact, artifact_entry(
+                    run_dir, f"{STAGE_DIR_NAME}/{companion.filename}", format=companion.format,
+                    precision=variant.precision, runtime=variant.runtime, status=STATUS_OK))
+            else:
+                manifest.remove_artifact(companion.artifact)
+    versions = tool_versions()
+    manifest.update_versions(versions)
+    previous = manifest.stage("export").get("variants", {})
+    rows = {name: _row(name, outcome) for name in options.formats}
+    manifest.set_stage("export", {
+        "finished": utc_now(), "opset": options.opset, "tools": versions,
+        "calibration_samples": len(sources.calibration), "int8_io": options.int8_io,
+        "keep_going": options.keep_going,
+        "variants": {**previous, **{name: {key: row[key] for key in ("seconds", "bytes", "status")}
+                                    for name, row in rows.items()}}})
+    # A re-export changes artifacts, so earlier parity verdicts no longer apply to them.
+    manifest.drop_stage("parity")
+    manifest.save(run_dir)
+    return manifest
 
-    try:
-        loaded = tf.saved_model.load(str(saved_model))
-        loaded.signatures["serving_default"]
-    except Exception as error:  # noqa: BLE001 - any failure here means an unusable SavedModel
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot export: {saved_model} is not a loadable SavedModel with a serving_default "
-                         f"signature ({first[:200]})") from error
 
-
-def _smoke_run(name: str, path: Path, inputs: np.ndarray, input_name: str, n_outputs: int) -> None:
-    """Load the artifact in its runtime and run batches 1 and 7: finite outputs of the right shape."""
-    try:
-        for batch in SMOKE_BATCHES:
-            outputs = run_artifact(path, inputs[:batch], input_name)
-            if outputs.shape != (batch, n_outputs) or not np.isfinite(outputs).all():
-                raise ConversionError(f"{name}: batch {batch} gave shape {outputs.shape} (finite: "
-                                      f"{bool(np.isfinite(outputs).all())}); expected ({batch}, {n_outputs}) finite")
-    except ConversionError:
-        raise
-    except Exception as error:  # noqa: BLE001
-        raise ConversionError(f"{name}: {path.name} does not run in its runtime: {type(error).__name__}: "
-                              f"{error}") from error
-
-
-def run_artifact(path: Path, x: np.ndarray, input_name: str) -> np.ndarray:
-    """One inference in the artifact's own runtime (onnxruntime or LiteRT), float32 in and out."""
-    from kerasport.runtimes import open_runtime
-
-    return open_runtime(path, "onnx" if path.suffix == ".onnx" else "tflite").run(x)
+def _row(name: str, outcome: _Outcome) -> dict:
+    built = name in outcome.built
+    return {"variant": name, "file": f"{STAGE_DIR_NAME}/{VARIANTS[name].filename}",
+            "bytes": outcome.bytes.get(name, 0), "seconds": round(outcome.seconds.get(name, 0.0), 2),
+            "status": STATUS_OK if built else f"failed: {outcome.failures[name]}"}

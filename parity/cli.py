@@ -38,12 +38,7 @@ def parity_command(
 
 
 def print_parity_summary(out, result) -> None:
-    report = result.report
-    out.print(f"parity {'PASSED' if report['passed'] else 'FAILED'}: {len(report['candidates'])} candidates, "
-              f"{report['inputs']['eval_sample']['images']} held-out images, {report['seconds']:.1f} s; "
-              f"Keras noise floor {report['reference']['noise_floor']['max_abs_diff']:.1e}; "
-              f"reports in {result.run_dir}/parity/")
-    for failure in result.failures:
-        out.print(f"  FAIL {failure}")
-    for finding in report["findings"]:
-        out.print(f"  finding: {finding}")
+    from .reports import summary_lines
+
+    for line in summary_lines(result.report, result.run_dir):
+        out.print(line)

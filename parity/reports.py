@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import ERROR, LOAD_CHECK
+
+VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error"}
+
 
 def write_reports(directory: Path, report: dict) -> None:
     (directory / "report.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
@@ -22,68 +26,124 @@ def _plain(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def markdown(report: dict) -> str:
-    classification = report["task"] == "classification"
-    lines = [f"# kerasport parity: {'PASSED' if report['passed'] else 'FAILED'}", "",
-             f"Reference: {report['reference']['runtime']}. Inputs: {report['inputs']['eval_sample']['images']} "
-             f"held-out images (`{report['inputs']['eval_sample']['sha256'][:12]}…`) plus "
-             f"{report['inputs']['edge']['images']} edge inputs at batch sizes "
-             f"{', '.join(map(str, report['inputs']['edge']['batch_sizes']))}.", "",
-             f"Reference noise floor (Keras batch 1 vs batch 64): max |diff| "
-             f"{report['reference']['noise_floor']['max_abs_diff']:.2e}.", ""]
-    if classification:
-        lines += ["| candidate | precision | runtime | max abs diff | mean abs diff | top-1 agreement | flips | "
-                  "accuracy (Δ pp, 95 % CI) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+def _output_verdict(result: dict, output: str) -> str:
+    if result["verdict"] == ERROR:
+        return ERROR
+    return "pass" if all(check["passed"] for check in result["checks"]
+                         if check["output"] in (output, None)) else "fail"
+
+
+def _classification_cells(stats: dict) -> list[str]:
+    if "accuracy" in stats:
+        low, high = stats["accuracy_delta_ci95"]
+        accuracy = (f"{stats['accuracy']:.4f} ({stats['accuracy_delta'] * 100:+.2f}, "
+                    f"[{low * 100:+.2f}, {high * 100:+.2f}])")
     else:
-        lines += ["| candidate | precision | runtime | max abs diff | mean abs diff | MAE (Δ) | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+        accuracy = "– (no targets)"
+    return [f"{stats['top1_agreement']:.4f}", str(stats["label_flips"]), accuracy]
+
+
+def _regression_cells(stats: dict) -> list[str]:
+    if "mae" not in stats:
+        return ["– (no targets)"]
+    low, high = stats["mae_delta_ci95"]
+    return [f"{stats['mae']:.4g} ({stats['mae_delta']:+.3g}, [{low:+.3g}, {high:+.3g}])"]
+
+
+def _output_table(report: dict, output: str, described: dict) -> list[str]:
+    classification = described["metrics"] == "classification"
+    headers = ["candidate", "precision", "runtime", "max abs diff", "mean abs diff"]
+    headers += ["top-1 agreement", "flips", "accuracy (Δ pp, 95 % CI)"] if classification else [
+        "MAE (Δ, 95 % CI)"]
+    headers.append("verdict")
+    lines = [f"## Output `{output}` ({described['kind']}: {described['metrics']} metrics)", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name, result in report["candidates"].items():
-        verdict = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error"}[result["verdict"]]
-        if "eval" not in result or "mean_abs_diff" not in result.get("eval", {}):
-            lines.append(f"| {name} | {result['precision']} | {result.get('runtime')} | – | – | – | – | – | {verdict} |"
-                         if classification else f"| {name} | {result['precision']} | – | – | – | – | {verdict} |")
-            continue
-        stats = result["eval"]
-        if classification:
-            low, high = stats["accuracy_delta_ci95"]
-            lines.append(f"| {name} | {result['precision']} | {result['runtime']} | {stats['max_abs_diff']:.2e} | "
-                         f"{stats['mean_abs_diff']:.2e} | {stats['top1_agreement']:.4f} | {stats['label_flips']} | "
-                         f"{stats['accuracy']:.4f} ({stats['accuracy_delta'] * 100:+.2f}, "
-                         f"[{low * 100:+.2f}, {high * 100:+.2f}]) | {verdict} |")
+        stats = result.get("outputs", {}).get(output, {}).get("eval")
+        cells = [name, result["precision"], str(result.get("runtime"))]
+        if stats is None:
+            cells += ["–"] * (len(headers) - 4)
         else:
-            lines.append(f"| {name} | {result['precision']} | {result['runtime']} | {stats['max_abs_diff']:.2e} | "
-                         f"{stats['mean_abs_diff']:.2e} | {stats['mae']:.4f} ({stats['mae_delta']:+.4f}) | {verdict} |")
-    if report["failures"]:
-        lines += ["", "## Failures", ""] + [f"- {failure}" for failure in report["failures"]]
+            cells += [f"{stats['max_abs_diff']:.2e}", f"{stats['mean_abs_diff']:.2e}"]
+            cells += _classification_cells(stats) if classification else _regression_cells(stats)
+        cells.append(VERDICT_MARKS[_output_verdict(result, output)])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _sweep_table(report: dict) -> list[str]:
     sweeps = {name: result["sweep"] for name, result in report["candidates"].items() if result.get("sweep")}
-    if sweeps:
-        lines += ["", "## Runtime settings sweep (eval slice)", "",
-                  "| candidate | settings | max abs diff | top-1 agreement | seconds | within tolerance |",
-                  "|---|---|---|---|---|---|"]
-        for name, rows in sweeps.items():
-            for row in rows:
-                agreement = f"{row['top1_agreement']:.4f}" if "top1_agreement" in row else "–"
-                difference = f"{row['max_abs_diff']:.2e}" if row["max_abs_diff"] is not None else row["error"]
-                lines.append(f"| {name} | {row['settings']} | {difference} | {agreement} | "
-                             f"{row['seconds']:.3f} | {'yes' if row['within_tolerance'] else '**no**'} |")
-    lines += ["", "## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
+    if not sweeps:
+        return []
+    lines = ["## Runtime settings sweep (eval inputs, every output)", "",
+             "| candidate | settings | max abs diff | top-1 agreement | seconds | within tolerance |",
+             "|---|---|---|---|---|---|"]
+    for name, rows in sweeps.items():
+        for row in rows:
+            agreement = f"{row['top1_agreement']:.4f}" if "top1_agreement" in row else "–"
+            difference = f"{row['max_abs_diff']:.2e}" if row["max_abs_diff"] is not None else row.get("error", "–")
+            lines.append(f"| {name} | {row['settings']} | {difference} | {agreement} | "
+                         f"{row['seconds']:.3f} | {'yes' if row['within_tolerance'] else '**no**'} |")
+    return lines + [""]
+
+
+def markdown(report: dict) -> str:
+    inputs, reference = report["inputs"], report["reference"]
+    sample = inputs["eval_sample"]
+    origin = "generated (no eval sample in the bundle)" if sample["generated"] else f"`{sample['path']}`"
+    lines = [f"# kerasport parity: {'PASSED' if report['passed'] else 'FAILED'}", "",
+             f"Reference: {reference['runtime']} (`{reference['artifact']}`). Inputs: {sample['examples']} eval "
+             f"examples, {origin} (`{sample['sha256'][:12]}…`), plus {inputs['edge']['examples']} edge examples "
+             f"per input at batch sizes {', '.join(map(str, inputs['edge']['batch_sizes']))} "
+             f"(seed {inputs['edge']['seed']}).", ""]
+    lines += [f"> **{note[0].upper() + note[1:]}.**" for note in report["labelled_data"]["notes"]]
+    if report["labelled_data"]["notes"]:
+        lines.append("")
+    floor = reference["noise_floor"]
+    lines += [f"Reference noise floor ({floor['what']}), max |diff| per output: "
+              + ", ".join(f"`{name}` {stats['max_abs_diff']:.2e} (edge {stats['edge_max_abs_diff']:.2e})"
+                          for name, stats in floor["outputs"].items()) + ".", ""]
+    for output, described in report["outputs"].items():
+        lines += _output_table(report, output, described)
+    if report["not_built"]:
+        lines += ["## Not built (recorded as failed by export)", ""]
+        lines += [f"- {name}: {status}" for name, status in report["not_built"].items()] + [""]
+    if report["failures"]:
+        lines += ["## Failures", ""] + [f"- {failure}" for failure in report["failures"]] + [""]
+    lines += _sweep_table(report)
+    lines += ["## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
     lines += ["", "## Tolerances", "", "```json", json.dumps(report["tolerances"], indent=2), "```", ""]
     return "\n".join(lines)
 
 
+def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
+    """The console summary after a parity run: the verdict, then failures, unbuilt variants and findings."""
+    sample = report["inputs"]["eval_sample"]
+    labelled = "labelled" if report["labelled_data"]["given"] else "unlabelled: agreement only, no accuracy"
+    lines = [f"parity {'PASSED' if report['passed'] else 'FAILED'}: {len(report['candidates'])} candidates, "
+             f"{len(report['outputs'])} outputs, {sample['examples']} eval examples ({labelled}), "
+             f"{report['seconds']:.1f} s; reference {report['reference']['artifact']}, noise floor "
+             f"{report['reference']['noise_floor']['max_abs_diff']:.1e}; reports in {run_dir}/parity/"]
+    lines += [f"  FAIL {failure}" for failure in report["failures"]]
+    lines += [f"  not built: {name} ({status})" for name, status in report["not_built"].items()]
+    lines += [f"  finding: {finding}" for finding in report["findings"]]
+    return lines
+
+
 def junit_xml(report: dict) -> str:
+    """One testcase per candidate x check (`<check>[<output>]`); a load/run error is an <error>, the rest <failure>."""
     cases = [(name, check) for name, result in report["candidates"].items() for check in result["checks"]]
-    failures = sum(1 for _, check in cases if not check["passed"] and check["check"] != "loads_and_runs")
-    errors = sum(1 for _, check in cases if not check["passed"] and check["check"] == "loads_and_runs")
+    failures = sum(1 for _, check in cases if not check["passed"] and check["check"] != LOAD_CHECK)
+    errors = sum(1 for _, check in cases if not check["passed"] and check["check"] == LOAD_CHECK)
     suites = ET.Element("testsuites", name="kerasport parity", tests=str(len(cases)), failures=str(failures),
                         errors=str(errors), time=str(report["seconds"]))
     suite = ET.SubElement(suites, "testsuite", name="parity", tests=str(len(cases)), failures=str(failures),
                           errors=str(errors), time=str(report["seconds"]), timestamp=report["finished"])
     for name, check in cases:
-        case = ET.SubElement(suite, "testcase", classname=f"parity.{name}", name=check["check"],
+        case = ET.SubElement(suite, "testcase", classname=f"parity.{name}", name=check["id"],
                              time=str(report["candidates"][name].get("seconds", 0)))
         if not check["passed"]:
-            tag = "error" if check["check"] == "loads_and_runs" else "failure"
+            tag = "error" if check["check"] == LOAD_CHECK else "failure"
             element = ET.SubElement(case, tag, message=check["message"], type=check["check"])
             element.text = check["message"]
         else:
@@ -93,32 +153,37 @@ def junit_xml(report: dict) -> str:
 
 
 def errors_png(report: dict, destination: Path) -> None:
+    """Mean / p99 / max |diff| on the eval inputs per candidate and output, with the reference's noise floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names, maxima, means, p99 = [], [], [], []
+    several = len(report["outputs"]) > 1
+    names, maxima, means, p99, floors = [], [], [], [], []
+    noise = report["reference"]["noise_floor"]["outputs"]
     for name, result in report["candidates"].items():
-        stats = result.get("eval", {})
-        if "mean_abs_diff" not in stats:
-            continue
-        names.append(name)
-        maxima.append(max(stats["max_abs_diff"], 1e-12))
-        means.append(max(stats["mean_abs_diff"], 1e-12))
-        p99.append(max(stats["p99_abs_diff"], 1e-12))
+        for output, measured in result.get("outputs", {}).items():
+            stats = measured.get("eval")
+            if stats is None:
+                continue
+            names.append(f"{name}\n{output}" if several else name)
+            maxima.append(max(stats["max_abs_diff"], 1e-12))
+            means.append(max(stats["mean_abs_diff"], 1e-12))
+            p99.append(max(stats["p99_abs_diff"], 1e-12))
+            floors.append(noise[output]["max_abs_diff"])
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4))
     positions = np.arange(len(names))
     axis.bar(positions - 0.27, means, width=0.27, label="mean |diff|")
     axis.bar(positions, p99, width=0.27, label="p99 |diff|")
     axis.bar(positions + 0.27, maxima, width=0.27, label="max |diff|")
-    floor = report["reference"]["noise_floor"]["max_abs_diff"]
-    if floor > 0:
-        axis.axhline(floor, color="grey", linestyle="--", label="Keras noise floor")
+    if any(floor > 0 for floor in floors):
+        axis.scatter(positions, [max(floor, 1e-12) for floor in floors], marker="_", s=400, color="grey",
+                     label="reference noise floor", zorder=3)
     axis.set_yscale("log")
     axis.set_xticks(positions, names, rotation=30, ha="right")
-    axis.set(ylabel="absolute difference vs Keras (0 drawn at 1e-12)",
-             title="parity: error distribution per candidate (eval slice)")
+    axis.set(ylabel="absolute difference vs reference (0 drawn at 1e-12)",
+             title="parity: error distribution per candidate and output (eval inputs)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(destination, dpi=110)

@@ -68,7 +68,7 @@ class SavedModelRunner:
 
 
 def open_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract,
-                   settings: RuntimeSettings = RuntimeSettings()):
+                   settings: RuntimeSettings | None = None):
     """A runner for the SavedModel (TensorFlow) or an ONNX/TFLite artifact (onnxruntime / LiteRT).
 
     Raises:
@@ -76,7 +76,7 @@ def open_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract,
     """
     path = artifact.resolve(run_dir)
     if artifact.format in RUNTIME_FORMATS:
-        return open_runtime(path, artifact.format, settings)
+        return open_runtime(path, artifact.format, settings or RuntimeSettings())
     return SavedModelRunner(path, contract)
 
 
@@ -129,7 +129,10 @@ def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_
     The noise floor: the same inputs one at a time vs in one batch of EVAL_BATCH (another summation order), on
     the first eval examples and on the edge inputs. The fp32 bound scales with it (README, "Parity").
     """
-    outputs = run_everything(runner, eval_inputs, edge_inputs)
+    try:
+        outputs = run_everything(runner, eval_inputs, edge_inputs)
+    except ConversionError as error:
+        raise ConversionError(f"the reference ({artifact.name}) failed: {error}") from error
     probe = {name: array[:EVAL_BATCH] for name, array in eval_inputs.items()}
     probe_count = len(next(iter(probe.values())))
     one_by_one = run_batched(runner, probe, batch=1)

@@ -1,10 +1,12 @@
-"""The parity gate: Keras (training=False) is the reference; every deployed artifact is checked against it.
+"""The parity gate: the reference model against every deployed artifact, on every output.
 
-Candidates: the SavedModel signature (TensorFlow) and every ONNX / TFLite artifact in the manifest. Inputs: the
-pinned held-out slice plus edge inputs at batch sizes 1, 7 and 64. Each candidate gets error statistics, top-1
-agreement, label flips and accuracy (with a 95 % CI) against the tolerance of its precision class; a sweep of
-runtime settings reports configurations that change results. Reports are written atomically to `<run>/parity/`
-and the verdicts into the manifest.
+Reference: the Keras model (`training=False`), or the SavedModel when the bundle has no Keras model (a
+SavedModel-source import). Candidates: the SavedModel signature (TensorFlow, when Keras is the reference) and every
+ONNX / TFLite artifact export built (`failed: ...` entries of `export --keep-going` are listed as not built).
+Inputs, fed by name: the pinned eval sample plus edge inputs generated per input (`edges.py`) at batch sizes 1, 7
+and 64. Each output gets error statistics and, by kind, classification or regression metrics (`checks.py`) against
+the tolerance of the candidate's precision class; a sweep of runtime settings reports configurations that change
+results (`sweep.py`). Reports are written atomically to `<run>/parity/` and the verdicts into the manifest.
 """
 
 from __future__ import annotations
@@ -16,19 +18,32 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasport.errors import ConversionError, UsageError
+from kerasport.contract import ModelContract
+from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
-from kerasport.manifest import artifact_entry, load_manifest, save_manifest, utc_now, verify_bundle
-from kerasport.runtimes import RuntimeSettings, open_runtime
+from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
+from kerasport.samples import load_samples
 
-from .compare import classification_statistics, edge_batch, error_statistics, regression_statistics
-from .tolerances import PRECISION_CLASS, load_policy
+from . import sweep as settings_sweep
+from .checks import ERROR, judge, load_error
+from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
+from .runners import (
+    EDGE_BATCH_SIZES,
+    EVAL_BATCH,
+    RUNTIME_FORMATS,
+    KerasRunner,
+    Reference,
+    SavedModelRunner,
+    measure_reference,
+    open_candidate,
+    run_everything,
+)
+from .tolerances import TolerancePolicy, load_policy
 
 STAGE_DIR_NAME = "parity"
 REPORT_ARTIFACT = "parity-report"
-EDGE_BATCH_SIZES = (1, 7, 64)
-EVAL_BATCH = 64
-RUNTIME_FORMATS = ("onnx", "tflite")
+REPORT_PATH = f"{STAGE_DIR_NAME}/report.json"
+NO_LABELS = "no labelled data was given: agreement only, no accuracy"
 
 
 @dataclass
@@ -36,6 +51,7 @@ class ParityOptions:
     run: str = "build"
     sweep: bool = True
     overrides: dict = field(default_factory=dict)
+    seed: int = EDGE_SEED  # the edge inputs (and a stand-in eval set) are generated from this seed
 
 
 @dataclass
@@ -46,260 +62,244 @@ class ParityResult:
     failures: list[str]
 
 
-def candidate_names(manifest: dict) -> list[str]:
-    artifacts = manifest["artifacts"]
-    names = ["saved_model"] if "saved_model" in artifacts else []
-    return names + [name for name, entry in artifacts.items() if entry.get("format") in RUNTIME_FORMATS]
+@dataclass
+class ParityPlan:
+    """What one parity run compares: the reference, the candidates, and the variants export could not build."""
+
+    manifest: Manifest
+    reference: Artifact
+    candidates: list[Artifact]
+    not_built: dict[str, str]
+
+
+@dataclass
+class EvalData:
+    """The inputs every runner sees, the targets per output (possibly none) and how they were obtained."""
+
+    inputs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    edges: GeneratedInputs
+    description: dict
 
 
 def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
-    run_dir = Path(options.run)
-    manifest = load_manifest(run_dir)
-    if "keras" not in manifest["artifacts"] or "eval_sample" not in manifest["artifacts"]:
-        raise UsageError(f"{run_dir}: the manifest lists no keras model or eval_sample; run `kerasport train`")
-    names = candidate_names(manifest)
-    if len(names) <= 1:
-        raise UsageError(f"{run_dir}: no exported artifacts to check; run `kerasport export --run {run_dir}` first")
-    # Refuse altered files before loading anything (exit 1); this stage's own previous report is about to be
-    # replaced, so it is the one entry not required to be intact.
-    verify_bundle(run_dir, [name for name in manifest["artifacts"] if name != REPORT_ARTIFACT])
-    policy = load_policy(run_dir, options.overrides)
+    """Check every deployed artifact of a bundle against its reference; write the reports and the verdicts.
 
+    Args:
+        options: the run directory, whether to sweep runtime settings, tolerance overrides (per precision class,
+            None values ignored) and the seed of the generated inputs.
+        console: a rich console for one line per candidate and the notes on labelled data; None is silent.
+
+    Returns:
+        A ParityResult: the report (also in `<run>/parity/report.json`), the failing checks, and the exit code —
+        EXIT_OK when every check passed, EXIT_CHECK_FAILED when a check failed, EXIT_RUNTIME when an artifact
+        would not load or run.
+
+    Raises:
+        UsageError: no bundle, no reference model, nothing exported, or a bad tolerance file/override (exit 2).
+        CheckFailed: an artifact was altered since it was recorded, or the eval sample does not fit the contract.
+        ConversionError: the reference itself cannot load or run.
+    """
+    run_dir = Path(options.run)
+    plan = plan_parity(run_dir)
+    policy = load_policy(run_dir, options.overrides)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
-    task = manifest["model"]["task"]
-    sample_path = run_dir / manifest["artifacts"]["eval_sample"]["path"]
-    sample = np.load(sample_path)
-    images, labels = sample["x"].astype(np.float32), sample["y"]
-    edges = edge_batch()
-
-    reference, keras_info = _keras_reference(run_dir / manifest["artifacts"]["keras"]["path"], images, edges)
-    report_candidates: dict[str, dict] = {}
-    findings: list[str] = []
-    load_errors: list[str] = []
-    for name in names:
-        entry = manifest["artifacts"][name]
-        precision = entry.get("precision", "fp32")
-        tolerance = policy.for_precision(precision)
-        candidate_started = time.perf_counter()
-        try:
-            runner = _open_candidate(run_dir, name, entry)
-            outputs = _run_everything(runner, images, edges)
-        except ConversionError as error:
-            load_errors.append(name)
-            report_candidates[name] = {"precision": precision, "runtime": entry.get("runtime"), "verdict": "error",
-                                       "checks": [{"check": "loads_and_runs", "passed": False,
-                                                   "message": str(error)}]}
-            continue
-        result = _judge(name, entry, precision, tolerance, task, reference, outputs, labels,
-                        keras_info["noise_floor"])
-        if options.sweep and entry.get("format") in RUNTIME_FORMATS:
-            result["sweep"] = _sweep(run_dir / entry["path"], entry["format"], images, reference["eval"], labels,
-                                     task, tolerance, keras_info["noise_floor"]["max_abs_diff"])
-            for row in result["sweep"]:
-                if "error" in row:
-                    findings.append(f"{name} with {row['settings']}: does not run ({row['error']})")
-                elif not row["within_tolerance"]:
-                    findings.append(f"{name} with {row['settings']}: max|diff| {row['max_abs_diff']:.3g}, "
-                                    f"agreement {row.get('top1_agreement', float('nan')):.4f} — beyond the "
-                                    f"{PRECISION_CLASS.get(precision, 'fp32')} tolerance")
-        result["seconds"] = round(time.perf_counter() - candidate_started, 3)
-        report_candidates[name] = result
+    contract = plan.manifest.contract
+    data = load_eval_data(run_dir, plan.manifest, options.seed)
+    notes = label_notes(contract, data)
+    for note in notes if console is not None else ():
+        console.print(f"parity: {note}")
+    reference = measure_reference(_reference_runner(run_dir, plan.reference, contract), plan.reference, contract,
+                                  data.inputs, data.edges.inputs)
+    results = {}
+    for artifact in plan.candidates:
+        results[artifact.name] = check_candidate(run_dir, artifact, contract, policy, reference, data,
+                                                 sweep=options.sweep)
         if console is not None:
-            console.print(f"parity {name:<15} {result['verdict'].upper():<5} "
-                          f"max|diff| {result['eval']['max_abs_diff']:.2e}"
-                          + (f"  agreement {result['eval']['top1_agreement']:.4f}" if task == "classification"
-                             else f"  MAE Δ {result['eval']['mae_delta']:+.4f}"))
+            console.print(candidate_line(artifact.name, results[artifact.name]))
+    report = build_report(plan, policy, reference, data, results, notes, options.seed,
+                          seconds=time.perf_counter() - started)
+    _write_reports(run_dir, report)
+    record_verdicts(run_dir, report)
+    if any(result["verdict"] == ERROR for result in results.values()):
+        exit_code = EXIT_RUNTIME
+    else:
+        exit_code = EXIT_OK if report["passed"] else EXIT_CHECK_FAILED
+    return ParityResult(run_dir=run_dir, report=report, exit_code=exit_code, failures=report["failures"])
 
-    failures = [f"{name}: {check['check']} — {check['message']}" for name, result in report_candidates.items()
+
+def plan_parity(run_dir: Path) -> ParityPlan:
+    """Pick the reference and the candidates, then verify every recorded hash before anything loads.
+
+    Raises:
+        UsageError: no reference model, or no built ONNX/TFLite artifact. CheckFailed: an altered artifact.
+    """
+    manifest = load_manifest(run_dir)
+    if manifest.has("keras"):
+        reference = manifest.artifact("keras")
+    elif manifest.source.get("kind") == "saved_model" and manifest.has("saved_model"):
+        reference = manifest.artifact("saved_model")
+    else:
+        raise UsageError(f"{run_dir}: the manifest lists no keras model (nor a SavedModel source); expected a "
+                         f"bundle from `kerasport train` or `kerasport import`")
+    candidates, not_built = [], {}
+    if reference.name == "keras" and manifest.has("saved_model") and manifest.artifact("saved_model").status == "ok":
+        candidates.append(manifest.artifact("saved_model"))
+    for artifact in manifest.artifacts():
+        if artifact.format not in RUNTIME_FORMATS:
+            continue
+        if artifact.status != "ok":
+            not_built[artifact.name] = artifact.status
+        else:
+            candidates.append(artifact)
+    if not any(artifact.format in RUNTIME_FORMATS for artifact in candidates):
+        failed = f" ({len(not_built)} recorded as failed: {', '.join(not_built)})" if not_built else ""
+        raise UsageError(f"{run_dir}: no exported artifacts to check{failed}; run `kerasport export --run "
+                         f"{run_dir}` first")
+    # This stage's own previous report is about to be replaced: the one entry not required to be intact.
+    verify_bundle(run_dir, [name for name in manifest.artifact_names() if name != REPORT_ARTIFACT])
+    return ParityPlan(manifest, reference, candidates, not_built)
+
+
+def load_eval_data(run_dir: Path, manifest: Manifest, seed: int = EDGE_SEED) -> EvalData:
+    """The eval sample (inputs in the contract's dtypes, targets per output) and the edge inputs.
+
+    Without an eval sample in the bundle, seeded noise generated from the input spec stands in (unlabelled).
+
+    Raises:
+        CheckFailed: the eval sample does not fit the contract, or its targets and inputs differ in length.
+    """
+    contract = manifest.contract
+    samples = None
+    if manifest.has("eval_sample"):
+        artifact = manifest.artifact("eval_sample")
+        samples = load_samples(artifact.resolve(run_dir), contract)
+    if samples is not None and len(samples):
+        inputs = {spec.name: np.asarray(samples.inputs[spec.name], dtype=spec.dtype) for spec in contract.inputs}
+        for name, target in samples.targets.items():
+            if len(target) != len(samples):
+                raise CheckFailed(f"{artifact.path}: {len(target)} targets for output {name!r}; expected one per "
+                                  f"example ({len(samples)})")
+        description = {"path": artifact.path, "sha256": sha256_file(artifact.resolve(run_dir)),
+                       "examples": len(samples), "labelled_outputs": sorted(samples.targets), "generated": False}
+        targets = dict(samples.targets)
+    else:
+        stand_in = edge_inputs(contract, size=EVAL_BATCH, seed=seed + 1, patterns=False)
+        inputs, targets = stand_in.inputs, {}
+        description = {"path": None, "sha256": stand_in.sha256(), "examples": len(stand_in), "labelled_outputs": [],
+                       "generated": True, "what": "the bundle has no eval sample: seeded noise from the input spec"}
+    edges = edge_inputs(contract, size=EDGE_EXAMPLES, seed=seed, observed=None if description["generated"] else inputs)
+    return EvalData(inputs, targets, edges, description)
+
+
+def label_notes(contract: ModelContract, data: EvalData) -> list[str]:
+    """Plain statements of what cannot be measured for lack of targets (empty when every output has them)."""
+    if not data.targets:
+        return [NO_LABELS + (" (the bundle has no eval sample; inputs generated from the input spec)"
+                             if data.description["generated"] else "")]
+    return [f"output {spec.name!r} has no targets in the eval sample: "
+            + ("agreement only, no accuracy" if spec.is_classification else "error statistics only, no MAE")
+            for spec in contract.output_specs() if spec.name not in data.targets]
+
+
+def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract):
+    path = artifact.resolve(run_dir)
+    return KerasRunner(path, contract) if artifact.name == "keras" else SavedModelRunner(path, contract)
+
+
+def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
+                    reference: Reference, data: EvalData, *, sweep: bool) -> dict:
+    """Run one candidate on every input, judge every output, optionally sweep its runtime settings."""
+    started = time.perf_counter()
+    result = {"precision": artifact.precision, "runtime": artifact.runtime, "path": artifact.path,
+              "format": artifact.format}
+    tolerance = policy.for_precision(artifact.precision)
+    try:
+        outputs = run_everything(open_candidate(run_dir, artifact, contract), data.inputs, data.edges.inputs)
+    except ConversionError as error:
+        return {**result, "verdict": ERROR, "checks": load_error(str(error)),
+                "seconds": round(time.perf_counter() - started, 3)}
+    per_output, checks = judge(contract, tolerance, reference, outputs, data.targets)
+    result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output)
+    if sweep and artifact.format in RUNTIME_FORMATS:
+        result["sweep"] = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def candidate_line(name: str, result: dict) -> str:
+    """One console line: verdict and, per output, max |diff| plus agreement / accuracy Δ / MAE Δ where measured."""
+    parts = []
+    for output, stats in result.get("outputs", {}).items():
+        measured = stats.get("eval")
+        if measured is None:
+            parts.append(f"{output}: shape mismatch")
+            continue
+        text = f"{output}: max|diff| {measured['max_abs_diff']:.2e}"
+        if "top1_agreement" in measured:
+            text += f" agreement {measured['top1_agreement']:.4f}"
+        if "accuracy_delta" in measured:
+            text += f" accuracy Δ {measured['accuracy_delta'] * 100:+.2f} pp"
+        if "mae_delta" in measured:
+            text += f" MAE Δ {measured['mae_delta']:+.4g}"
+        parts.append(text)
+    if not parts:  # it would not run, or returned other outputs than the contract's
+        parts += [check["message"] for check in result["checks"] if not check["passed"]][:1]
+    return f"parity {name:<15} {result['verdict'].upper():<5} " + "; ".join(parts)
+
+
+def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference, data: EvalData,
+                 results: dict[str, dict], notes: list[str], seed: int, *, seconds: float) -> dict:
+    """report.json's content: verdicts, per-output metrics, inputs and artifacts with their hashes, tolerances."""
+    contract, manifest = plan.manifest.contract, plan.manifest
+    failures = [f"{name}: {check['id']} — {check['message']}" for name, result in results.items()
                 for check in result["checks"] if not check["passed"]]
-    passed = not failures
-    report = {
-        "passed": passed, "finished": utc_now(), "seconds": round(time.perf_counter() - started, 2),
-        "task": task, "reference": keras_info, "tolerances": policy.to_dict(),
-        "inputs": {"eval_sample": {"path": manifest["artifacts"]["eval_sample"]["path"],
-                                   "sha256": sha256_file(sample_path), "images": int(len(images))},
-                   "edge": {"images": int(len(edges)), "batch_sizes": list(EDGE_BATCH_SIZES),
-                            "sha256": _array_sha256(edges),
-                            "kinds": ["all_0", "all_255", "uniform_noise", "single_bright_pixel", "checkerboard",
-                                      "seeded gaussian noise"]}},
-        "artifacts": {name: {key: manifest["artifacts"][name][key] for key in ("path", "sha256")} for name in names},
-        "versions": manifest.get("versions", {}),
-        "candidates": report_candidates, "findings": findings, "failures": failures,
+    findings = [line for name, result in results.items()
+                for line in settings_sweep.findings(name, result["precision"], result.get("sweep", []))]
+    compared = [plan.reference, *plan.candidates]
+    return {
+        "passed": not failures, "finished": utc_now(), "seconds": round(seconds, 2), "task": contract.task,
+        "reference": reference.info,
+        "labelled_data": {"given": bool(data.targets),
+                          "outputs": {name: name in data.targets for name in contract.output_names},
+                          "notes": notes},
+        "outputs": {spec.name: {"kind": spec.kind, "metrics": "classification" if spec.is_classification
+                                else "regression", "labelled": spec.name in data.targets}
+                    for spec in contract.output_specs()},
+        "tolerances": policy.to_dict(),
+        "inputs": {"eval_sample": data.description,
+                   "edge": {"examples": len(data.edges), "batch_sizes": list(EDGE_BATCH_SIZES), "seed": seed,
+                            "sha256": data.edges.sha256(), "inputs": data.edges.describe()}},
+        "artifacts": {artifact.name: {"path": artifact.path, "sha256": artifact.sha256} for artifact in compared},
+        "not_built": plan.not_built,
+        "versions": manifest.versions,
+        "candidates": results, "findings": findings, "failures": failures,
     }
+
+
+def _write_reports(run_dir: Path, report: dict) -> None:
     from .reports import write_reports
 
     with atomic_path(run_dir / STAGE_DIR_NAME) as staging:
         staging.mkdir()
         write_reports(staging, report)
 
+
+def record_verdicts(run_dir: Path, report: dict) -> None:
+    """Each candidate's verdict into the manifest, the report as an artifact, and the stage summary."""
     manifest = load_manifest(run_dir)
     checked = report["finished"]
-    for name, result in report_candidates.items():
-        manifest["artifacts"][name]["parity"] = {
-            "verdict": result["verdict"], "checked": checked, "report": f"{STAGE_DIR_NAME}/report.json",
-            "failed_checks": [check["check"] for check in result["checks"] if not check["passed"]]}
-    manifest["artifacts"][REPORT_ARTIFACT] = artifact_entry(run_dir, f"{STAGE_DIR_NAME}/report.json",
-                                                            format="json", precision="n/a", role="parity report")
-    manifest.setdefault("stages", {})["parity"] = {"finished": checked, "passed": passed,
-                                                   "report": f"{STAGE_DIR_NAME}/report.json",
-                                                   "tolerances": policy.to_dict()}
-    save_manifest(run_dir, manifest)
-    exit_code = 3 if load_errors else (0 if passed else 1)
-    return ParityResult(run_dir=run_dir, report=report, exit_code=exit_code, failures=failures)
+    for name, result in report["candidates"].items():
+        manifest.set_parity(name, {"verdict": result["verdict"], "checked": checked, "report": REPORT_PATH,
+                                   "failed_checks": [check["id"] for check in result["checks"]
+                                                     if not check["passed"]]})
+    manifest.set_artifact(REPORT_ARTIFACT, artifact_entry(run_dir, REPORT_PATH, format="json", precision="n/a",
+                                                          role="parity report"))
+    manifest.set_stage(STAGE_DIR_NAME, {"finished": checked, "passed": report["passed"], "report": REPORT_PATH,
+                                        "reference": report["reference"]["artifact"],
+                                        "labelled_data": report["labelled_data"]["given"],
+                                        "not_built": sorted(report["not_built"]),
+                                        "tolerances": report["tolerances"]})
+    manifest.save(run_dir)
 
-
-def _array_sha256(array: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def _keras_reference(model_path: Path, images: np.ndarray, edges: np.ndarray) -> tuple[dict, dict]:
-    import keras
-
-    model = keras.saving.load_model(model_path, compile=False)
-
-    def infer(x: np.ndarray) -> np.ndarray:
-        return keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
-
-    reference = {"eval": np.concatenate([infer(images[i:i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)]),
-                 "edge": {batch: infer(edges[:batch]) for batch in EDGE_BATCH_SIZES}}
-    # The reference's own noise: the same inputs one at a time vs in one batch of 64 (a different summation order).
-    probe = images[:EVAL_BATCH]
-    one_by_one = np.concatenate([infer(probe[i:i + 1]) for i in range(len(probe))])
-    floor = error_statistics(infer(probe), one_by_one)
-    edge_one_by_one = np.concatenate([infer(edges[i:i + 1]) for i in range(len(edges))])
-    edge_floor = error_statistics(reference["edge"][max(EDGE_BATCH_SIZES)], edge_one_by_one)
-    info = {"runtime": f"keras {keras.__version__} (training=False)", "path": str(model_path.name),
-            "noise_floor": {"what": "Keras batch 1 vs batch 64 on the same images", "images": int(len(probe)),
-                            **floor, "edge_max_abs_diff": edge_floor["max_abs_diff"]}}
-    return reference, info
-
-
-class _SavedModelRunner:
-    def __init__(self, path: Path, input_name: str, output_name: str):
-        import tensorflow as tf
-
-        try:
-            self._signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-        except Exception as error:  # noqa: BLE001
-            raise ConversionError(f"TensorFlow cannot load the SavedModel {path}: {error}") from error
-        self._tf, self._input, self._output = tf, input_name, output_name
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self._signature(**{self._input: self._tf.constant(images)})[self._output].numpy()
-
-
-def _open_candidate(run_dir: Path, name: str, entry: dict):
-    path = run_dir / entry["path"]
-    if name == "saved_model":
-        return _SavedModelRunner(path, entry["input"]["name"], entry["output"]["name"])
-    return open_runtime(path, entry["format"])
-
-
-def _run_everything(runner, images: np.ndarray, edges: np.ndarray) -> dict:
-    try:
-        eval_outputs = np.concatenate([runner.run(images[i:i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)])
-        edge_outputs = {batch: runner.run(edges[:batch]) for batch in EDGE_BATCH_SIZES}
-    except ConversionError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a runtime failing at run time
-        raise ConversionError(f"inference failed: {type(error).__name__}: {error}") from error
-    return {"eval": eval_outputs, "edge": edge_outputs}
-
-
-def _judge(name, entry, precision, tolerance, task, reference, outputs, labels, noise: dict) -> dict:
-    checks = []
-
-    def check(check_name: str, passed: bool, message: str) -> None:
-        checks.append({"check": check_name, "passed": bool(passed), "message": message})
-
-    shapes_ok = outputs["eval"].shape == reference["eval"].shape and all(
-        outputs["edge"][batch].shape == reference["edge"][batch].shape for batch in EDGE_BATCH_SIZES)
-    check("dynamic_batch", shapes_ok,
-          f"batch sizes {list(EDGE_BATCH_SIZES)} and the eval slice gave shapes "
-          f"{[tuple(outputs['edge'][b].shape) for b in EDGE_BATCH_SIZES]}; expected (batch, "
-          f"{reference['eval'].shape[1]})")
-    if not shapes_ok:
-        return {"precision": precision, "runtime": entry.get("runtime"), "verdict": "fail", "checks": checks,
-                "eval": {"max_abs_diff": float("nan"), "top1_agreement": 0.0, "mae_delta": float("nan")}}
-    finite = np.isfinite(outputs["eval"]).all() and all(np.isfinite(v).all() for v in outputs["edge"].values())
-    check("finite", finite, "every output is finite" if finite else "NaN or Inf in the outputs")
-
-    eval_stats = error_statistics(reference["eval"], outputs["eval"])
-    edge_stats = {batch: error_statistics(reference["edge"][batch], outputs["edge"][batch])
-                  for batch in EDGE_BATCH_SIZES}
-    if tolerance.atol is not None:
-        allowed_eval = max(tolerance.atol, tolerance.noise_multiple * noise["max_abs_diff"])
-        allowed_edge = max(tolerance.atol, tolerance.noise_multiple * noise["edge_max_abs_diff"])
-        bounds = [(reference["eval"], outputs["eval"], allowed_eval)] + [
-            (reference["edge"][b], outputs["edge"][b], allowed_edge) for b in EDGE_BATCH_SIZES]
-        excess = max(float((np.abs(c - r) - (allowed + tolerance.rtol * np.abs(r))).max()) for r, c, allowed in bounds)
-        worst_edge = max(s["max_abs_diff"] for s in edge_stats.values())
-        check("max_abs_diff", excess <= 0,
-              f"max |diff| {eval_stats['max_abs_diff']:.3g} on real images (allowed {allowed_eval:.3g}), "
-              f"{worst_edge:.3g} on edge inputs (allowed {allowed_edge:.3g}); bound = max(atol {tolerance.atol:g}, "
-              f"{tolerance.noise_multiple:g} x Keras' own batch-order noise)"
-              + (f" + {tolerance.rtol:g}·|keras|" if tolerance.rtol else ""))
-    result = {"precision": precision, "runtime": entry.get("runtime"), "path": entry["path"],
-              "eval": dict(eval_stats), "edge": {str(batch): stats for batch, stats in edge_stats.items()}}
-    if task == "classification":
-        stats = classification_statistics(reference["eval"], outputs["eval"], labels, tolerance.tie_margin)
-        result["eval"].update(stats)
-        check("top1_agreement", stats["decisive_agreement"] >= tolerance.min_agreement,
-              f"top-1 agreement {stats['decisive_agreement']:.4f} on {stats['decisive_images']} decisive images "
-              f"(Keras top-2 margin >= {tolerance.tie_margin:g}); raw {stats['top1_agreement']:.4f} with "
-              f"{stats['label_flips']} flips of {len(labels)}, {stats['near_tie_flips']} on near-ties; "
-              f"required >= {tolerance.min_agreement:g}")
-        if tolerance.max_accuracy_drop is not None:
-            drop = -stats["accuracy_delta"]
-            check("accuracy_drop", drop <= tolerance.max_accuracy_drop + 1e-12,
-                  f"accuracy {stats['accuracy']:.4f} vs Keras {stats['reference_accuracy']:.4f} "
-                  f"(Δ {stats['accuracy_delta'] * 100:+.2f} pp); allowed drop "
-                  f"{tolerance.max_accuracy_drop * 100:.2f} pp")
-    else:
-        stats = regression_statistics(reference["eval"], outputs["eval"], labels)
-        result["eval"].update(stats)
-        if tolerance.max_mae_increase is not None:
-            check("mae_increase", stats["mae_relative_increase"] <= tolerance.max_mae_increase + 1e-12,
-                  f"MAE {stats['mae']:.4f} vs Keras {stats['reference_mae']:.4f} "
-                  f"({stats['mae_relative_increase'] * 100:+.2f} %); allowed +{tolerance.max_mae_increase * 100:.1f} %")
-    result["checks"] = checks
-    result["verdict"] = "pass" if all(c["passed"] for c in checks) else "fail"
-    return result
-
-
-def _sweep(path: Path, artifact_format: str, images: np.ndarray, reference: np.ndarray, labels: np.ndarray,
-           task: str, tolerance, noise: float) -> list[dict]:
-    """Run the eval slice under each runtime configuration; report how far each moves from Keras."""
-    if artifact_format == "onnx":
-        settings = [RuntimeSettings(threads=t, ort_optimization=level) for level in ("disabled", "basic", "all")
-                    for t in (1, 2)]
-        runtime = "onnxruntime"
-    else:
-        settings = [RuntimeSettings(threads=t, xnnpack=x) for x in (True, False) for t in (1, 2)]
-        runtime = "ai-edge-litert"
-    rows = []
-    for setting in settings:
-        started = time.perf_counter()
-        try:
-            runner = open_runtime(path, artifact_format, setting)
-            outputs = np.concatenate([runner.run(images[i:i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)])
-        except Exception as error:  # noqa: BLE001 - a setting that cannot run is itself a finding, not a crash
-            rows.append({"settings": setting.describe(runtime), "error": f"{type(error).__name__}: {error}",
-                         "max_abs_diff": None, "seconds": 0.0, "within_tolerance": False})
-            continue
-        seconds = time.perf_counter() - started
-        row = {"settings": setting.describe(runtime), **error_statistics(reference, outputs),
-               "seconds": round(seconds, 3)}
-        within = tolerance.atol is None or row["max_abs_diff"] <= max(
-            tolerance.atol, tolerance.noise_multiple * noise) + tolerance.rtol * float(np.abs(reference).max())
-        if task == "classification":
-            stats = classification_statistics(reference, outputs, labels, tolerance.tie_margin)
-            row["top1_agreement"] = stats["top1_agreement"]
-            row["decisive_agreement"] = stats["decisive_agreement"]
-            within = within and stats["decisive_agreement"] >= tolerance.min_agreement
-        row["within_tolerance"] = bool(within)
-        rows.append(row)
-    return rows

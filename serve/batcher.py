@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 Arrays = Mapping[str, np.ndarray]
 
 
@@ -67,8 +66,8 @@ class MicroBatcher:
         observe: called with (examples, seconds the oldest request queued, inference seconds) per call.
     """
 
-    def __init__(self, infer: Callable[[dict[str, np.ndarray]], Arrays], *, max_batch: int = 32, max_delay_ms: float = 0.0,
-                 observe: Callable[[int, float, float], None] | None = None):
+    def __init__(self, infer: Callable[[dict[str, np.ndarray]], Arrays], *, max_batch: int = 32,
+                 max_delay_ms: float = 0.0, observe: Callable[[int, float, float], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, received {max_batch}")
         if max_delay_ms < 0:

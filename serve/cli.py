@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 import sys
 
 import typer
@@ -47,49 +44,33 @@ def serve_command(
 
 @user_errors
 def predict_command(
-    paths: list[str] = typer.Argument(..., help="Image files (PNG/JPEG) or folders of them."),
+    paths: list[str] = typer.Argument(None, help="Image files (PNG/JPEG) or folders of them, for image models."),
+    inputs: str = typer.Option(None, "--inputs",
+                               help="npz:FILE with one array per input name (or `x` for a single input), for any "
+                                    "model."),
     run: str = typer.Option("build", "--run"),
     variant: str = typer.Option(None, "--variant"),
     output_format: str = typer.Option("table", "--format", help="table | json | csv"),
     top_k: int = typer.Option(3, "--top-k", min=1),
     allow_unverified: bool = typer.Option(False, "--allow-unverified"),
 ) -> None:
-    """Classify image files with the bundle's runtime, without TensorFlow."""
+    """Run image files or named input arrays through the bundle's runtime, without TensorFlow."""
     if output_format not in ("table", "json", "csv"):
         raise UsageError(f"--format {output_format!r}; expected table, json or csv")
+    if bool(paths) == bool(inputs):
+        raise UsageError("give image files or folders, or --inputs npz:FILE; expected exactly one of the two")
     from .model import load_served_model
-    from .predict import collect_images, predict_files
+    from .predict import collect_images, load_input_arrays, predict_arrays, predict_images, render_csv, render_table
 
-    files = collect_images(paths)
+    files = collect_images(paths) if paths else []
     model = load_served_model(run, variant=variant, allow_unverified=allow_unverified)
-    rows = predict_files(model, files, top_k=top_k)
+    if files:
+        rows = predict_images(model, files, top_k=top_k)
+    else:
+        rows = predict_arrays(model, load_input_arrays(inputs, model.contract), top_k=top_k)
     if output_format == "json":
         typer.echo(json.dumps({"variant": model.variant, "predictions": rows}))
     elif output_format == "csv":
-        buffer = io.StringIO()
-        if model.task == "classification":
-            writer = csv.writer(buffer)
-            writer.writerow(["file", "label", "probability"])
-            writer.writerows([row["file"], row["label"], f"{row['probability']:.6f}"] for row in rows)
-        else:
-            writer = csv.writer(buffer)
-            writer.writerow(["file", "values"])
-            writer.writerows([row["file"], " ".join(f"{v:.6f}" for v in row["values"])] for row in rows)
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.write(render_csv(rows))
     else:
-        from rich.table import Table
-
-        table = Table(title=f"kerasport predict ({model.variant})")
-        table.add_column("file")
-        if model.task == "classification":
-            table.add_column("label")
-            table.add_column("probability", justify="right")
-            table.add_column(f"top {top_k}")
-            for row in rows:
-                table.add_row(os.path.relpath(row["file"]), row["label"], f"{row['probability']:.4f}",
-                              ", ".join(f"{t['label']}:{t['probability']:.3f}" for t in row["top_k"]))
-        else:
-            table.add_column("values")
-            for row in rows:
-                table.add_row(os.path.relpath(row["file"]), ", ".join(f"{v:.4f}" for v in row["values"]))
-        console().print(table)
+        console().print(render_table(rows, f"kerasport predict ({model.variant})", top_k))

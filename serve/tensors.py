@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from kerasport.contract import DTYPE_OF_V2, InputSpec, ModelContract
+from kerasport.contract import DTYPE_OF_V2, InputSpec, ModelContract, OutputSpec
 from kerasport.errors import UsageError
 
 from .errors import BadRequest
@@ -128,16 +128,36 @@ def to_input(spec: InputSpec, array: np.ndarray, where: str) -> np.ndarray:
     Raises:
         BadRequest: naming `where` (the offending input), what was received and what the input expects.
     """
-    if array.ndim >= 1 and array.shape[1:] in legacy_image_shapes(spec):
+    legacy = legacy_image_shapes(spec)
+    if array.ndim >= 1 and array.shape[1:] in legacy:
         array = array.reshape(len(array), *spec.item_shape)
+    elif legacy and (array.ndim != len(spec.shape) or not spec.accepts_item_shape(array.shape[1:])):
+        shapes = [_shape_text(shape) for shape in (spec.item_shape, *legacy)]
+        raise BadRequest(f"{where}: shape {list(array.shape)}; input {spec.name!r} expects {', '.join(shapes[:-1])} "
+                         f"or {shapes[-1]}")
     try:
         return spec.check_values(array, where)
     except UsageError as error:
-        message = str(error)
-        if "expects [" in message and spec.image is not None:
-            alternatives = ", ".join(_shape_text(shape) for shape in legacy_image_shapes(spec))
-            message += f" (or {alternatives})"
-        raise BadRequest(message) from None
+        raise BadRequest(str(error)) from None
+
+
+# Value ranges a decoded picture (raw 0..255 pixels) maps onto linearly: raw pixels, x/255, x/127.5 - 1.
+PICTURE_RANGES = ((0.0, 255.0), (0.0, 1.0), (-1.0, 1.0))
+
+
+def pictures_to_input(spec: InputSpec, pixels: np.ndarray, where: str) -> np.ndarray:
+    """Decoded pictures (float32 [n, H, W, C] in 0..255) as a batch for an image input, scaled to its value range.
+
+    Raises:
+        UsageError: the input's range is not one a picture maps onto (send tensors instead).
+    """
+    low, high = spec.value_range or PICTURE_RANGES[0]
+    if (low, high) not in PICTURE_RANGES:
+        raise UsageError(f"{where}: input {spec.name!r} takes values in {low:g}..{high:g}, which pictures (0..255 "
+                         f"pixels) do not map onto; send tensors (V2 infer, :predict, --inputs npz:FILE) instead")
+    if (low, high) != PICTURE_RANGES[0]:
+        pixels = low + pixels * np.float32((high - low) / 255.0)
+    return spec.check_values(pixels, where)
 
 
 def _shape_text(item_shape: tuple[int, ...]) -> str:
@@ -162,3 +182,10 @@ def check_batch(inputs: Mapping[str, np.ndarray]) -> None:
     sizes = {name: len(array) for name, array in inputs.items()}
     if len(set(sizes.values())) > 1:
         raise BadRequest(f"inputs have batch sizes {sizes}; expected the same number of examples for every input")
+
+
+def top_k(row: np.ndarray, spec: OutputSpec, k: int) -> list[dict]:
+    """The k best classes of one example's classification output, with their labels."""
+    score = "probability" if spec.kind == "probabilities" else "score"
+    order = np.argsort(-row, kind="stable")[:k]
+    return [{"label": spec.label(int(i)), "index": int(i), score: float(row[i])} for i in order]

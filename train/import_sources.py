@@ -123,21 +123,21 @@ def load_source(source: str, *, unsafe: bool = False, custom_objects: str | None
                      f"directory or package.module:function")
 
 
-def import_user_module(name: str, option: str):
+def import_user_module(name: str, option: str, given: str | None = None):
     """Import a user's module; the working directory is searched too, as `python -m` would.
 
     Raises:
-        UsageError: the module cannot be imported (naming the option and the error).
+        UsageError: the module cannot be imported (naming the option, what was given and the error).
     """
+    where = f"{option} {given or name}"
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
         return importlib.import_module(name)
     except ImportError as error:
-        raise UsageError(f"{option} {name}: cannot import it ({error}); expected an importable module") from None
+        raise UsageError(f"{where}: cannot import module {name} ({error}); expected an importable module") from None
     except Exception as error:  # the user's module raised while importing: their bug, our one line
-        raise UsageError(f"{option} {name}: importing it raised {type(error).__name__}: {_first_line(error)}") \
-            from None
+        raise UsageError(f"{where}: importing {name} raised {type(error).__name__}: {_first_line(error)}") from None
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -147,9 +147,14 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
 
 
 def _load_keras_file(path: Path, *, unsafe: bool) -> LoadedSource:
+    import h5py
     import keras
 
     kind = "keras" if path.suffix.lower() in KERAS_SUFFIXES else "h5"
+    readable = zipfile.is_zipfile(path) if kind == "keras" else h5py.is_hdf5(path)
+    if not readable:
+        expected = "a zip archive written by model.save()" if kind == "keras" else "an HDF5 file"
+        raise UsageError(f"SOURCE {path}: not {expected}; expected a Keras 3 .keras or legacy .h5 file")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as error:  # Keras raises ValueError/TypeError/OSError for bad files: map to one line
@@ -230,7 +235,7 @@ def _call_builder(source: str) -> LoadedSource:
     import keras
 
     module_name, function_name = source.rsplit(":", 1)
-    module = import_user_module(module_name, "SOURCE")
+    module = import_user_module(module_name, "SOURCE", source)
     builder = getattr(module, function_name, None)
     if not callable(builder):
         raise UsageError(f"SOURCE {source}: module {module_name} has no function {function_name!r}; expected "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from kerasport import __version__
+from kerasport.tfenv import quiet_tensorflow
 
 app = typer.Typer(
     name="kerasport",
@@ -35,11 +36,13 @@ def _register_stages() -> None:
     from kerasport.parity.cli import parity_command
     from kerasport.serve.cli import predict_command, serve_command
     from kerasport.train.cli import train_command
+    from kerasport.train.import_cli import import_command
 
     from .bundle_cli import bundle_app
     from .pipeline import run_command
 
     app.command("train", help=train_command.__doc__)(train_command)
+    app.command("import", help=import_command.__doc__)(import_command)
     app.command("export", help=export_command.__doc__)(export_command)
     app.command("parity", help=parity_command.__doc__)(parity_command)
     app.command("run", help=run_command.__doc__)(run_command)
@@ -52,6 +55,7 @@ _register_stages()
 
 
 def main() -> None:
+    quiet_tensorflow()  # before any stage imports TensorFlow
     app()
 
 

@@ -49,6 +49,7 @@ VALUES = {
     "opset": (["--opset", "17"], 17),
     "int8_io": (["--int8-io"], True),
     "allow_select_tf_ops": (["--allow-select-tf-ops"], True),
+    "keep_going": (["--keep-going"], True),
 }
 NOT_FORWARDED = {"json_output", "help"}  # the command's own output switch, and click's --help
 

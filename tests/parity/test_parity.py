@@ -10,11 +10,15 @@ from ai_edge_litert.interpreter import Interpreter
 from helpers import trained_bundle
 from typer.testing import CliRunner
 
-from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.app.cli import app
-from kerasport.errors import UsageError
-from kerasport.manifest import hash_artifact, load_manifest, require_verified, save_manifest, verify_bundle
+from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
+from kerasport.export.stage import ExportOptions, export_bundle
+from kerasport.manifest import hash_artifact, load_manifest, require_verified, verify_bundle
+from kerasport.parity.edges import EDGE_EXAMPLES
+from kerasport.parity.runners import EDGE_BATCH_SIZES
 from kerasport.parity.stage import ParityOptions, run_parity
+from kerasport.parity.sweep import ORT_SWEEP_LEVELS, SWEEP_THREADS
+from kerasport.parity.tolerances import TolerancePolicy
 
 runner = CliRunner()
 
@@ -22,9 +26,10 @@ runner = CliRunner()
 def refresh_hash(run, name):
     """What a buggy converter does: write a wrong model and record its hash as if it were right."""
     manifest = load_manifest(run)
-    manifest["artifacts"][name]["sha256"], manifest["artifacts"][name]["bytes"] = hash_artifact(
-        run / manifest["artifacts"][name]["path"])
-    save_manifest(run, manifest)
+    artifact = manifest.artifact(name)
+    sha256, size = hash_artifact(artifact.resolve(run))
+    manifest.set_artifact(name, {**artifact.entry, "sha256": sha256, "bytes": size})
+    manifest.save(run)
 
 
 def perturb_onnx(run, scale=1.5):
@@ -65,12 +70,13 @@ def perturb_tflite(run, filename="model_fp32.tflite", name="tflite-fp32"):
 
 def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
     result = run_parity(ParityOptions(run=str(exported_copy)))
-    assert result.exit_code == 0, result.failures
+    assert result.exit_code == EXIT_OK, result.failures
     manifest = verify_bundle(exported_copy)
     for name in ("saved_model", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-dynamic",
                  "tflite-int8"):
-        assert manifest["artifacts"][name]["parity"]["verdict"] == "pass", name
-    assert manifest["stages"]["parity"]["passed"] is True
+        assert manifest.parity_verdict(name) == "pass", name
+    assert manifest.stage("parity")["passed"] is True and manifest.stage("parity")["reference"] == "keras"
+    assert "keras" not in result.report["candidates"]
     for output in ("report.json", "report.md", "junit.xml", "errors.png"):
         assert (exported_copy / "parity" / output).is_file()
     require_verified(manifest, "onnx-fp32")  # the serving gate accepts it
@@ -79,39 +85,46 @@ def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
 def test_report_json_has_every_field(exported_copy):
     run_parity(ParityOptions(run=str(exported_copy)))
     report = json.loads((exported_copy / "parity" / "report.json").read_text())
-    assert report["passed"] is True
-    assert {"fp32", "fp16", "int8"} <= set(report["tolerances"])
-    assert report["reference"]["noise_floor"]["max_abs_diff"] >= 0
-    assert report["reference"]["noise_floor"]["edge_max_abs_diff"] >= 0
-    assert report["tolerances"]["fp32"]["noise_multiple"] == 5.0
-    assert len(report["inputs"]["eval_sample"]["sha256"]) == 64
-    assert report["inputs"]["edge"]["batch_sizes"] == [1, 7, 64]
     manifest = load_manifest(exported_copy)
-    assert report["artifacts"]["onnx-fp32"]["sha256"] == manifest["artifacts"]["onnx-fp32"]["sha256"]
+    (image,), (output,) = manifest.contract.input_specs(), manifest.contract.output_names
+    assert report["passed"] is True
+    assert report["tolerances"] == TolerancePolicy().to_dict()
+    floor = report["reference"]["noise_floor"]
+    assert floor["max_abs_diff"] == floor["outputs"][output]["max_abs_diff"]
+    assert report["reference"]["artifact"] == "keras" and report["labelled_data"]["given"] is True
+    assert report["inputs"]["eval_sample"]["sha256"] == manifest.artifact("eval_sample").sha256
+    edge = report["inputs"]["edge"]
+    assert edge["batch_sizes"] == list(EDGE_BATCH_SIZES) and edge["examples"] == EDGE_EXAMPLES
+    assert edge["inputs"][image.name]["kinds"] == ["min", "max", "uniform_noise", "single_bright_pixel",
+                                                   "checkerboard"]
+    described = edge["inputs"][image.name]["range"]
+    assert (described["low"], described["high"], described["source"]) == (*image.value_range, "contract")
+    assert report["artifacts"]["onnx-fp32"]["sha256"] == manifest.artifact("onnx-fp32").sha256
     assert {"tensorflow", "onnxruntime", "ai-edge-litert"} <= set(report["versions"])
-    candidate = report["candidates"]["tflite-int8"]
+    candidate = report["candidates"]["tflite-int8"]["outputs"][output]
+    assert candidate["metrics"] == "classification" and candidate["labelled"] is True
     for key in ("max_abs_diff", "mean_abs_diff", "max_rel_diff", "top1_agreement", "label_flips", "accuracy",
                 "reference_accuracy", "accuracy_delta", "accuracy_delta_ci95", "accuracy_ci95"):
         assert key in candidate["eval"], key
-    assert set(candidate["edge"]) == {"1", "7", "64"}
-    sweep = {row["settings"] for row in candidate["sweep"]}
-    assert sweep == {"xnnpack=on, threads=1", "xnnpack=on, threads=2", "xnnpack=off, threads=1",
-                     "xnnpack=off, threads=2"}
-    assert {row["settings"] for row in report["candidates"]["onnx-fp32"]["sweep"]} >= {
-        "optimization=disabled, threads=1", "optimization=basic, threads=2", "optimization=all, threads=1"}
+    assert set(candidate["edge"]) == {str(batch) for batch in EDGE_BATCH_SIZES}
+    sweep = {row["settings"] for row in report["candidates"]["tflite-int8"]["sweep"]}
+    assert sweep == {f"xnnpack={x}, threads={t}" for x in ("on", "off") for t in SWEEP_THREADS}
+    assert {row["settings"] for row in report["candidates"]["onnx-fp32"]["sweep"]} == {
+        f"optimization={level}, threads={t}" for level in ORT_SWEEP_LEVELS for t in SWEEP_THREADS}
     markdown = (exported_copy / "parity" / "report.md").read_text()
     assert "| onnx-fp32 | fp32 | onnxruntime |" in markdown and "PASSED" in markdown
+    assert "no labelled data" not in markdown
 
 
 def test_perturbed_onnx_weights_fail_the_gate_naming_the_artifact(exported_copy):
     perturb_onnx(exported_copy)
     verify_bundle(exported_copy)  # the hash was refreshed: integrity alone cannot catch this
     result = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == EXIT_CHECK_FAILED, result.output
     assert "onnx-fp32: max_abs_diff" in result.output
     manifest = load_manifest(exported_copy)
-    assert manifest["artifacts"]["onnx-fp32"]["parity"]["verdict"] == "fail"
-    assert manifest["artifacts"]["tflite-fp32"]["parity"]["verdict"] == "pass"
+    assert manifest.parity_verdict("onnx-fp32") == "fail"
+    assert manifest.parity_verdict("tflite-fp32") == "pass"
     with pytest.raises(UsageError, match="failed parity"):
         require_verified(manifest, "onnx-fp32")
     require_verified(manifest, "onnx-fp32", allow_unverified=True)
@@ -120,7 +133,7 @@ def test_perturbed_onnx_weights_fail_the_gate_naming_the_artifact(exported_copy)
 def test_perturbed_tflite_weights_fail_the_gate_naming_the_artifact(exported_copy):
     perturb_tflite(exported_copy)
     result = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_CHECK_FAILED
     failing = {failure.split(":")[0] for failure in result.failures}
     assert failing == {"tflite-fp32"}
 
@@ -142,7 +155,7 @@ def test_altered_file_without_a_refreshed_hash_is_refused(exported_copy):
     path = exported_copy / "export" / "model_fp16.tflite"
     path.write_bytes(path.read_bytes()[:-10])
     result = runner.invoke(app, ["parity", "--run", str(exported_copy)])
-    assert result.exit_code == 1 and "artifact 'tflite-fp16' was altered" in result.output
+    assert result.exit_code == EXIT_CHECK_FAILED and "artifact 'tflite-fp16' was altered" in result.output
 
 
 def test_rerun_after_the_old_reports_were_deleted(exported_copy):
@@ -151,7 +164,7 @@ def test_rerun_after_the_old_reports_were_deleted(exported_copy):
     run_parity(ParityOptions(run=str(exported_copy), sweep=False))
     shutil.rmtree(exported_copy / "parity")
     again = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
-    assert again.exit_code == 0 and (exported_copy / "parity" / "report.json").is_file()
+    assert again.exit_code == EXIT_OK and (exported_copy / "parity" / "report.json").is_file()
     verify_bundle(exported_copy)
 
 
@@ -159,42 +172,47 @@ def test_artifact_that_will_not_load_exits_3(exported_copy):
     (exported_copy / "export" / "model.onnx").write_bytes(b"not an onnx model")
     refresh_hash(exported_copy, "onnx-fp32")
     result = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep"])
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == EXIT_RUNTIME, result.output
     assert "onnx-fp32" in result.output
     junit = ET.parse(exported_copy / "parity" / "junit.xml").getroot().find("testsuite")
     assert int(junit.get("errors")) == 1
 
 
-def test_usage_errors_exit_2(tmp_path):
+def test_usage_errors_exit_2(exported_copy, tmp_path):
     missing = runner.invoke(app, ["parity", "--run", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and "manifest.json is missing" in missing.output
-    run = trained_bundle(tmp_path, epochs=1)
-    not_exported = runner.invoke(app, ["parity", "--run", str(run)])
-    assert not_exported.exit_code == 2 and "kerasport export" in not_exported.output
+    assert missing.exit_code == EXIT_USAGE and "manifest.json is missing" in missing.output
+    manifest = load_manifest(exported_copy)  # as `kerasport train` leaves it: nothing exported yet
+    for artifact in list(manifest.artifacts()):
+        if artifact.format in ("onnx", "tflite"):
+            manifest.remove_artifact(artifact.name)
+    manifest.save(exported_copy)
+    not_exported = runner.invoke(app, ["parity", "--run", str(exported_copy)])
+    assert not_exported.exit_code == EXIT_USAGE and "kerasport export" in not_exported.output
 
 
 def test_tolerance_file_and_option_override(exported_copy):
     (exported_copy / "parity.toml").write_text("[fp32]\natol = 1e-15\nnoise_multiple = 0\n")
     strict = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
-    assert strict.exit_code == 1
+    assert strict.exit_code == EXIT_CHECK_FAILED
     assert any(f.startswith(("onnx-fp32: max_abs_diff", "tflite-fp32: max_abs_diff")) for f in strict.failures)
     assert str(exported_copy / "parity.toml") in strict.report["tolerances"]["source"]
 
     relaxed = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep", "--fp32-atol", "1e-5"])
-    assert relaxed.exit_code == 0, relaxed.output
+    assert relaxed.exit_code == EXIT_OK, relaxed.output
 
     (exported_copy / "parity.toml").write_text("[fp32]\nslack = 3\n")
     bad = runner.invoke(app, ["parity", "--run", str(exported_copy)])
-    assert bad.exit_code == 2 and "unknown key 'slack'" in bad.output
+    assert bad.exit_code == EXIT_USAGE and "unknown key 'slack'" in bad.output
 
 
 def test_regression_model_parity(tmp_path):
     run = trained_bundle(tmp_path, task="regression", epochs=2)
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32", "tflite-fp32", "tflite-fp16"]))
     result = run_parity(ParityOptions(run=str(run), sweep=False))
-    assert result.exit_code == 0, result.failures
-    stats = result.report["candidates"]["onnx-fp32"]["eval"]
-    assert {"mae", "reference_mae", "mae_delta"} <= set(stats) and abs(stats["mae_delta"]) < 1e-4
+    assert result.exit_code == EXIT_OK, result.failures
+    (output,) = load_manifest(run).contract.output_names
+    stats = result.report["candidates"]["onnx-fp32"]["outputs"][output]["eval"]
+    assert {"mae", "reference_mae", "mae_delta", "mae_delta_ci95"} <= set(stats) and abs(stats["mae_delta"]) < 1e-4
     assert "top1_agreement" not in stats
 
 

@@ -38,8 +38,12 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def sample(verified):
-    data = np.load(verified / "train" / "eval_sample.npz")
-    return data["x"].astype(np.float32), data["y"]
+    from kerasport.manifest import load_manifest
+    from kerasport.samples import load_samples
+
+    manifest = load_manifest(verified)
+    data = load_samples(manifest.artifact("eval_sample").resolve(verified), manifest.contract)
+    return data.inputs["image"].astype(np.float32), data.targets["probabilities"]
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +135,16 @@ def test_classify_png_raw_and_multipart(client, sample, reference):
 @pytest.mark.parametrize("body, message", [
     ({"inputs": [{"name": "image", "shape": [1, 32, 32], "datatype": "FP32", "data": [0.0] * 1024}]},
      "shape [1, 32, 32]"),
-    ({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "INT64", "data": [0] * 784}]},
-     "datatype 'INT64' is not supported"),
+    ({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "BOOL", "data": [False] * 784}]},
+     "datatype 'BOOL' is not supported"),
     ({"inputs": [{"name": "image", "shape": [2, 28, 28, 1], "datatype": "FP32", "data": [0.0] * 784}]},
      "data holds 784 values but shape [2, 28, 28, 1] needs 1568"),
     ({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "FP32", "data": [300.0] * 784}]},
-     "expected raw pixels in 0..255"),
+     "input 'image' expects values in 0..255"),
     ({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}]},
-     "this model's input is 'image'"),
+     "unknown input 'pixels'"),
     ({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "FP32"}]}, "missing 'data'"),
-    ({"instances": []}, "exactly one tensor object"),
+    ({"instances": []}, "'inputs' must be a non-empty list of tensor objects"),
     ({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}],
       "outputs": [{"name": "logits"}]}, "unknown output(s) ['logits']"),
 ])

@@ -1,6 +1,7 @@
 """`kerasport train` through the CLI: exit codes, one-line errors, no TensorFlow for --help."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,15 @@ def test_cli_run_json_and_bad_rerun_keeps_the_bundle(tmp_path, idx_dir):
     assert missing.exit_code == 2 and "is not a directory" in missing.output
     assert (run / "manifest.json").read_bytes() == manifest_before
     assert (run / "train" / "model.keras").is_file()
+
+
+def test_tensorflow_start_up_lines_stay_off_the_console():
+    # what every entry point does (kerasport.app.cli.main) before a stage imports TensorFlow
+    code = ("from kerasport.tfenv import quiet_tensorflow\nquiet_tensorflow()\n"
+            "import keras\nimport tensorflow as tf\ntf.constant(1.0) + 1\nprint('ok')\n")
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout == "ok\n", result.stderr
+    noise = [line for line in result.stderr.splitlines() if line[:1] in "IWE" and line[1:5].isdigit()
+             or "absl::InitializeLog" in line]
+    assert noise == [], result.stderr

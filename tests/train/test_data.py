@@ -75,11 +75,14 @@ def test_idx_corrupt_gzip(tmp_path):
 
 
 def test_npz_keras_layout_with_int64_labels(tmp_path):
-    x, _ = synthetic_digits(30, seed=4)
     path = write_npz(tmp_path / "d.npz", y_train=np.arange(120, dtype=np.int64) % 3)
     data = load_dataset(f"npz:{path}")
     assert data.y_train.dtype == np.int32 and data.labels == ["0", "1", "2"]
-    assert x.shape == (30, 28, 28)
+    np.testing.assert_array_equal(data.y_train, np.arange(120) % 3)
+    # keras.datasets' (N, 28, 28) layout gains the channel axis, pixel values unchanged
+    expected_x, _ = synthetic_digits(120, seed=1)
+    assert data.x_train.shape == (120, 28, 28, 1)
+    np.testing.assert_array_equal(data.x_train[..., 0], expected_x)
 
 
 @pytest.mark.parametrize("overrides, message", [

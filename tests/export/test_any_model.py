@@ -1,0 +1,226 @@
+"""The export stage on imported models other than the reference CNN: several named inputs and outputs, tabular
+regression, integer inputs, a model some runtime cannot take (`--keep-going`), and MobileNetV2 (slow)."""
+
+import json
+import time
+
+import keras
+import numpy as np
+import pytest
+from export_checks import eval_inputs, imported_bundle, keras_outputs, run_litert, run_onnx
+from typer.testing import CliRunner
+
+from kerasport.app.cli import app
+from kerasport.errors import EXIT_OK, EXIT_RUNTIME
+from kerasport.export.smoke import SMOKE_BATCHES
+from kerasport.export.stage import STAGE_DIR_NAME, ExportOptions, export_bundle
+from kerasport.export.variants import VARIANTS
+from kerasport.manifest import load_manifest, verify_bundle
+from kerasport.train.importer import ContractHints, contract_from_keras
+
+runner = CliRunner()
+RUNNABLE = [name for name, variant in VARIANTS.items() if variant.runnable]
+FP32 = {"onnx-fp32": run_onnx, "tflite-fp32": run_litert}
+SAMPLES = 16
+EXPORT_BAR_SECONDS = 120  # issue 8: every variant of MobileNetV2 (96x96, alpha 0.35) within 2 minutes on 2 cores
+
+
+def two_input_model():
+    """A 32x32x3 image and 8 tabular features in; class probabilities and one regression value out."""
+    keras.utils.set_random_seed(0)
+    picture = keras.Input((32, 32, 3), name="picture")
+    features = keras.Input((8,), name="features")
+    x = keras.layers.Rescaling(1 / 255)(picture)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Concatenate()([x, keras.layers.Dense(4, activation="relu")(features)])
+    label = keras.layers.Dense(3, activation="softmax", name="label")(x)
+    score = keras.layers.Dense(1, name="score")(x)
+    return keras.Model([picture, features], [label, score])
+
+
+def two_input_sample(count, seed):
+    rng = np.random.default_rng(seed)
+    return {"picture": rng.integers(0, 256, (count, 32, 32, 3)).astype(np.float32),
+            "features": rng.normal(size=(count, 8)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    run = imported_bundle(tmp_path_factory.mktemp("two-inputs") / "run", two_input_model(),
+                          two_input_sample(SAMPLES, 1), two_input_sample(SAMPLES, 2),
+                          hints=ContractHints(labels=("a", "b", "c")), ranges={"picture": (0, 255)})
+    export_bundle(ExportOptions(run=str(run), calibration_samples=SAMPLES))
+    return run
+
+
+def test_two_inputs_two_outputs_every_variant_is_recorded_as_its_runtime_sees_it(two_inputs):
+    manifest = verify_bundle(two_inputs)
+    contract = manifest.contract
+    for name, variant in VARIANTS.items():
+        artifact = manifest.artifact(name)
+        assert artifact.status == "ok", (name, artifact.status)
+        assert [t["name"] for t in artifact.get("inputs")] == contract.input_names, name
+        assert [t["name"] for t in artifact.get("outputs")] == contract.output_names, name
+        batch = "batch" if variant.format == "onnx" else -1
+        for tensor, spec in zip(artifact.get("inputs"), contract.inputs, strict=True):
+            assert tensor["shape"] == [batch, *spec.item_shape], name
+        if variant.format == "tflite":
+            assert all(t["tensor"] for t in artifact.get("inputs")), name
+    # full-integer int8 keeps float I/O by default but quantizes inside: its ops include QUANTIZE
+    assert "QUANTIZE" in manifest.artifact("tflite-int8").get("ops")
+    assert manifest.artifact("onnx-int8").get("calibration_samples") == SAMPLES
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_two_inputs_two_outputs_every_variant_runs(two_inputs, name):
+    manifest = load_manifest(two_inputs)
+    artifact = manifest.artifact(name)
+    run = run_onnx if artifact.format == "onnx" else run_litert
+    for batch in SMOKE_BATCHES:
+        outputs = run(artifact.resolve(two_inputs), eval_inputs(two_inputs, batch), manifest.contract)
+        for spec in manifest.contract.outputs:
+            assert outputs[spec.name].shape == (batch, *spec.shape[1:]), (name, spec.name)
+            assert np.isfinite(outputs[spec.name]).all()
+
+
+def test_two_inputs_two_outputs_fp32_matches_keras(two_inputs):
+    manifest = load_manifest(two_inputs)
+    model = keras.saving.load_model(manifest.artifact("keras").resolve(two_inputs))
+    inputs = eval_inputs(two_inputs, 4)
+    reference = keras_outputs(model, inputs, manifest.contract)
+    for name, run in FP32.items():
+        outputs = run(manifest.artifact(name).resolve(two_inputs), inputs, manifest.contract)
+        for output in manifest.contract.output_names:
+            np.testing.assert_allclose(outputs[output], reference[output], atol=1e-4, err_msg=f"{name} {output}")
+
+
+def test_tabular_mlp_regressor_exports_every_variant(tmp_path):
+    keras.utils.set_random_seed(0)
+    features = keras.Input((13,), name="features")
+    hidden = keras.layers.Dense(8, activation="relu")(features)
+    model = keras.Model(features, keras.layers.Dense(1, name="price")(hidden))
+    rng = np.random.default_rng(0)
+    sample = {"features": rng.normal(size=(SAMPLES, 13)).astype(np.float32)}
+    run = imported_bundle(tmp_path / "run", model, sample, sample, hints=ContractHints(task="regression"))
+    result = export_bundle(ExportOptions(run=str(run), calibration_samples=SAMPLES))
+    assert [row["status"] for row in result.rows] == ["ok"] * len(VARIANTS)
+    manifest = verify_bundle(run)
+    assert manifest.task == "regression"
+    assert manifest.artifact("tflite-fp32").get("inputs")[0]["shape"] == [-1, 13]
+    assert manifest.artifact("onnx-fp32").get("outputs")[0]["shape"] == ["batch", 1]
+    inputs = eval_inputs(run, 5)
+    reference = keras_outputs(model, inputs, manifest.contract)
+    for name, run_artifact in FP32.items():
+        out = run_artifact(manifest.artifact(name).resolve(run), inputs, manifest.contract)["price"]
+        np.testing.assert_allclose(out, reference["price"], atol=1e-4, err_msg=name)
+
+
+def test_integer_inputs_are_fed_to_calibration_but_never_quantized(tmp_path):
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((6,), name="ids", dtype="int32")
+    features = keras.Input((5,), name="features")
+    x = keras.layers.Flatten()(keras.layers.Embedding(20, 4)(ids))
+    model = keras.Model([ids, features], keras.layers.Dense(2, name="y")(keras.layers.Concatenate()([x, features])))
+    rng = np.random.default_rng(0)
+    sample = {"ids": rng.integers(0, 20, (SAMPLES, 6)).astype(np.int32),
+              "features": rng.normal(size=(SAMPLES, 5)).astype(np.float32)}
+    run = imported_bundle(tmp_path / "run", model, sample, sample, hints=ContractHints(task="regression"))
+    export_bundle(ExportOptions(run=str(run), formats=["onnx-int8", "tflite-int8"], int8_io=True,
+                                calibration_samples=SAMPLES))
+    manifest = verify_bundle(run)
+    for name in ("onnx-int8", "tflite-int8"):
+        tensors = {t["name"]: t for t in manifest.artifact(name).get("inputs")}
+        assert tensors["ids"]["dtype"] == "int32" and "quantization" not in tensors["ids"], name
+    tflite_features = {t["name"]: t for t in manifest.artifact("tflite-int8").get("inputs")}["features"]
+    assert tflite_features["dtype"] == "int8" and tflite_features["quantization"]["scale"] > 0
+    assert not manifest.has("onnx-fp32")  # a prerequisite that was not asked for is not kept
+    assert not (run / STAGE_DIR_NAME / VARIANTS["onnx-fp32"].filename).exists()
+
+
+class Determinant(keras.layers.Layer):
+    """tf.MatrixDeterminant: tf2onnx converts it, the TFLite built-ins lack it."""
+
+    def call(self, x):
+        return keras.ops.expand_dims(keras.ops.linalg.det(keras.ops.reshape(x, (-1, 2, 2))), -1)
+
+
+@pytest.fixture
+def determinant_bundle(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([Determinant()(x), x])))
+    sample = {"x": np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)}
+    return imported_bundle(tmp_path / "run", model, sample, sample, hints=ContractHints(task="regression"))
+
+
+def snapshot(run):
+    export_dir = run / STAGE_DIR_NAME
+    files = {p.name: p.read_bytes() for p in export_dir.iterdir()} if export_dir.exists() else None
+    return files, (run / "manifest.json").read_text()
+
+
+def error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_keep_going_keeps_what_converted_and_records_the_failures(determinant_bundle):
+    run = determinant_bundle
+    formats = "onnx-fp32,tflite-fp32,tflm"
+    result = runner.invoke(app, ["export", "--run", str(run), "--formats", formats, "--keep-going", "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    rows = {row["variant"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert rows["onnx-fp32"]["status"] == "ok"
+    manifest = verify_bundle(run)  # failed entries have no file and are skipped; the rest match their hashes
+    assert manifest.artifact("onnx-fp32").status == "ok"
+    failed = manifest.artifact("tflite-fp32")
+    assert failed.status.startswith("failed: op tf.MatrixDeterminant") and "--allow-select-tf-ops" in failed.status
+    assert (failed.path, failed.sha256, failed.bytes) == (f"{STAGE_DIR_NAME}/{VARIANTS['tflite-fp32'].filename}",
+                                                          "", 0)
+    assert not failed.resolve(run).exists()
+    assert manifest.artifact("tflm").status.startswith("failed: needs tflite-int8, which failed: op tf.Matrix")
+    assert not manifest.has("tflm-header")
+    assert rows["tflite-fp32"]["status"] == failed.status
+    assert manifest.stage("export")["variants"]["tflite-fp32"]["status"] == failed.status
+
+    # Without --keep-going the same failure is one line (variant, op, runtime), exit 3, and nothing changes.
+    before = snapshot(run)
+    result = runner.invoke(app, ["export", "--run", str(run), "--formats", formats])
+    assert result.exit_code == EXIT_RUNTIME, result.output
+    (line,) = error_lines(result.output)
+    assert "tflite-fp32" in line and "tf.MatrixDeterminant" in line and VARIANTS["tflite-fp32"].runtime in line
+    assert snapshot(run) == before
+
+
+def test_keep_going_with_nothing_converted_exits_3_and_changes_nothing(determinant_bundle):
+    before = snapshot(determinant_bundle)
+    result = runner.invoke(app, ["export", "--run", str(determinant_bundle), "--formats", "tflite-fp32",
+                                 "--keep-going"])
+    assert result.exit_code == EXIT_RUNTIME, result.output
+    (line,) = error_lines(result.output)
+    assert "every requested variant" in line and "tf.MatrixDeterminant" in line
+    assert snapshot(determinant_bundle) == before
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_exports_every_variant_within_the_bar(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=5)
+    rng = np.random.default_rng(0)
+    (name,) = contract_from_keras(model).input_names
+    sample = {name: rng.integers(0, 256, (SAMPLES, 96, 96, 3)).astype(np.float32)}
+    run = imported_bundle(tmp_path / "run", model, sample, sample, ranges={name: (0, 255)}, name="mobilenet-v2")
+    started = time.perf_counter()
+    result = export_bundle(ExportOptions(run=str(run), calibration_samples=SAMPLES))
+    seconds = time.perf_counter() - started
+    timings = ", ".join(f"{row['variant']} {row['seconds']:.1f} s" for row in result.rows)
+    print(f"\nMobileNetV2 export: {seconds:.1f} s in all ({timings})")
+    assert [row["status"] for row in result.rows] == ["ok"] * len(VARIANTS)
+    assert seconds <= EXPORT_BAR_SECONDS, f"export took {seconds:.1f} s ({timings}); the bar is {EXPORT_BAR_SECONDS}"
+    manifest = verify_bundle(run)
+    inputs = eval_inputs(run, 2)
+    reference = keras_outputs(model, inputs, manifest.contract)
+    for variant, run_artifact in FP32.items():
+        outputs = run_artifact(manifest.artifact(variant).resolve(run), inputs, manifest.contract)
+        for output in manifest.contract.output_names:
+            np.testing.assert_allclose(outputs[output], reference[output], atol=1e-4, err_msg=variant)

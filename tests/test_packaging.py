@@ -1,0 +1,64 @@
+"""The wheel: one top-level package, `kerasport`, and a `[serve]` install that works without TensorFlow.
+
+Builds the wheel from a copy of the working tree (so no build/ appears in the repository), then installs it with
+its `[serve]` extra into a fresh virtual environment without system site-packages (about a minute: the
+dependencies come from pip's cache or the configured index).
+"""
+
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench")
+EXPECTED = ["kerasport/__init__.py", "kerasport/app/cli.py", "kerasport/train/fit.py", "kerasport/export/stage.py",
+            "kerasport/parity/stage.py", "kerasport/serve/app.py", "kerasport/serve/server.py"]
+
+
+def run(*command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    scratch = tmp_path_factory.mktemp("wheel")
+    shutil.copytree(ROOT, scratch / "src", ignore=SKIP)
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(scratch / "src"), "-w", str(scratch))
+    assert built.returncode == 0, built.stderr[-3000:]
+    (path,) = scratch.glob("kerasport-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_one_namespace(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (top_level,) = [name for name in names if name.endswith(".dist-info/top_level.txt")]
+        assert archive.read(top_level).decode().split() == ["kerasport"]
+    assert set(EXPECTED) <= set(names)
+    outside = {name.split("/")[0] for name in names} - {"kerasport", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert outside == set(), f"the wheel installs more than kerasport: {sorted(outside)}"
+
+
+@pytest.mark.slow
+def test_a_serve_install_runs_without_tensorflow(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True, system_site_packages=False)
+    python, script = env_dir / "bin" / "python", env_dir / "bin" / "kerasport"
+    installed = run(str(python), "-m", "pip", "install", "-q", f"{wheel}[serve]", timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
+    imported = run(str(python), "-c", "import kerasport.serve.app, kerasport.serve.model, kerasport.serve.server")
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    for arguments in (["--help"], ["serve", "--help"], ["predict", "--help"]):
+        shown = run(str(script), *arguments)
+        assert shown.returncode == 0, (arguments, shown.stderr[-3000:])
+    assert "serve" in run(str(script), "--help").stdout
+    for heavy in ("tensorflow", "keras", "tf2onnx"):
+        absent = run(str(python), "-c", f"import {heavy}")
+        assert absent.returncode != 0 and "ModuleNotFoundError" in absent.stderr, heavy
