@@ -47,23 +47,26 @@ def smoke_run(path: Path, artifact_format: str, runtime_name: str, contract: Mod
 
     try:
         runtime = open_runtime(path, artifact_format)
-        if sorted(runtime.input_names) != sorted(contract.input_names) or \
-                sorted(runtime.output_names) != sorted(contract.output_names):
-            raise ConversionError(f"{runtime_name} sees inputs {runtime.input_names} and outputs "
-                                  f"{runtime.output_names}; the contract names {contract.input_names} and "
-                                  f"{contract.output_names}")
-        for batch in SMOKE_BATCHES:
+    except Exception as error:  # noqa: BLE001 - runtimes raise their own types; all mean "does not load"
+        raise _failure(f"{path.name} does not load in {runtime_name}", error) from error
+    if sorted(runtime.input_names) != sorted(contract.input_names) or \
+            sorted(runtime.output_names) != sorted(contract.output_names):
+        raise ConversionError(f"{runtime_name} sees inputs {runtime.input_names} and outputs {runtime.output_names}; "
+                              f"the contract names {contract.input_names} and {contract.output_names}")
+    for batch in SMOKE_BATCHES:
+        try:
             outputs = runtime.run(smoke_batch(sample, contract, batch))
-            for spec in contract.outputs:
-                problem = output_problem(spec, np.asarray(outputs[spec.name]), batch)
-                if problem:
-                    raise ConversionError(f"smoke run in {runtime_name} at batch {batch}: {problem}")
-    except ConversionError as error:
-        op = ort_missing_op(error) or litert_missing_op(error)
-        if op is None or f"op {op}" in str(error):
-            raise
-        raise ConversionError(f"op {op} is not supported by {runtime_name}: {first_line(error)}") from error
-    except Exception as error:  # noqa: BLE001 - runtimes raise their own types; all mean "does not run"
-        op = ort_missing_op(error) or litert_missing_op(error)
-        missing = f" (op {op} is not supported)" if op else ""
-        raise ConversionError(f"{path.name} does not run in {runtime_name}{missing}: {first_line(error)}") from error
+        except Exception as error:  # noqa: BLE001
+            raise _failure(f"{path.name} does not run in {runtime_name} at batch {batch}", error) from error
+        for spec in contract.outputs:
+            problem = output_problem(spec, np.asarray(outputs[spec.name]), batch)
+            if problem:
+                raise ConversionError(f"smoke run in {runtime_name} at batch {batch}: {problem}")
+
+
+def _failure(what: str, error: BaseException) -> ConversionError:
+    """`what`, the op the runtime lacks when its message names one, and the runtime's own first line."""
+    cause = error.__cause__ or error  # kerasport.runtimes wraps the runtime's exception; its text is the useful part
+    op = ort_missing_op(cause) or litert_missing_op(cause)
+    missing = f" (op {op} is not supported)" if op else ""
+    return ConversionError(f"{what}{missing}: {first_line(cause)}")

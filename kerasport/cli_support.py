@@ -1,4 +1,4 @@
-"""Helpers every stage's CLI shares: one-line errors with DESIGN.md's exit codes, and the console."""
+"""Helpers every stage's CLI shares: one-line errors with the exit codes of kerasport.errors, and the console."""
 
 from __future__ import annotations
 

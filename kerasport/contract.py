@@ -19,6 +19,7 @@ import numpy as np
 from .errors import CheckFailed, UsageError
 
 INPUT_KINDS = ("image", "tensor")
+RANGE_ORIGINS = ("given", "inferred")
 OUTPUT_KINDS = ("probabilities", "logits", "values")
 CLASSIFICATION_KINDS = ("probabilities", "logits")
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
@@ -100,6 +101,13 @@ class InputSpec:
     kind: str = "tensor"
     value_range: tuple[float, float] | None = None
     image: ImageSpec | None = None
+    # "given": declared by training or the user, enforced on requests. "inferred": observed in the eval data of an
+    # import; recorded (parity draws edge inputs from it) but a tensor value outside it is not an error.
+    range_origin: str = "given"
+
+    @property
+    def enforces_range(self) -> bool:
+        return self.value_range is not None and (self.kind == "image" or self.range_origin == "given")
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -132,7 +140,7 @@ class InputSpec:
             raise UsageError(f"{where}: an empty batch; expected at least one example for input {self.name!r}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise UsageError(f"{where}: NaN or Inf in the data; input {self.name!r} expects finite values")
-        if self.value_range is not None and array.size:
+        if self.enforces_range and array.size:
             low, high = float(array.min()), float(array.max())
             lo, hi = self.value_range
             if low < lo or high > hi:
@@ -148,6 +156,7 @@ class InputSpec:
                                      "kind": self.kind}
         if self.value_range is not None:
             described["value_range"] = list(self.value_range)
+            described["value_range_origin"] = self.range_origin
         if self.image is not None:
             described["image"] = self.image.to_dict()
         return described
@@ -174,8 +183,11 @@ class InputSpec:
             if len(shape) != 4 or shape[1:] != (image.height, image.width, image.channels):
                 raise ValueError(f"{where}: an image input of shape {list(shape)} does not match its "
                                  f"{image.height}x{image.width} {image.color_mode} image spec")
+        origin = raw.get("value_range_origin", "given")
+        if origin not in RANGE_ORIGINS:
+            raise ValueError(f"{where}: value_range_origin {origin!r}; expected {' or '.join(RANGE_ORIGINS)}")
         return cls(name=name, dtype=_dtype(raw.get("dtype"), where), shape=shape, kind=kind,
-                   value_range=value_range, image=image)
+                   value_range=value_range, image=image, range_origin=origin)
 
 
 @dataclass(frozen=True)

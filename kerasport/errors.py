@@ -1,4 +1,4 @@
-"""Errors a user can cause, each carrying the exit code DESIGN.md assigns to it.
+"""Errors a user can cause, each carrying its exit code (README, "CLI": 0 ok, 1 check failed, 2 usage, 3 runtime).
 
 The CLI turns these into one line on stderr and the exit code; anything else is a bug and keeps its traceback.
 """

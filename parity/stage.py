@@ -11,7 +11,6 @@ results (`sweep.py`). Reports are written atomically to `<run>/parity/` and the 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFail
 from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import load_samples
+from kerasport.tfenv import quiet_tensorflow
 
 from . import sweep as settings_sweep
 from .checks import ERROR, judge, load_error
@@ -103,7 +103,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     run_dir = Path(options.run)
     plan = plan_parity(run_dir)
     policy = load_policy(run_dir, options.overrides)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     started = time.perf_counter()
     contract = plan.manifest.contract
     data = load_eval_data(run_dir, plan.manifest, options.seed)

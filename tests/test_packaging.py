@@ -21,7 +21,8 @@ EXPECTED = ["kerasport/__init__.py", "kerasport/app/cli.py", "kerasport/train/fi
 
 
 def run(*command: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    # cwd: outside the repository, whose kerasport/ folder would shadow the installed package for `python -c`
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(sys.executable).anchor)
 
 
 @pytest.fixture(scope="module")

@@ -89,14 +89,16 @@ def input_spec_from_keras(name: str, dtype: str, shape: tuple[int, ...], hints: 
     looks_like_image = len(shape) == 4 and channels in (1, 3) and shape[1] > 0 and shape[2] > 0
     kind = hints.input_kind if hints.input_kind != "auto" else ("image" if looks_like_image else "tensor")
     value_range = hints.input_range or data_range
+    origin = "given" if hints.input_range else "inferred"
     if kind == "tensor":
-        return InputSpec(name=name, dtype=dtype, shape=shape, kind="tensor", value_range=value_range)
+        return InputSpec(name=name, dtype=dtype, shape=shape, kind="tensor", value_range=value_range,
+                         range_origin=origin)
     if not looks_like_image:
         raise UsageError(f"--input-kind image: input {name!r} has shape {list(shape)}; expected "
                          f"[batch, height, width, 1 or 3] with a fixed height and width")
     color_mode = next(mode for mode, count in COLOR_MODES.items() if count == channels)
     return InputSpec(name=name, dtype=dtype, shape=shape, kind="image", value_range=value_range,
-                     image=ImageSpec(height=shape[1], width=shape[2], color_mode=color_mode))
+                     range_origin=origin, image=ImageSpec(height=shape[1], width=shape[2], color_mode=color_mode))
 
 
 def contract_from_keras(model, hints: ContractHints = ContractHints(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .config import INPUT_NAME, TrainConfig
 
 RELU_FAMILY = {"relu", "leaky_relu", "elu", "relu6", "swish"}
-# SEED.md: He-normal for the ReLU family, Glorot for sigmoid/tanh, LeCun-normal for SELU.
+# README, "CLI" (--initializer): He-normal for the ReLU family, Glorot for sigmoid/tanh, LeCun-normal for SELU.
 AUTO_INITIALIZERS = {**dict.fromkeys(RELU_FAMILY, "he_normal"), "sigmoid": "glorot_uniform",
                      "tanh": "glorot_uniform", "selu": "lecun_normal"}
 

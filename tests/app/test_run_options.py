@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
+from kerasport.errors import EXIT_OK
 
 # One non-default value per option: the command-line words and what the stage must receive.
 VALUES = {
@@ -106,7 +107,7 @@ def test_every_option_reaches_its_stage(received, command, stages):
         assert declared[name].default not in (words[-1], VALUES[name][1]), f"{name}: pick a non-default value"
         argv += words
     result = CliRunner().invoke(app, [*argv, "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_OK, result.output
     assert set(received) == set(stages) | ({"parity"} if command == "run" else set())
 
     stage_options = {stage: options(stage) for stage in stages}

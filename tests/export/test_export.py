@@ -201,5 +201,5 @@ def test_an_artifact_that_does_not_run_fails_the_export_in_one_line_and_changes_
     assert result.exit_code == EXIT_RUNTIME, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     runtime = VARIANTS["tflite-fp16"].runtime
-    assert line.startswith(f"error: variant tflite-fp16 for {runtime} failed: ") and "does not run in" in line
+    assert line.startswith(f"error: variant tflite-fp16 for {runtime} failed: ") and "does not load in" in line
     assert snapshot(exported_copy) == before

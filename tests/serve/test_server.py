@@ -18,7 +18,7 @@ import pytest
 from helpers import ServerProcess
 from PIL import Image
 
-from kerasport.errors import EXIT_USAGE
+from kerasport.errors import EXIT_OK, EXIT_USAGE
 
 MODEL = "kerasport-seed"
 
@@ -27,7 +27,7 @@ MODEL = "kerasport-seed"
 def server(verified):
     process = ServerProcess(verified, "--variant", "onnx-fp32", "--max-body-bytes", "1000000")
     yield process
-    assert process.stop() == 0, process.logs()[-2000:]
+    assert process.stop() == EXIT_OK, process.logs()[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_api_key(verified):
             assert ok.status_code == 200
             assert http.get(f"/v2/models/{MODEL}", headers={"X-API-Key": "s3cret"}).status_code == 200
     finally:
-        assert process.stop() == 0
+        assert process.stop() == EXIT_OK
 
 
 def test_sigterm_drains_in_flight_requests(verified):
@@ -267,7 +267,7 @@ def test_sigterm_drains_in_flight_requests(verified):
         assert in_flight >= 8  # all eight are inside the server, none answered yet
         code = process.stop()
         statuses = [future.result() for future in futures]
-    assert code == 0
+    assert code == EXIT_OK  # a drained SIGTERM is a clean exit
     assert statuses == [200] * 8
 
 

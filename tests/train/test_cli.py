@@ -10,6 +10,7 @@ from helpers import write_npz
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
+from kerasport.errors import EXIT_OK, EXIT_USAGE
 
 runner = CliRunner()
 
@@ -39,7 +40,7 @@ def test_bad_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
     bad = write_npz(tmp_path / "bad.npz", x_train=__import__("numpy").zeros((5, 32, 32)))
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", f"npz:{bad}", "--run", str(run)])
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_USAGE
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.npz" in lines[0], result.output
     assert not run.exists()
@@ -47,20 +48,20 @@ def test_bad_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 def test_unknown_choice_is_exit_2(tmp_path):
     result = runner.invoke(app, ["train", "--arch", "resnet", "--run", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "--arch 'resnet' is not one of seed, edge" in result.output
+    assert result.exit_code == EXIT_USAGE and "--arch 'resnet' is not one of seed, edge" in result.output
 
 
 def test_cli_run_json_and_bad_rerun_keeps_the_bundle(tmp_path, idx_dir):
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", f"idx:{idx_dir}", "--run", str(run), "--width", "0.125",
                                  "--epochs", "2", "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_OK, result.output
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["epochs_run"] == 2
     manifest_before = (run / "manifest.json").read_bytes()
 
     missing = runner.invoke(app, ["train", "--data", f"idx:{tmp_path / 'nowhere'}", "--run", str(run)])
-    assert missing.exit_code == 2 and "is not a directory" in missing.output
+    assert missing.exit_code == EXIT_USAGE and "is not a directory" in missing.output
     assert (run / "manifest.json").read_bytes() == manifest_before
     assert (run / "train" / "model.keras").is_file()
 

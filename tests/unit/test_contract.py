@@ -137,3 +137,15 @@ def test_samples_round_trip_and_legacy_layout(tmp_path):
     np.savez(tmp_path / "legacy.npz", x=np.zeros((4, 28, 28, 1), np.float32), y=np.arange(4))
     old = load_samples(tmp_path / "legacy.npz", legacy)
     assert old.inputs["image"].shape == (4, 28, 28, 1) and old.targets["probabilities"].tolist() == [0, 1, 2, 3]
+
+
+def test_inferred_tensor_ranges_are_recorded_but_not_enforced():
+    raw = {"name": "features", "dtype": "float32", "shape": [-1, 2], "kind": "tensor", "value_range": [-2.2, 2.5]}
+    beyond = np.array([[3.0, -4.0]], np.float32)
+    inferred = ModelContract.from_dict({"inputs": [{**raw, "value_range_origin": "inferred"}],
+                                        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}]})
+    assert inferred.input("features").check_values(beyond, "req").shape == (1, 2)
+    given = ModelContract.from_dict({"inputs": [raw], "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}]})
+    with pytest.raises(UsageError, match="values span -4..3; input 'features' expects values in -2.2..2.5"):
+        given.input("features").check_values(beyond, "req")
+    assert ModelContract.from_dict(inferred.to_dict()) == inferred
