@@ -36,7 +36,7 @@ def print_export_table(out, result) -> None:
     for column, justify in (("variant", "left"), ("file", "left"), ("size", "right"), ("seconds", "right")):
         table.add_column(column, justify=justify)
     for row in result.rows:
-        ok = row.get("status", "ok") == "ok"  # --keep-going: a failed variant shows its status instead of a size
+        ok = row.get("status", "ok") == "ok"  # --keep-going: a failed variant (reason printed above)
         table.add_row(row["variant"], row["file"], f"{row['bytes'] / 1e6:.2f} MB" if ok else "failed",
                       f"{row['seconds']:.2f}")
     out.print(table)

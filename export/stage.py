@@ -107,8 +107,8 @@ def export_bundle(options: ExportOptions, *, console=None) -> ExportResult:
     _check_options(options)
     sources = _load_sources(Path(options.run), options.calibration_samples)
     outcome = _build_variants(sources, options, console)
-    manifest = _record(sources, options, outcome)
     rows = [_row(name, outcome) for name in options.formats]
+    manifest = _record(sources, options, outcome, rows)
     return ExportResult(run_dir=sources.run_dir, rows=rows, manifest=manifest, failures=dict(outcome.failures))
 
 
@@ -225,7 +225,7 @@ def _stage_previous_export(export_dir: Path, staging: Path) -> None:
         staging.mkdir()
 
 
-def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome) -> Manifest:
+def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome, rows: list[dict]) -> Manifest:
     """Write the requested variants' entries (built or failed) and the stage record into the manifest."""
     run_dir, manifest = sources.run_dir, load_manifest(sources.run_dir)
     for name in options.formats:
@@ -251,13 +251,12 @@ def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome) -> Man
     versions = tool_versions()
     manifest.update_versions(versions)
     previous = manifest.stage("export").get("variants", {})
-    rows = {name: _row(name, outcome) for name in options.formats}
     manifest.set_stage("export", {
         "finished": utc_now(), "opset": options.opset, "tools": versions,
         "calibration_samples": len(sources.calibration), "int8_io": options.int8_io,
         "keep_going": options.keep_going,
-        "variants": {**previous, **{name: {key: row[key] for key in ("seconds", "bytes", "status")}
-                                    for name, row in rows.items()}}})
+        "variants": {**previous, **{row["variant"]: {key: row[key] for key in ("seconds", "bytes", "status")}
+                                    for row in rows}}})
     # A re-export changes artifacts, so earlier parity verdicts no longer apply to them.
     manifest.drop_stage("parity")
     manifest.save(run_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench")
+SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
 EXPECTED = ["kerasport/__init__.py", "kerasport/app/cli.py", "kerasport/train/fit.py", "kerasport/export/stage.py",
             "kerasport/parity/stage.py", "kerasport/serve/app.py", "kerasport/serve/server.py"]
 

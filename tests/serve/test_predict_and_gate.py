@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from kerasport.app.cli import app
 from kerasport.contract import ModelContract, OutputSpec, image_input_spec
-from kerasport.errors import UsageError
+from kerasport.errors import EXIT_OK, EXIT_USAGE, UsageError
 from kerasport.manifest import load_manifest, new_manifest
 from kerasport.samples import load_samples
 from kerasport.serve.app import create_app
@@ -42,29 +42,29 @@ def test_predict_cli_on_png_files(verified, tmp_path):
     folder = write_pngs(tmp_path / "pngs", images[:5])
     result = runner.invoke(app, ["predict", "--run", str(verified), "--variant", "onnx-fp32", "--format", "json",
                                  str(folder)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_OK, result.output
     payload = json.loads(result.stdout)
     assert payload["variant"] == "onnx-fp32" and len(payload["predictions"]) == 5
     labels = [row["label"] for row in payload["predictions"]]
     assert labels == [str(label) for label in targets[:5]]  # the tiny model is right on these
     csv_out = runner.invoke(app, ["predict", "--run", str(verified), "--format", "csv", str(folder / "00.png")])
-    assert csv_out.exit_code == 0 and csv_out.stdout.splitlines()[0] == "file,label,probability"
+    assert csv_out.exit_code == EXIT_OK and csv_out.stdout.splitlines()[0] == "file,label,probability"
     table = runner.invoke(app, ["predict", "--run", str(verified), str(folder)])
-    assert table.exit_code == 0 and "kerasport predict" in table.output
+    assert table.exit_code == EXIT_OK and "kerasport predict" in table.output
     missing = runner.invoke(app, ["predict", "--run", str(verified), str(tmp_path / "nope.png")])
-    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    assert missing.exit_code == EXIT_USAGE and "no such file or folder" in missing.output
 
 
 def test_serve_refuses_unverified_artifacts_unless_allowed(exported):
     refused = runner.invoke(app, ["serve", "--run", str(exported), "--variant", "onnx-fp32"])
-    assert refused.exit_code == 2 and "has no parity verdict" in refused.output
+    assert refused.exit_code == EXIT_USAGE and "has no parity verdict" in refused.output
     nothing = runner.invoke(app, ["serve", "--run", str(exported)])
-    assert nothing.exit_code == 2 and "no artifact of this bundle passed parity" in nothing.output
+    assert nothing.exit_code == EXIT_USAGE and "no artifact of this bundle passed parity" in nothing.output
     process = ServerProcess(exported, "--variant", "tflite-int8", "--allow-unverified")
     try:
         assert process.ready["variant"] == "tflite-int8"
     finally:
-        assert process.stop() == 0
+        assert process.stop() == EXIT_OK
 
 
 def test_serve_refuses_an_altered_artifact(verified, tmp_path):
@@ -74,7 +74,7 @@ def test_serve_refuses_an_altered_artifact(verified, tmp_path):
     shutil.copytree(verified, run)
     (run / "export" / "model_int8.tflite").write_bytes(b"tampered")
     result = runner.invoke(app, ["serve", "--run", str(run), "--variant", "tflite-int8"])
-    assert result.exit_code == 2 and "was altered" in result.output
+    assert result.exit_code == EXIT_USAGE and "was altered" in result.output
 
 
 def test_default_variant_is_the_fastest_verified(verified):
@@ -202,7 +202,7 @@ def test_regression_bundle_serves_values(tmp_path):
 
     run = trained_bundle(tmp_path, task="regression", epochs=1)
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32"]))
-    assert run_parity(ParityOptions(run=str(run), sweep=False)).exit_code == 0
+    assert run_parity(ParityOptions(run=str(run), sweep=False)).exit_code == EXIT_OK
     model = load_served_model(run)
     assert model.variant == "onnx-fp32" and model.task == "regression"
     with TestClient(create_app(model)) as client:
