@@ -22,8 +22,6 @@ TRAIN_OPTS := --run $(RUN) \
 	$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--arch $(ARCH)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(WIDTH),--width $(WIDTH)) $(if $(LIMIT),--limit $(LIMIT)) $(TRAIN_ARGS)
 
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-
 .PHONY: install all train export parity verify test test-fast lint bench clean
 
 install: $(STAMP)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kerasport.tfenv import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 

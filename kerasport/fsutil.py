@@ -76,7 +76,11 @@ def replace_path(source: Path, destination: Path) -> None:
         aside = destination.with_name(f".{destination.name}.old-{os.getpid()}")
         remove_path(aside)
         os.replace(destination, aside)
-        os.replace(source, destination)
+        try:
+            os.replace(source, destination)
+        except BaseException:
+            os.replace(aside, destination)  # put the old tree back: never leave `destination` missing
+            raise
         remove_path(aside)
     else:
         os.replace(source, destination)

@@ -101,7 +101,7 @@ def _judge_output(spec: OutputSpec, tolerance: Tolerance, reference: Reference, 
     result["eval"] = error_statistics(reference.outputs.eval[name], outputs.eval[name])
     result["edge"] = {str(b): error_statistics(reference.outputs.edge[b][name], outputs.edge[b][name])
                       for b in EDGE_BATCH_SIZES}
-    _check_bound(name, tolerance, reference, outputs, result, checks)
+    _check_bound(spec, tolerance, reference, outputs, result, checks)
     if spec.is_classification:
         _check_classification(spec, tolerance, reference, outputs, targets, result, checks)
     elif targets is not None:
@@ -109,14 +109,17 @@ def _judge_output(spec: OutputSpec, tolerance: Tolerance, reference: Reference, 
     return result
 
 
-def _check_bound(name: str, tolerance: Tolerance, reference: Reference, outputs: Outputs, result: dict,
+def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, outputs: Outputs, result: dict,
                  checks: Checks) -> None:
     if tolerance.atol is None:
         return
+    name = spec.name
     noise = reference.noise[name]
-    eval_excess = bound_excess(tolerance, reference.outputs.eval[name], outputs.eval[name], noise["max_abs_diff"])
+    eval_excess = bound_excess(tolerance, reference.outputs.eval[name], outputs.eval[name], noise["max_abs_diff"],
+                               spec.kind)
     edge_excess = max(bound_excess(tolerance, reference.outputs.edge[b][name], outputs.edge[b][name],
-                                   noise["edge_max_abs_diff"]) for b in EDGE_BATCH_SIZES)
+                                   noise["edge_max_abs_diff"], spec.kind) for b in EDGE_BATCH_SIZES)
+    rtol = tolerance.rtol + (tolerance.values_rtol if spec.kind != "probabilities" else 0.0)
     allowed_eval = max(tolerance.atol, tolerance.noise_multiple * noise["max_abs_diff"])
     allowed_edge = max(tolerance.atol, tolerance.noise_multiple * noise["edge_max_abs_diff"])
     worst_edge = max(stats["max_abs_diff"] for stats in result["edge"].values())
@@ -124,7 +127,7 @@ def _check_bound(name: str, tolerance: Tolerance, reference: Reference, outputs:
                f"max |diff| {result['eval']['max_abs_diff']:.3g} on the eval inputs (allowed {allowed_eval:.3g}), "
                f"{worst_edge:.3g} on edge inputs (allowed {allowed_edge:.3g}); bound = max(atol {tolerance.atol:g}, "
                f"{tolerance.noise_multiple:g} x the reference's own batch-order noise)"
-               + (f" + {tolerance.rtol:g}·|reference|" if tolerance.rtol else ""), name)
+               + (f" + {rtol:g}·|reference|" if rtol else ""), name)
 
 
 def _check_classification(spec: OutputSpec, tolerance: Tolerance, reference: Reference, outputs: Outputs,

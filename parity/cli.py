@@ -19,6 +19,7 @@ def parity_command(
     int8_min_agreement: float = typer.Option(None, "--int8-min-agreement", help="Override int8 top-1 agreement."),
     int8_max_accuracy_drop: float = typer.Option(None, "--int8-max-accuracy-drop",
                                                  help="Override the int8 accuracy drop (0.005 = 0.5 pp)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated edge inputs (recorded in the report)."),
     json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     """Check every exported artifact against Keras on held-out data; exit 1 if any check fails."""
@@ -27,7 +28,7 @@ def parity_command(
     overrides = {"fp32": {"atol": fp32_atol}, "fp16": {"atol": fp16_atol},
                  "int8": {"min_agreement": int8_min_agreement, "max_accuracy_drop": int8_max_accuracy_drop}}
     out = console()
-    result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides), console=out)
+    result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides, seed=seed), console=out)
     print_parity_summary(out, result)
     if json_output:
         typer.echo(json.dumps(result.report, default=float))

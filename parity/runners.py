@@ -5,6 +5,7 @@ Every runner takes a dict of named input arrays (the contract's names) and retur
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasport.contract import ModelContract
-from kerasport.errors import ConversionError
+from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings, open_runtime
 
@@ -27,11 +28,21 @@ SIGNATURE = "serving_default"
 class KerasRunner:
     """A Keras model called with `training=False`, inputs in the contract's order (the model's own order)."""
 
-    def __init__(self, path: Path, contract: ModelContract):
+    def __init__(self, path: Path, contract: ModelContract, source: Mapping | None = None):
         import keras
 
+        source = source or {}
+        # An imported model may need its registered custom layers, or unsafe deserialization (a Lambda layer):
+        # the bundle records what its import was allowed, and the reference loads the same way.
+        module = source.get("custom_objects")
+        if module:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise UsageError(f"the reference model needs the custom objects module {module!r}, which does not "
+                                 f"import here ({error}); make it importable (e.g. PYTHONPATH)") from error
         try:
-            self._model = keras.saving.load_model(path, compile=False)
+            self._model = keras.saving.load_model(path, compile=False, safe_mode=not source.get("unsafe", False))
         except Exception as error:  # noqa: BLE001 - any failure means the reference cannot run
             raise ConversionError(f"Keras cannot load the reference model {path}: {error}") from error
         self._keras, self._contract = keras, contract

@@ -110,8 +110,8 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     notes = label_notes(contract, data)
     for note in notes if console is not None else ():
         console.print(f"parity: {note}")
-    reference = measure_reference(_reference_runner(run_dir, plan.reference, contract), plan.reference, contract,
-                                  data.inputs, data.edges.inputs)
+    runner = _reference_runner(run_dir, plan.reference, contract, plan.manifest.source)
+    reference = measure_reference(runner, plan.reference, contract, data.inputs, data.edges.inputs)
     results = {}
     for artifact in plan.candidates:
         results[artifact.name] = check_candidate(run_dir, artifact, contract, policy, reference, data,
@@ -203,9 +203,9 @@ def label_notes(contract: ModelContract, data: EvalData) -> list[str]:
             for spec in contract.output_specs() if spec.name not in data.targets]
 
 
-def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract):
+def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract, source: dict):
     path = artifact.resolve(run_dir)
-    return KerasRunner(path, contract) if artifact.name == "keras" else SavedModelRunner(path, contract)
+    return KerasRunner(path, contract, source) if artifact.name == "keras" else SavedModelRunner(path, contract)
 
 
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,

@@ -63,7 +63,8 @@ def _compare(contract: ModelContract, outputs: Mapping[str, np.ndarray], referen
             continue
         stats = {"max_abs_diff": error_statistics(expected, received)["max_abs_diff"]}
         if tolerance.atol is not None:
-            within &= bound_excess(tolerance, expected, received, reference.noise[spec.name]["max_abs_diff"]) <= 0
+            within &= bound_excess(tolerance, expected, received, reference.noise[spec.name]["max_abs_diff"],
+                                   spec.kind) <= 0
         if spec.is_classification:
             agreement = agreement_statistics(class_scores(expected, spec.kind), class_scores(received, spec.kind),
                                              tolerance.tie_margin)

@@ -35,6 +35,9 @@ class Tolerance:
     tie_margin: float = 0.0
     max_accuracy_drop: float | None = None  # absolute, 0.005 = 0.5 percentage points
     max_mae_increase: float | None = None  # regression: relative increase of the test MAE, 0.1 = +10 %
+    # An extra relative term for `values`/`logits` outputs, whose scale is the model's own (a regression head may
+    # answer in the hundreds, where fp16's 11-bit mantissa alone is ~0.1): probabilities stay on the absolute bound.
+    values_rtol: float = 0.0
 
 
 @dataclass
@@ -44,7 +47,7 @@ class TolerancePolicy:
                                                               max_mae_increase=0.001, tie_margin=0.0))
     fp16: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-2, rtol=0.0, min_agreement=0.999,
                                                               max_accuracy_drop=0.002, max_mae_increase=0.02,
-                                                              tie_margin=1e-2))
+                                                              tie_margin=1e-2, values_rtol=1e-2))
     int8: Tolerance = field(default_factory=lambda: Tolerance(atol=None, min_agreement=0.99,
                                                               max_accuracy_drop=0.005, max_mae_increase=0.1,
                                                               tie_margin=0.05))
@@ -72,10 +75,12 @@ class TolerancePolicy:
         if not 0 <= tolerance.min_agreement <= 1:
             raise UsageError(f"{origin}: [{precision_class}] min_agreement = {tolerance.min_agreement}; "
                              f"expected 0..1")
-        self.source.append(origin)
+        if origin not in self.source:
+            self.source.append(origin)
 
 
-def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor: float) -> np.ndarray | None:
+def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor: float,
+                       kind: str = "probabilities") -> np.ndarray | None:
     """The largest |candidate - reference| the tolerance allows for each reference value; None when not checked.
 
     One bound for the gate and the settings sweep: max(atol, noise_multiple x the reference's own noise on the same
@@ -85,6 +90,7 @@ def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor:
         tolerance: the precision class's tolerance.
         reference: the reference outputs (any shape).
         noise_floor: the reference's own max |diff| between batch 1 and batch 64 on these inputs, for this output.
+        kind: the output's kind; `values` and `logits` add `values_rtol` to the relative term.
 
     Returns:
         An array shaped like `reference`, or None when the tolerance has no `atol` (values are not bounded).
@@ -92,12 +98,14 @@ def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor:
     if tolerance.atol is None:
         return None
     floor = max(tolerance.atol, tolerance.noise_multiple * noise_floor)
-    return floor + tolerance.rtol * np.abs(np.asarray(reference, dtype=np.float64))
+    rtol = tolerance.rtol + (tolerance.values_rtol if kind != "probabilities" else 0.0)
+    return floor + rtol * np.abs(np.asarray(reference, dtype=np.float64))
 
 
-def bound_excess(tolerance: Tolerance, reference: np.ndarray, candidate: np.ndarray, noise_floor: float) -> float:
+def bound_excess(tolerance: Tolerance, reference: np.ndarray, candidate: np.ndarray, noise_floor: float,
+                 kind: str = "probabilities") -> float:
     """max(|candidate - reference| - allowed_difference): <= 0 within the bound, NaN when values are not bounded."""
-    allowed = allowed_difference(tolerance, reference, noise_floor)
+    allowed = allowed_difference(tolerance, reference, noise_floor, kind)
     if allowed is None:
         return float("nan")
     difference = np.abs(np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64))

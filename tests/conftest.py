@@ -1,12 +1,13 @@
 """Shared fixtures. Helpers that tests import live in helpers.py."""
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kerasport.tfenv import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 from helpers import trained_bundle, write_idx_dir  # noqa: E402
 

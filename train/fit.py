@@ -24,6 +24,7 @@ from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
 from kerasport.manifest import Manifest, new_manifest, utc_now
 from kerasport.samples import Samples
+from kerasport.tfenv import quiet_tensorflow
 
 from .bundle import export_saved_model, model_artifacts, write_samples
 from .config import INPUT_NAME, TrainConfig
@@ -72,7 +73,7 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
         config = _config_to_resume(work_dir, config)
     dataset = load_dataset(config.data, task=config.task, limit=config.limit)  # fails before anything is written
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     import keras
     import tensorflow as tf
 

@@ -22,5 +22,5 @@ def verify_command(
     for problem in problems:
         typer.echo(f"FAIL {problem}", err=True)
     if problems:
-        raise CheckFailed(f"{len(problems)} of {len(manifest['artifacts'])} artifacts in {run} failed verification")
-    typer.echo(f"ok: {len(manifest['artifacts'])} artifacts in {run} match the manifest")
+        raise CheckFailed(f"{len(problems)} of {len(manifest.artifact_names())} artifacts in {run} failed verification")
+    typer.echo(f"ok: {len(manifest.artifact_names())} artifacts in {run} match the manifest")
