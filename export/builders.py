@@ -74,15 +74,17 @@ def build_tflite(context: BuildContext, variant: Variant, path: Path) -> dict:
 
 
 def build_tflm(context: BuildContext, variant: Variant, path: Path) -> dict:
-    """The int8 TFLite model as a C array (+ header), with the device/ops report of that model."""
-    from .tflm import device_report, write_c_array
+    """The int8 TFLite model as a C array (+ header): ops, flash, measured arena, MACs and the fit per device."""
+    from .tflm import tflm_details, write_c_array
 
     (int8,) = (context.prerequisite(name) for name in variant.requires)
     if variant.companion is None:
         raise ConversionError(f"{variant.name}: no header file is declared for the C array")
     header = path.with_name(variant.companion.filename)
     header.unlink(missing_ok=True)  # never write through a hard link into the previous export
-    write_c_array(int8.path, path, header, sha256=sha256_file(int8.path))
+    details = tflm_details(int8.path, int8.details.get("ops", []), inputs=len(context.contract.inputs))
+    sha256 = sha256_file(int8.path)
+    write_c_array(int8.path, path, header, sha256=sha256, ops=details["ops"], arena=details["arena"])
     io = {key: int8.details[key] for key in ("inputs", "outputs") if key in int8.details}
-    return {**device_report(int8.details.get("ops", []), int8.path.stat().st_size), **io,
-            "source_model": int8.path.name}
+    return {**details, **io, "source_model": int8.path.name, "source_sha256": sha256,
+            "op_resolver": {**details["op_resolver"], "file": header.name}}

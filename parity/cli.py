@@ -20,6 +20,11 @@ def parity_command(
     int8_max_accuracy_drop: float = typer.Option(None, "--int8-max-accuracy-drop",
                                                  help="Override the int8 accuracy drop (0.005 = 0.5 pp)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated edge inputs (recorded in the report)."),
+    device: str = typer.Option(None, "--device", help="Budget the tflm artifact to a device's flash and SRAM "
+                               "(rp2040, nrf52840, stm32f746, ...; an unknown name lists them)."),
+    max_flash_kib: float = typer.Option(None, "--max-flash-kib", help="Flash budget of the tflm model, KiB."),
+    max_ram_kib: float = typer.Option(None, "--max-ram-kib",
+                                      help="RAM budget of the tflm tensor arena (reserve incl. margin), KiB."),
     json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     """Check every exported artifact against Keras on held-out data; exit 1 if any check fails."""
@@ -28,7 +33,8 @@ def parity_command(
     overrides = {"fp32": {"atol": fp32_atol}, "fp16": {"atol": fp16_atol},
                  "int8": {"min_agreement": int8_min_agreement, "max_accuracy_drop": int8_max_accuracy_drop}}
     out = console()
-    result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides, seed=seed), console=out)
+    result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides, seed=seed, device=device,
+                                      max_flash_kib=max_flash_kib, max_ram_kib=max_ram_kib), console=out)
     print_parity_summary(out, result)
     if json_output:
         typer.echo(json.dumps(result.report, default=float))

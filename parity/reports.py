@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import ERROR, LOAD_CHECK
 
-VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error"}
+VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skipped": "⏭ skipped"}
 
 
 def write_reports(directory: Path, report: dict) -> None:
@@ -27,8 +28,8 @@ def _plain(value):
 
 
 def _output_verdict(result: dict, output: str) -> str:
-    if result["verdict"] == ERROR:
-        return ERROR
+    if result["verdict"] in (ERROR, "skipped"):
+        return result["verdict"]
     return "pass" if all(check["passed"] for check in result["checks"]
                          if check["output"] in (output, None)) else "fail"
 
@@ -111,6 +112,7 @@ def markdown(report: dict) -> str:
     if report["failures"]:
         lines += ["## Failures", ""] + [f"- {failure}" for failure in report["failures"]] + [""]
     lines += _sweep_table(report)
+    lines += fit_markdown(report)
     lines += ["## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
     lines += ["", "## Tolerances", "", "```json", json.dumps(report["tolerances"], indent=2), "```", ""]
     return "\n".join(lines)
@@ -127,22 +129,27 @@ def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
     lines += [f"  FAIL {failure}" for failure in report["failures"]]
     lines += [f"  not built: {name} ({status})" for name, status in report["not_built"].items()]
     lines += [f"  finding: {finding}" for finding in report["findings"]]
-    return lines
+    return lines + fit_lines(report)
 
 
 def junit_xml(report: dict) -> str:
     """One testcase per candidate x check (`<check>[<output>]`); a load/run error is an <error>, the rest <failure>."""
     cases = [(name, check) for name, result in report["candidates"].items() for check in result["checks"]]
+    cases += [(BUDGET_CLASS, check) for check in report.get("budgets", {}).get("checks", [])]
+    skipped = str(sum(1 for _, check in cases if check.get("skipped")))
     failures = sum(1 for _, check in cases if not check["passed"] and check["check"] != LOAD_CHECK)
     errors = sum(1 for _, check in cases if not check["passed"] and check["check"] == LOAD_CHECK)
     suites = ET.Element("testsuites", name="kerasport parity", tests=str(len(cases)), failures=str(failures),
-                        errors=str(errors), time=str(report["seconds"]))
+                        errors=str(errors), skipped=skipped, time=str(report["seconds"]))
     suite = ET.SubElement(suites, "testsuite", name="parity", tests=str(len(cases)), failures=str(failures),
-                          errors=str(errors), time=str(report["seconds"]), timestamp=report["finished"])
+                          errors=str(errors), skipped=skipped, time=str(report["seconds"]),
+                          timestamp=report["finished"])
     for name, check in cases:
         case = ET.SubElement(suite, "testcase", classname=f"parity.{name}", name=check["id"],
-                             time=str(report["candidates"][name].get("seconds", 0)))
-        if not check["passed"]:
+                             time=str(report["candidates"].get(name, {}).get("seconds", 0)))
+        if check.get("skipped"):
+            ET.SubElement(case, "skipped", message=check["message"])
+        elif not check["passed"]:
             tag = "error" if check["check"] == LOAD_CHECK else "failure"
             element = ET.SubElement(case, tag, message=check["message"], type=check["check"])
             element.text = check["message"]

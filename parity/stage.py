@@ -1,8 +1,10 @@
 """The parity gate: the reference model against every deployed artifact, on every output.
 
 Reference: the Keras model (`training=False`), or the SavedModel when the bundle has no Keras model (a
-SavedModel-source import). Candidates: the SavedModel signature (TensorFlow, when Keras is the reference) and every
-ONNX / TFLite artifact export built (`failed: ...` entries of `export --keep-going` are listed as not built).
+SavedModel-source import). Candidates: the SavedModel signature (TensorFlow, when Keras is the reference), every
+ONNX / TFLite artifact export built (`failed: ...` entries of `export --keep-going` are listed as not built) and the
+TFLM C array, run in TFLite Micro's interpreter (`tflm.py`; `skipped` where tflite-micro is not installed), whose
+flash and RAM can be budgeted (`budgets.py`).
 Inputs, fed by name: the pinned eval sample plus edge inputs generated per input (`edges.py`) at batch sizes 1, 7
 and 64. Each output gets error statistics and, by kind, classification or regression metrics (`checks.py`) against
 the tolerance of the candidate's precision class; a sweep of runtime settings reports configurations that change
@@ -25,6 +27,7 @@ from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
 
 from . import sweep as settings_sweep
+from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import ERROR, judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
 from .runners import (
@@ -38,6 +41,7 @@ from .runners import (
     open_candidate,
     run_everything,
 )
+from .tflm import TFLM_FORMAT, check_tflm, record_microcontroller
 from .tolerances import TolerancePolicy, load_policy
 
 STAGE_DIR_NAME = "parity"
@@ -52,6 +56,10 @@ class ParityOptions:
     sweep: bool = True
     overrides: dict = field(default_factory=dict)
     seed: int = EDGE_SEED  # the edge inputs (and a stand-in eval set) are generated from this seed
+    # Flash/RAM budgets of the tflm artifact (budgets.py): a device of kerasport.devices and/or explicit KiB.
+    device: str | None = None
+    max_flash_kib: float | None = None
+    max_ram_kib: float | None = None
 
 
 @dataclass
@@ -101,7 +109,9 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
         ConversionError: the reference itself cannot load or run.
     """
     run_dir = Path(options.run)
+    budgets = resolve_budgets(options.device, options.max_flash_kib, options.max_ram_kib)
     plan = plan_parity(run_dir)
+    require_tflm(budgets, any(artifact.format == TFLM_FORMAT for artifact in plan.candidates), run_dir)
     policy = load_policy(run_dir, options.overrides)
     quiet_tensorflow()
     started = time.perf_counter()
@@ -120,6 +130,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
             console.print(candidate_line(artifact.name, results[artifact.name]))
     report = build_report(plan, policy, reference, data, results, notes, options.seed,
                           seconds=time.perf_counter() - started)
+    apply_budgets(report, budgets, options.device)
     _write_reports(run_dir, report)
     record_verdicts(run_dir, report)
     if any(result["verdict"] == ERROR for result in results.values()):
@@ -147,7 +158,7 @@ def plan_parity(run_dir: Path) -> ParityPlan:
     if reference.name == "keras" and manifest.has("saved_model") and manifest.artifact("saved_model").status == "ok":
         candidates.append(manifest.artifact("saved_model"))
     for artifact in manifest.artifacts():
-        if artifact.format not in RUNTIME_FORMATS:
+        if artifact.format not in (*RUNTIME_FORMATS, TFLM_FORMAT):  # the C array runs in TFLite Micro (tflm.py)
             continue
         if artifact.status != "ok":
             not_built[artifact.name] = artifact.status
@@ -211,6 +222,8 @@ def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
                     reference: Reference, data: EvalData, *, sweep: bool) -> dict:
     """Run one candidate on every input, judge every output, optionally sweep its runtime settings."""
+    if artifact.format == TFLM_FORMAT:
+        return check_tflm(run_dir, artifact, contract, policy, reference, data)
     started = time.perf_counter()
     result = {"precision": artifact.precision, "runtime": artifact.runtime, "path": artifact.path,
               "format": artifact.format}
@@ -230,6 +243,8 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
 
 def candidate_line(name: str, result: dict) -> str:
     """One console line: verdict and, per output, max |diff| plus agreement / accuracy Δ / MAE Δ where measured."""
+    if result.get("skipped"):
+        return f"parity {name:<15} SKIPPED {result['skipped']}"
     parts = []
     for output, stats in result.get("outputs", {}).items():
         measured = stats.get("eval")
@@ -257,6 +272,7 @@ def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference
                 for check in result["checks"] if not check["passed"]]
     findings = [line for name, result in results.items()
                 for line in settings_sweep.findings(name, result["precision"], result.get("sweep", []))]
+    findings += [line for result in results.values() for line in result.get("findings", [])]
     compared = [plan.reference, *plan.candidates]
     return {
         "passed": not failures, "finished": utc_now(), "seconds": round(seconds, 2), "task": contract.task,
@@ -296,10 +312,12 @@ def record_verdicts(run_dir: Path, report: dict) -> None:
                                                      if not check["passed"]]})
     manifest.set_artifact(REPORT_ARTIFACT, artifact_entry(run_dir, REPORT_PATH, format="json", precision="n/a",
                                                           role="parity report"))
+    record_microcontroller(manifest, report)
     manifest.set_stage(STAGE_DIR_NAME, {"finished": checked, "passed": report["passed"], "report": REPORT_PATH,
                                         "reference": report["reference"]["artifact"],
                                         "labelled_data": report["labelled_data"]["given"],
                                         "not_built": sorted(report["not_built"]),
-                                        "tolerances": report["tolerances"]})
+                                        "tolerances": report["tolerances"],
+                                        **({"budgets": report["budgets"]["budgets"]} if "budgets" in report else {})})
     manifest.save(run_dir)
 

@@ -1,10 +1,12 @@
-"""The HTTP app: KServe V2 and TF Serving REST over a verified model, plus image classification and metrics.
+"""The HTTP app: KServe V2 and TF Serving REST over a verified model, plus image classification, metrics and the
+OpenAPI document.
 
-Routes are grouped per protocol (`routes_v2.py`, `routes_tfs.py`, `routes_images.py`, `metrics.py`) over one
-`ServingState` (model, micro-batcher, metrics, readiness) held in `app.state.serving`. Endpoints raise typed
-errors; `errors.EXCEPTION_HANDLERS` maps them to status codes in one place. Starlette without per-request model
-validation: `protocol.py` validates against the contract, which keeps per-request overhead well under a
-millisecond.
+Routes are grouped per protocol (`routes_v2.py`, `routes_tfs.py`, `routes_images.py`, `metrics.py`,
+`openapi.py`) over one `ServingState` (model, micro-batcher, metrics, readiness, offload) held in
+`app.state.serving`. Endpoints raise typed errors; `errors.EXCEPTION_HANDLERS` maps the client's to status codes
+in one place and the guard's catch-all answers anything else with a 500 and a request id. Starlette without
+per-request model validation: `protocol.py` validates against the contract, which keeps per-request overhead
+well under a millisecond.
 """
 
 from __future__ import annotations
@@ -13,21 +15,36 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
+from kerasport.contract import ModelContract
+
 from .batcher import MicroBatcher
 from .errors import EXCEPTION_HANDLERS
 from .guard import Guard
 from .metrics import Metrics
 from .model import ServedModel
+from .offload import Offload
+from .openapi import OpenApiEndpoint
 from .routes_images import ImageEndpoints
 from .routes_tfs import TfServingEndpoints
 from .routes_v2 import V2Endpoints
-from .state import ServingState
+from .state import ServeSettings, ServingState
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Pictures up to this many pixels are decoded by default (a 12 MP phone photo passes); models whose own input is
+# larger get four times their input.
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000
+
+
+def default_max_image_pixels(contract: ModelContract) -> int:
+    """The picture pixel limit sized from the model's image input: max(16 MP, 4 x its height x width)."""
+    image = contract.image_input
+    own = 4 * image.image.height * image.image.width if image is not None and image.image is not None else 0
+    return max(DEFAULT_MAX_IMAGE_PIXELS, own)
 
 
 def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float = 0.0, api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_image_pixels: int | None = None,
+               workers: int = 1, offload: Offload | None = None) -> Starlette:
     """The ASGI app serving `model`; its lifespan starts the micro-batcher and marks the model ready.
 
     Args:
@@ -36,6 +53,9 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         max_delay_ms: how long a batch may wait for more requests (0: greedy, no added latency).
         api_key: when set, every route but health and metrics needs `Authorization: Bearer KEY` or `X-API-Key`.
         max_body_bytes: larger request bodies are refused with 413.
+        max_image_pixels: larger pictures are refused with 413 from their header (None: `default_max_image_pixels`).
+        workers: how many server processes share the port (reported in the model configuration).
+        offload: where heavy parsing and decoding run (default: sized to the machine).
 
     Returns:
         A Starlette app whose `state.serving` holds the shared `ServingState`.
@@ -46,9 +66,14 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
     metrics = Metrics()
     batcher = MicroBatcher(model.predict, max_batch=max_batch, max_delay_ms=max_delay_ms,
                            observe=metrics.observe_batch)
-    state = ServingState(model=model, batcher=batcher, metrics=metrics)
+    settings = ServeSettings(max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes,
+                             max_image_pixels=max_image_pixels or default_max_image_pixels(model.contract),
+                             workers=workers)
+    state = ServingState(model=model, batcher=batcher, metrics=metrics, settings=settings,
+                         offload=offload or Offload())
     routes = [*V2Endpoints(state).routes(), *ImageEndpoints(state).routes(), *TfServingEndpoints(state).routes(),
               *metrics.routes()]
+    routes.append(OpenApiEndpoint(state, routes, secured=bool(api_key)).route())
 
     @asynccontextmanager
     async def lifespan(app):
@@ -59,6 +84,7 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         finally:
             state.set_ready(False)
             await batcher.stop()
+            await state.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.add_middleware(Guard, routes=routes, metrics=metrics, api_key=api_key, max_body_bytes=max_body_bytes)

@@ -7,6 +7,11 @@ back into the callers' rows.
 With `max_delay_ms = 0` (the default) batching is greedy: a request runs at once when the worker is idle, and
 whatever queues up while a batch runs forms the next batch. So a lone client pays no added latency, and under load
 batches grow by themselves. A positive delay additionally waits up to that long for more requests.
+
+A single request larger than `max_batch` runs alone, in runtime calls of at most `max_batch` examples each, so
+the runtime's working memory (activations grow with the batch) stays bounded whatever a client sends.
+
+Nothing here knows about HTTP: any protocol front end (REST, gRPC) submits named arrays and awaits its rows.
 """
 
 from __future__ import annotations
@@ -24,9 +29,18 @@ Arrays = Mapping[str, np.ndarray]
 
 
 @dataclass
+class Timing:
+    """Where one request's time went in the batcher: waiting for the runtime, and the runtime call(s)."""
+
+    queue: float = 0.0
+    infer: float = 0.0
+
+
+@dataclass
 class _Request:
     inputs: Arrays
     future: asyncio.Future
+    timing: Timing | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     size: int = field(init=False)
     signature: tuple = field(init=False)
@@ -94,13 +108,35 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, inputs: Arrays) -> dict[str, np.ndarray]:
-        """Infer one request's named inputs (all with the same batch size); returns its rows of every output."""
+    async def submit(self, inputs: Arrays, timing: Timing | None = None) -> dict[str, np.ndarray]:
+        """Infer one request's named inputs (all with the same batch size); returns its rows of every output.
+
+        Args:
+            inputs: batch-first arrays keyed by input name.
+            timing: filled in with the seconds the request queued and the runtime call took, when given.
+        """
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(inputs, future))
+        await self._queue.put(_Request(inputs, future, timing))
         return await future
+
+    def _run_chunked(self, inputs: dict[str, np.ndarray]) -> tuple[Arrays, list[tuple[int, float]]]:
+        """One runtime call, or several of at most max_batch examples for an oversized request; outputs joined.
+
+        Returns the outputs and (examples, seconds) per runtime call.
+        """
+        size = len(next(iter(inputs.values())))
+        calls, parts = [], []
+        for start in range(0, max(size, 1), self._max_batch):
+            chunk = inputs if size <= self._max_batch else {name: array[start:start + self._max_batch]
+                                                            for name, array in inputs.items()}
+            started = time.perf_counter()
+            parts.append(self._infer(chunk))
+            calls.append((min(self._max_batch, size - start), time.perf_counter() - started))
+        if len(parts) == 1:
+            return parts[0], calls
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}, calls
 
     async def _next(self, timeout: float | None) -> _Request | None:
         if self._held is not None:
@@ -139,18 +175,23 @@ class MicroBatcher:
             live = await self._collect()
             if not live:
                 continue
-            inputs = concatenate(live)
-            queued = time.perf_counter() - live[0].enqueued
             started = time.perf_counter()
+            queued = started - live[0].enqueued
             try:
-                outputs = await loop.run_in_executor(self._executor, self._infer, inputs)
+                inputs = concatenate(live)
+                outputs, calls = await loop.run_in_executor(self._executor, self._run_chunked, inputs)
+                parts = split(outputs, live)
             except Exception as error:  # noqa: BLE001 - every waiting request gets the runtime's error
                 for request in live:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
+            inferred = time.perf_counter() - started
             if self._observe is not None:
-                self._observe(sum(request.size for request in live), queued, time.perf_counter() - started)
-            for request, rows in zip(live, split(outputs, live), strict=True):
+                for index, (examples, seconds) in enumerate(calls):
+                    self._observe(examples, queued if index == 0 else 0.0, seconds)
+            for request, rows in zip(live, parts, strict=True):
+                if request.timing is not None:
+                    request.timing.queue, request.timing.infer = started - request.enqueued, inferred
                 if not request.future.done():
                     request.future.set_result(rows)

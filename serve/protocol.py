@@ -15,6 +15,7 @@ import numpy as np
 from kerasport.contract import ModelContract
 
 from .errors import BadRequest
+from .jsonio import dumps, loads
 from .tensors import (
     array_from_binary,
     array_from_json,
@@ -42,6 +43,20 @@ class V2Request:
     inputs: dict[str, np.ndarray]
     outputs: list[RequestedOutput]
     id: str | None = None
+
+
+def parse_json(body: bytes) -> object:
+    """A request body parsed as JSON.
+
+    Raises:
+        BadRequest: an empty body or malformed JSON.
+    """
+    if not body:
+        raise BadRequest("empty body; expected a JSON object")
+    try:
+        return loads(body)
+    except (ValueError, RecursionError) as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
 
 
 def _object(value: object, where: str) -> dict:
@@ -224,3 +239,33 @@ def tfs_response(outputs: Mapping[str, np.ndarray], contract: ModelContract, lay
         count = len(arrays[names[0]])
         return {"predictions": [{name: arrays[name][index] for name in names} for index in range(count)]}
     return {"outputs": arrays[names[0]] if len(names) == 1 else arrays}
+
+
+# --- whole bodies in, encoded bodies out: module-level, picklable, so a worker process can run them -------------
+
+def parse_v2_body(raw: bytes, header_length: int | None, contract: ModelContract) -> V2Request:
+    """A V2 inference body -> the parsed request; `header_length` splits the JSON header from binary tensors.
+
+    Raises:
+        BadRequest: malformed JSON, or a request the contract refuses.
+    """
+    if header_length is None:
+        return parse_v2_infer(parse_json(raw), contract)
+    return parse_v2_infer(parse_json(raw[:header_length]), contract, raw[header_length:])
+
+
+def encode_v2(outputs: Mapping[str, np.ndarray], request: V2Request, contract: ModelContract, model_name: str,
+              model_version: str) -> tuple[bytes, int | None]:
+    """The V2 response as bytes, and the JSON header's length when binary outputs follow it (else None)."""
+    body, payload = v2_response(outputs, request, contract, model_name=model_name, model_version=model_version)
+    header = dumps(body)
+    return (header + payload, len(header)) if payload else (header, None)
+
+
+def parse_tfs_body(raw: bytes, contract: ModelContract) -> tuple[dict[str, np.ndarray], str]:
+    """A TF Serving :predict body -> model inputs and the response layout."""
+    return parse_tfs_predict(parse_json(raw), contract)
+
+
+def encode_tfs(outputs: Mapping[str, np.ndarray], contract: ModelContract, layout: str) -> bytes:
+    return dumps(tfs_response(outputs, contract, layout))

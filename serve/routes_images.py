@@ -1,25 +1,37 @@
 """`:classify`: encoded pictures in, top-k labels out, for models with one image input and a classification output.
 
 Each picture is decoded and resized exactly as the contract's image spec says (height, width, grayscale or RGB)
-by `kerasport.images`, the same code training and `kerasport predict` use.
+by `kerasport.images`, the same code training and `kerasport predict` use. Its header is read first: a picture
+over `--max-image-pixels` is refused (413, naming its size) before any pixel is decompressed; decoding runs in a
+worker thread (Pillow releases the GIL), one picture at a time per request, so a request's memory stays bounded.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from kerasport.contract import InputSpec, OutputSpec
 from kerasport.images import decode_image_bytes
 
 from .errors import BadRequest, NotFound
-from .jsonio import JsonResponse
+from .jsonio import dumps
 from .state import ServingState
 from .tensors import pictures_to_input, top_k
 
 DEFAULT_TOP_K = 5
 MAX_PARTS = 256
+# Pillow formats :classify accepts (the ones the API documents).
+FORMATS = ("PNG", "JPEG")
+
+
+def decode_pictures(pictures: list[tuple[str, bytes]], image: InputSpec, max_pixels: int) -> np.ndarray:
+    """Every picture decoded to the image input's spec, checked against the pixel limit from its header first."""
+    decoded = [decode_image_bytes(data, image.image, origin=name, max_pixels=max_pixels, formats=FORMATS)
+               for name, data in pictures]
+    return pictures_to_input(image, np.stack(decoded), f"input {image.name!r}")
 
 
 def parse_top_k(text: str, width: int) -> int:
@@ -55,15 +67,23 @@ class ImageEndpoints:
                            f"/v2/models/{model.name}/infer")
         return image, output
 
-    async def classify(self, request: Request) -> JsonResponse:
+    async def classify(self, request: Request) -> Response:
         self.state.check_model(request)
+        state = self.state
         image, output = self._classifier()
         k = parse_top_k(request.query_params.get("top_k", str(DEFAULT_TOP_K)), output.width)
         pictures = await uploaded_pictures(request)
-        where = f"input {image.name!r}"
-        batch = pictures_to_input(image, np.stack([decode_image_bytes(data, image.image, origin=name)
-                                                   for name, data in pictures]), where)
-        outputs = await self.state.infer({image.name: batch})
+
+        async def parse():
+            batch = await state.offload.thread(decode_pictures, pictures, image, state.settings.max_image_pixels)
+            return {image.name: batch}, None
+
+        async def respond(outputs, _):
+            return self._answer(pictures, outputs, output, k)
+
+        return Response(await state.run_inference(parse, respond), media_type="application/json")
+
+    def _answer(self, pictures: list[tuple[str, bytes]], outputs: dict, output: OutputSpec, k: int) -> bytes:
         others = [spec for spec in self.state.model.contract.outputs if spec.name != output.name]
         results = []
         for index, (name, _) in enumerate(pictures):
@@ -73,8 +93,8 @@ class ImageEndpoints:
                                      for spec in others}
             results.append(result)
         model = self.state.model
-        return JsonResponse({"model_name": model.name, "model_version": model.version, "variant": model.variant,
-                             "output": output.name, "results": results})
+        return dumps({"model_name": model.name, "model_version": model.version, "variant": model.variant,
+                      "output": output.name, "results": results})
 
     def routes(self) -> list[Route]:
         return [Route("/v1/models/{name}:classify", self.classify, methods=["POST"]),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .jsonio import JsonResponse
-from .protocol import TFS_SIGNATURE, parse_tfs_predict, tfs_response
-from .state import ServingState, read_json
+from .offload import PROCESS_BODY_BYTES, PROCESS_OUTPUT_VALUES
+from .protocol import TFS_SIGNATURE, encode_tfs, parse_tfs_body
+from .state import ServingState
 from .tensors import TF_DATATYPES
 
 
@@ -41,11 +43,19 @@ class TfServingEndpoints:
                              "metadata": {"signature_def": {"signature_def": {TFS_SIGNATURE: signature_def(
                                  self.state)}}, "kerasport_contract": model.contract.to_dict()}})
 
-    async def predict(self, request: Request) -> JsonResponse:
+    async def predict(self, request: Request) -> Response:
         self.state.check_model(request)
-        contract = self.state.model.contract
-        inputs, layout = parse_tfs_predict(await read_json(request), contract)
-        return JsonResponse(tfs_response(await self.state.infer(inputs), contract, layout))
+        state, contract = self.state, self.state.model.contract
+        raw = await request.body()
+
+        async def parse():
+            return await state.offload.run(len(raw) > PROCESS_BODY_BYTES, parse_tfs_body, raw, contract)
+
+        async def respond(outputs, layout):
+            heavy = sum(array.size for array in outputs.values()) > PROCESS_OUTPUT_VALUES
+            return await state.offload.run(heavy, encode_tfs, outputs, contract, layout)
+
+        return Response(await state.run_inference(parse, respond), media_type="application/json")
 
     def routes(self) -> list[Route]:
         return [

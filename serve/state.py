@@ -1,17 +1,43 @@
-"""What every route shares: the served model, its micro-batcher, the metrics and readiness (`app.state.serving`)."""
+"""What every route shares — the served model, its micro-batcher, the metrics, readiness, where CPU work runs —
+and the protocol-independent core of an inference request: parse → batch → respond.
+
+A front end (the REST routes here; gRPC alike) hands `run_inference` two coroutines: `parse()` turns its
+request into the model's named input arrays plus whatever it needs to answer, and `respond(outputs, context)`
+turns the model's rows back into its own response. `run_inference` times each phase for the Triton statistics
+extension and counts successes and failures; `offload` decides where heavy parsing and encoding run.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.requests import Request
 
-from .batcher import MicroBatcher
-from .errors import BadRequest, NotFound, NotReady
-from .jsonio import loads
+from .batcher import MicroBatcher, Timing
+from .errors import NotFound, NotReady
 from .metrics import Metrics
 from .model import ServedModel
+from .offload import Offload
+from .protocol import parse_json
+
+C = TypeVar("C")
+R = TypeVar("R")
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server was configured (the Triton model configuration reports batching from it)."""
+
+    max_batch: int = 32
+    max_delay_ms: float = 0.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 16_000_000
+    workers: int = 1
 
 
 @dataclass
@@ -19,6 +45,8 @@ class ServingState:
     model: ServedModel
     batcher: MicroBatcher
     metrics: Metrics
+    settings: ServeSettings = field(default_factory=ServeSettings)
+    offload: Offload = field(default_factory=Offload)
     ready: bool = False
     versions: frozenset = field(init=False)
 
@@ -35,8 +63,10 @@ class ServingState:
         Raises:
             NotFound: another model or version. NotReady: starting up or draining.
         """
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
+        self.check_name(request.path_params["name"], request.path_params.get("version"), need_ready=need_ready)
+
+    def check_name(self, name: str, version: str | None, *, need_ready: bool = True) -> None:
+        """`check_model` for any protocol: the model name and optional version a request names."""
         if name != self.model.name:
             raise NotFound(f"unknown model {name!r}; this server serves {self.model.name!r}")
         if version is not None and version not in self.versions:
@@ -44,21 +74,48 @@ class ServingState:
         if need_ready and not self.ready:
             raise NotReady(f"model {self.model.name!r} is not ready")
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """One request's named inputs through the micro-batcher; its rows of every output."""
         return await self.batcher.submit(inputs)
 
+    async def run_inference(self, parse: Callable[[], Awaitable[tuple[Inputs, C]]],
+                            respond: Callable[[dict[str, np.ndarray], C], Awaitable[R]]) -> R:
+        """parse → micro-batcher → respond, timed per phase and counted as a success or a failure.
 
-async def read_json(request: Request, body: bytes | None = None):
+        Args:
+            parse: returns the model's named input arrays and a context `respond` needs (the parsed request).
+            respond: builds the protocol's response from the request's rows of every output.
+
+        Returns:
+            What `respond` returns.
+
+        Raises:
+            Whatever `parse`, the runtime or `respond` raise (counted as a failed request).
+        """
+        started = time.perf_counter()
+        ok, phases = False, {}
+        try:
+            inputs, context = await parse()
+            parsed = time.perf_counter()
+            timing = Timing()
+            outputs = await self.batcher.submit(inputs, timing)
+            inferred = time.perf_counter()
+            result = await respond(outputs, context)
+            phases = {"compute_input": parsed - started, "queue": timing.queue, "compute_infer": timing.infer,
+                      "compute_output": time.perf_counter() - inferred}
+            ok = True
+            return result
+        finally:
+            self.metrics.observe_request(ok, time.perf_counter() - started, phases)
+
+    async def close(self) -> None:
+        self.offload.close()
+
+
+async def read_json(request: Request, body: bytes | None = None) -> Any:
     """The request body (or `body`) parsed as JSON.
 
     Raises:
         BadRequest: an empty body or malformed JSON.
     """
-    body = await request.body() if body is None else body
-    if not body:
-        raise BadRequest("empty body; expected a JSON object")
-    try:
-        return loads(body)
-    except ValueError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+    return parse_json(await request.body() if body is None else body)

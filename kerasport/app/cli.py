@@ -33,6 +33,7 @@ def root(
 def _register_stages() -> None:
     # Each stage's cli module is light: it imports its stage's heavy dependencies only when a command runs.
     from kerasport.export.cli import export_command
+    from kerasport.export.package_cli import package_command
     from kerasport.parity.cli import parity_command
     from kerasport.serve.cli import predict_command, serve_command
     from kerasport.train.cli import train_command
@@ -48,6 +49,7 @@ def _register_stages() -> None:
     app.command("run", help=run_command.__doc__)(run_command)
     app.command("serve", help=serve_command.__doc__)(serve_command)
     app.command("predict", help=predict_command.__doc__)(predict_command)
+    app.command("package", help=package_command.__doc__)(package_command)
     app.add_typer(bundle_app, name="bundle")
 
 

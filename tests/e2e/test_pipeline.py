@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 from helpers import ServerProcess, write_idx_dir
 
+from kerasport.manifest import load_manifest
+from kerasport.samples import load_samples
+from kerasport.serve.model import SPEED_ORDER
+
 KERASPORT = str(Path(sys.executable).with_name("kerasport"))
 
 
@@ -30,13 +34,16 @@ def test_run_then_verify_then_serve(tmp_path):
 
     server = ServerProcess(run)  # default variant: the fastest that passed parity
     try:
-        assert server.ready["variant"] == "tflite-int8"
-        sample = np.load(run / "train" / "eval_sample.npz")
-        body = {"instances": sample["x"][:8, :, :, 0].tolist()}
+        assert server.ready["variant"] == SPEED_ORDER[0]
+        manifest = load_manifest(run)
+        sample = load_samples(run / manifest.artifact("eval_sample").path, manifest.contract)
+        (image,), (output,) = manifest.contract.inputs, manifest.contract.outputs
+        images, labels = sample.inputs[image.name], sample.targets[output.name]
+        body = {"instances": images[:8, :, :, 0].tolist()}
         response = httpx.post(f"{server.url}/v1/models/kerasport-seed:predict", json=body, timeout=30)
         assert response.status_code == 200
         predicted = np.argmax(response.json()["predictions"], axis=1)
-        assert (predicted == sample["y"][:8]).mean() >= 0.75
+        assert (predicted == labels[:8]).mean() >= 0.75
     finally:
         assert server.stop() == 0
 

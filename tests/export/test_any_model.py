@@ -1,8 +1,8 @@
 """The export stage on imported models other than the reference CNN: several named inputs and outputs, tabular
-regression, integer inputs, a model some runtime cannot take (`--keep-going`), and MobileNetV2 (slow)."""
+regression, integer inputs, and a model some runtime cannot take (`--keep-going`). MobileNetV2 end to end is
+tests/import/test_end_to_end.py; its export time bar is bench/imported.py."""
 
 import json
-import time
 
 import keras
 import numpy as np
@@ -16,13 +16,12 @@ from kerasport.export.smoke import SMOKE_BATCHES
 from kerasport.export.stage import STAGE_DIR_NAME, ExportOptions, export_bundle
 from kerasport.export.variants import VARIANTS
 from kerasport.manifest import load_manifest, verify_bundle
-from kerasport.train.importer import ContractHints, contract_from_keras
+from kerasport.train.importer import ContractHints
 
 runner = CliRunner()
 RUNNABLE = [name for name, variant in VARIANTS.items() if variant.runnable]
 FP32 = {"onnx-fp32": run_onnx, "tflite-fp32": run_litert}
 SAMPLES = 16
-EXPORT_BAR_SECONDS = 120  # issue 8: every variant of MobileNetV2 (96x96, alpha 0.35) within 2 minutes on 2 cores
 
 
 def two_input_model():
@@ -200,27 +199,3 @@ def test_keep_going_with_nothing_converted_exits_3_and_changes_nothing(determina
     (line,) = error_lines(result.output)
     assert "every requested variant" in line and "tf.MatrixDeterminant" in line
     assert snapshot(determinant_bundle) == before
-
-
-@pytest.mark.slow
-def test_mobilenet_v2_exports_every_variant_within_the_bar(tmp_path):
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=5)
-    rng = np.random.default_rng(0)
-    (name,) = contract_from_keras(model).input_names
-    sample = {name: rng.integers(0, 256, (SAMPLES, 96, 96, 3)).astype(np.float32)}
-    run = imported_bundle(tmp_path / "run", model, sample, sample, ranges={name: (0, 255)}, name="mobilenet-v2")
-    started = time.perf_counter()
-    result = export_bundle(ExportOptions(run=str(run), calibration_samples=SAMPLES))
-    seconds = time.perf_counter() - started
-    timings = ", ".join(f"{row['variant']} {row['seconds']:.1f} s" for row in result.rows)
-    print(f"\nMobileNetV2 export: {seconds:.1f} s in all ({timings})")
-    assert [row["status"] for row in result.rows] == ["ok"] * len(VARIANTS)
-    assert seconds <= EXPORT_BAR_SECONDS, f"export took {seconds:.1f} s ({timings}); the bar is {EXPORT_BAR_SECONDS}"
-    manifest = verify_bundle(run)
-    inputs = eval_inputs(run, 2)
-    reference = keras_outputs(model, inputs, manifest.contract)
-    for variant, run_artifact in FP32.items():
-        outputs = run_artifact(manifest.artifact(variant).resolve(run), inputs, manifest.contract)
-        for output in manifest.contract.output_names:
-            np.testing.assert_allclose(outputs[output], reference[output], atol=1e-4, err_msg=variant)

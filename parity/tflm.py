@@ -1,0 +1,278 @@
+"""The `tflm` candidate: the C array's model run in TFLite Micro's own interpreter, the microcontroller's kernels.
+
+The model is the one in `model_int8.cc` (parsed back, and checked to be byte-for-byte the int8 TFLite model it
+was made from). It runs one example at a time (TFLM's contract: batch 1) on the same eval slice and edge inputs
+as every other candidate, in an arena of the size export recommends reserving, and is judged against the
+reference under the int8 tolerance. It is also compared with LiteRT on the same model: with LiteRT's built-in
+kernels (the same reference int8 kernels: at most LITERT_BUILTIN_STEPS output quantization steps apart) and with
+LiteRT's default XNNPACK (which requantizes differently: values are reported, a top-1 flip on a decisive example
+is a finding). Where `tflite_micro` does not import, the candidate is `skipped` (never `pass`), with one line why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from kerasport.contract import ModelContract
+from kerasport.devices import (
+    device_fit,
+    measure_arena,
+    open_tflm,
+    parse_c_array,
+    tflm_missing,
+    tflm_version,
+    unmeasured_arena,
+)
+from kerasport.errors import ConversionError
+from kerasport.manifest import Artifact, Manifest, load_manifest
+from kerasport.runtimes import RuntimeSettings, open_runtime
+
+from .checks import ERROR, Checks, judge, load_error
+from .compare import agreement_statistics, class_scores, error_statistics
+from .runners import Reference, run_batched, run_everything
+from .tolerances import TolerancePolicy
+
+TFLM_FORMAT = "c-array"
+TFLM_ARTIFACT = "tflm"
+INT8_ARTIFACT = "tflite-int8"
+SKIPPED = "skipped"
+SOURCE_CHECK = "c_array_source"
+# TFLM and LiteRT's built-in kernels run the same reference int8 kernels: at most this many quantization steps of
+# the output may separate them (measured: identical on `edge` and `seed`).
+LITERT_BUILTIN_STEPS = 1.0
+LITERT_SETTINGS = {"builtin kernels": RuntimeSettings(xnnpack=False), "default (XNNPACK)": RuntimeSettings()}
+_FLOAT_BOUND = 1e-6  # a float output (no quantization step known): the kernels should agree to float rounding
+
+
+class TflmRunner:
+    """A TFLite Micro interpreter behind the runner interface: named batches in, loops over examples, named out.
+
+    Inputs are quantized and outputs dequantized with the model's own parameters where its I/O is int8.
+    """
+
+    def __init__(self, model: bytes, contract: ModelContract, arena_bytes: int):
+        self._interpreter = open_tflm(model, arena_bytes)
+        self._inputs, self._outputs = _io_order(model, contract)
+        self._input_details = [self._interpreter.get_input_details(i) for i in range(len(self._inputs))]
+        self._output_details = [self._interpreter.get_output_details(i) for i in range(len(self._outputs))]
+        self.description = f"tflite-micro {tflm_version()} (batch 1, {arena_bytes}-byte arena)"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        total = len(np.asarray(inputs[self._inputs[0]]))
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in self._outputs}
+        for example in range(total):
+            for index, (name, detail) in enumerate(zip(self._inputs, self._input_details, strict=True)):
+                self._interpreter.set_input(_quantize(np.asarray(inputs[name])[example:example + 1], detail), index)
+            self._interpreter.invoke()
+            for index, (name, detail) in enumerate(zip(self._outputs, self._output_details, strict=True)):
+                collected[name].append(_dequantize(np.array(self._interpreter.get_output(index)), detail))
+        return {name: np.concatenate(parts) for name, parts in collected.items()}
+
+
+def _io_order(model: bytes, contract: ModelContract) -> tuple[list[str], list[str]]:
+    """The contract names of the model's inputs and outputs in the flatbuffer's order (TFLM's indices)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=model)
+        signature = interpreter.get_signature_runner()
+    except Exception as error:  # noqa: BLE001 - LiteRT raises ValueError for a broken flatbuffer
+        raise ConversionError(f"the C array does not hold a readable TFLite model: {error}") from error
+    named = {}
+    for kind, details, signed in (("inputs", interpreter.get_input_details(), signature.get_input_details()),
+                                  ("outputs", interpreter.get_output_details(), signature.get_output_details())):
+        by_tensor = {detail["name"]: name for name, detail in signed.items()}
+        named[kind] = [by_tensor.get(detail["name"]) for detail in details]
+        expected = contract.input_names if kind == "inputs" else contract.output_names
+        if sorted(str(name) for name in named[kind]) != sorted(expected):
+            raise ConversionError(f"the C array's model has {kind} {named[kind]}; the contract names {expected}")
+    return named["inputs"], named["outputs"]
+
+
+def _scale(detail: dict) -> tuple[float, int] | None:
+    scales, zero_points = detail["quantization_parameters"]["scales"], detail["quantization_parameters"]["zero_points"]
+    return (float(scales[0]), int(zero_points[0])) if len(scales) else None
+
+
+def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    dtype, quantization = np.dtype(detail["dtype"]), _scale(detail)
+    if quantization and dtype.kind in "iu":
+        scale, zero_point = quantization
+        limits = np.iinfo(dtype)
+        quantized = np.round(np.asarray(value, dtype=np.float32) / scale + zero_point)
+        return np.ascontiguousarray(np.clip(quantized, limits.min, limits.max), dtype=dtype)
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    quantization = _scale(detail)
+    if quantization and np.dtype(detail["dtype"]).kind in "iu":
+        scale, zero_point = quantization
+        return (value.astype(np.float32) - zero_point) * scale
+    return value
+
+
+def microcontroller_section(entry: dict, arena: dict | None = None) -> dict:
+    """Flash, arena (parity's measurement when given, else export's), MACs, op resolver and fit per device."""
+    arena = arena or entry.get("arena") or unmeasured_arena("not recorded by export (re-export the bundle)")
+    flash = int(entry.get("flash_bytes", entry.get("model_bytes", 0)))
+    return {"flash_bytes": flash, "arena": arena, "macs": entry.get("macs"), "op_resolver": entry.get("op_resolver"),
+            "fit": device_fit(flash, arena.get("reserve_bytes"))}
+
+
+def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
+               reference: Reference, data) -> dict:
+    """Judge the `tflm` candidate: its model in TFLite Micro against the reference, and against LiteRT.
+
+    Returns:
+        The candidate's result (as `stage.check_candidate`) plus `microcontroller` (flash, arena, MACs, fit),
+        `vs_litert` and `findings`; verdict `skipped` (with `skipped`: why) when tflite_micro does not import,
+        `error` when TFLite Micro cannot prepare or run the model.
+    """
+    started = time.perf_counter()
+    manifest = load_manifest(run_dir)
+    result = {"precision": artifact.precision, "runtime": artifact.runtime, "path": artifact.path,
+              "format": artifact.format, "microcontroller": microcontroller_section(artifact.entry), "findings": []}
+    missing = tflm_missing()
+    if missing:
+        checks = Checks()
+        checks.add("tflm_runtime", True, missing)
+        checks.records[0]["skipped"] = True
+        return {**result, "verdict": SKIPPED, "skipped": missing, "checks": checks.records,
+                "seconds": round(time.perf_counter() - started, 3)}
+    model = parse_c_array(artifact.resolve(run_dir).read_text())
+    checks = Checks()
+    _check_source(manifest, artifact, model, run_dir, checks)
+    try:
+        arena = measure_arena(model, len(contract.inputs))
+        result["microcontroller"] = microcontroller_section(artifact.entry, arena)
+        runner = TflmRunner(model, contract, arena["reserve_bytes"])
+        outputs = run_everything(runner, data.inputs, data.edges.inputs)
+    except ConversionError as error:
+        return {**result, "verdict": ERROR, "checks": checks.records + load_error(str(error)),
+                "seconds": round(time.perf_counter() - started, 3)}
+    per_output, judged = judge(contract, policy.for_precision(artifact.precision), reference, outputs, data.targets)
+    checks.records += judged.records
+    result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output, description=runner.description)
+    tie_margin = policy.for_precision(artifact.precision).tie_margin
+    result["vs_litert"] = compare_with_litert(model, contract, data.inputs, outputs.eval, tie_margin)
+    result["findings"] = litert_findings(result["vs_litert"])
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _check_source(manifest: Manifest, artifact: Artifact, model: bytes, run_dir: Path, checks: Checks) -> None:
+    """The C array holds exactly the int8 TFLite model it was made from (its recorded sha256, and the file)."""
+    digest = hashlib.sha256(model).hexdigest()
+    expected = artifact.get("source_sha256")
+    int8 = manifest.artifact(INT8_ARTIFACT) if manifest.has(INT8_ARTIFACT) else None
+    if int8 is not None and int8.status == "ok" and int8.path.endswith(str(artifact.get("source_model", ""))):
+        expected = expected or int8.sha256
+        same_file = int8.resolve(run_dir).read_bytes() == model
+    else:
+        same_file = True  # built in scratch and not kept: the recorded digest is the evidence
+    source = artifact.get("source_model", "the int8 model")
+    if expected is None:
+        checks.add(SOURCE_CHECK, False, f"the manifest records no sha256 of {source} for the C array; re-export")
+        return
+    checks.add(SOURCE_CHECK, digest == expected and same_file,
+               f"the C array's {len(model)} bytes (sha256 {digest[:12]}…) "
+               + ("equal " if digest == expected and same_file else "differ from ")
+               + f"{source} (sha256 {expected[:12]}…)")
+
+
+def output_steps(model_path: Path, contract: ModelContract) -> dict[str, float | None]:
+    """Per output, the int8 quantization step of the value it is dequantized from (None: a float output)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
+    producers = {op["outputs"][0]: op for op in interpreter._get_ops_details() if op["outputs"]}
+    details = interpreter.get_signature_runner().get_output_details()
+    steps = {}
+    for name in contract.output_names:
+        index = details[name]["index"]
+        scale = float(tensors[index]["quantization"][0])
+        op = producers.get(index)
+        if not scale and op is not None and op["op_name"] == "DEQUANTIZE":
+            scale = float(tensors[op["inputs"][0]]["quantization"][0])
+        steps[name] = scale or None
+    return steps
+
+
+def compare_with_litert(model: bytes, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
+                        tflm_outputs: Mapping[str, np.ndarray], tie_margin: float) -> dict:
+    """TFLM's eval outputs against LiteRT's on the same model, for each of LITERT_SETTINGS.
+
+    Returns:
+        {settings: {output: {max_abs_diff, mean_abs_diff, steps, step, [top1_agreement, decisive_agreement,
+        label_flips], within_bound}}}; `within_bound` is None where only the top-1 is judged (XNNPACK).
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model_int8.tflite"
+        path.write_bytes(model)
+        steps = output_steps(path, contract)
+        compared = {}
+        for label, settings in LITERT_SETTINGS.items():
+            litert = run_batched(open_runtime(path, "tflite", settings), eval_inputs)
+            compared[label] = {spec.name: _litert_stats(spec, litert[spec.name], tflm_outputs[spec.name],
+                                                        steps[spec.name], tie_margin, bounded=not settings.xnnpack)
+                               for spec in contract.output_specs()}
+    return compared
+
+
+def _litert_stats(spec, litert: np.ndarray, tflm: np.ndarray, step: float | None, tie_margin: float,
+                  bounded: bool) -> dict:
+    stats = error_statistics(litert, tflm)
+    row = {"max_abs_diff": stats["max_abs_diff"], "mean_abs_diff": stats["mean_abs_diff"], "step": step,
+           "steps": None if not step else round(stats["max_abs_diff"] / step, 2)}
+    if spec.is_classification:
+        agreement = agreement_statistics(class_scores(litert, spec.kind), class_scores(tflm, spec.kind), tie_margin)
+        row.update({key: agreement[key] for key in ("top1_agreement", "decisive_agreement", "label_flips")})
+    bound = LITERT_BUILTIN_STEPS * step if step else _FLOAT_BOUND
+    row["within_bound"] = bool(stats["max_abs_diff"] <= bound + 1e-12) if bounded else None
+    return row
+
+
+def litert_findings(compared: dict) -> list[str]:
+    """One line per output where TFLM and LiteRT disagree beyond the bound (built-in kernels) or on a decisive
+    top-1 (XNNPACK), naming both."""
+    lines = []
+    for label, outputs in compared.items():
+        for output, row in outputs.items():
+            beyond = row["within_bound"] is False
+            flipped = row.get("decisive_agreement", 1.0) < 1.0
+            if beyond or flipped:
+                steps = f" ({row['steps']:g} output steps)" if row["steps"] is not None else ""
+                lines.append(f"tflm (tflite-micro) and tflite-int8 in LiteRT ({label}) disagree on {output!r}: "
+                             f"max|diff| {row['max_abs_diff']:.3g}{steps}"
+                             + (f", top-1 agreement {row['top1_agreement']:.4f}" if "top1_agreement" in row else "")
+                             + (f"; bound {LITERT_BUILTIN_STEPS:g} step" if beyond else
+                                "; a decisive example changes class"))
+    return lines
+
+
+def record_microcontroller(manifest: Manifest, report: dict) -> None:
+    """Parity's arena measurement and fit per device into the manifest's `tflm` entry (export may lack them)."""
+    result = report["candidates"].get(TFLM_ARTIFACT)
+    if result is None or not manifest.has(TFLM_ARTIFACT):
+        return
+    section = result["microcontroller"]
+    entry = dict(manifest.artifact(TFLM_ARTIFACT).entry)
+    if section["arena"].get("measured") or not (entry.get("arena") or {}).get("measured"):
+        entry["arena"] = section["arena"]
+    entry["fit"] = section["fit"]
+    if "budgets" in report:
+        entry["budgets"] = report["budgets"]
+    manifest.set_artifact(TFLM_ARTIFACT, entry)
+
+
+def candidate_is_tflm(artifact: Artifact) -> bool:
+    return artifact.format == TFLM_FORMAT
+

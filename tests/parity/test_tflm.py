@@ -1,0 +1,138 @@
+"""The `tflm` candidate of the `edge` model in the parity gate: TFLite Micro's interpreter against Keras and LiteRT,
+the flash/RAM budgets as a release gate, and a `skipped` verdict where tflite-micro is not installed."""
+
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from helpers import trained_bundle
+from typer.testing import CliRunner
+
+from kerasport.app.cli import app
+from kerasport.devices import DEVICES, KIB
+from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
+from kerasport.export.stage import ExportOptions, export_bundle
+from kerasport.export.tflm import read_c_array
+from kerasport.manifest import hash_artifact, load_manifest
+from kerasport.parity.budgets import BUDGET_CLASS
+from kerasport.parity.stage import ParityOptions, run_parity
+from kerasport.parity.tflm import LITERT_BUILTIN_STEPS, LITERT_SETTINGS, SKIPPED, SOURCE_CHECK
+
+runner = CliRunner()
+ARENA_BAR = 64 * KIB  # the issue's bar for `edge`
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory) -> Path:
+    run = trained_bundle(tmp_path_factory.mktemp("edge"), arch="edge", epochs=1)
+    export_bundle(ExportOptions(run=str(run), formats=["tflite-int8", "tflm"], calibration_samples=20))
+    return run
+
+
+@pytest.fixture
+def edge_copy(edge, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(edge, copy)
+    return copy
+
+
+def junit_cases(run: Path) -> dict[str, ET.Element]:
+    suite = ET.parse(run / "parity" / "junit.xml").getroot().find("testsuite")
+    return {f"{case.get('classname')}/{case.get('name')}": case for case in suite.findall("testcase")}
+
+
+def test_tflm_candidate_passes_and_agrees_with_litert(edge_copy):
+    result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
+    assert result.exit_code == EXIT_OK, result.failures
+    tflm = result.report["candidates"]["tflm"]
+    assert tflm["verdict"] == "pass" and tflm["runtime"] == "tflite-micro"
+    assert {check["id"] for check in tflm["checks"]} >= {SOURCE_CHECK, "top1_agreement[probabilities]",
+                                                         "dynamic_batch[probabilities]"}
+    assert tflm["description"].startswith("tflite-micro")
+    arena = tflm["microcontroller"]["arena"]
+    assert arena["measured"] and 0 < arena["used_bytes"] < ARENA_BAR
+    assert set(tflm["vs_litert"]) == set(LITERT_SETTINGS)
+    builtin = tflm["vs_litert"]["builtin kernels"]["probabilities"]
+    assert builtin["within_bound"] and builtin["steps"] <= LITERT_BUILTIN_STEPS
+    assert builtin["top1_agreement"] == 1.0
+    assert not [finding for finding in result.report["findings"] if finding.startswith("tflm")]
+    manifest = load_manifest(edge_copy)
+    assert manifest.parity_verdict("tflm") == "pass"
+    assert manifest.artifact("tflm").get("fit")["samd21"]["ram"] == (arena["reserve_bytes"] <= 32 * KIB)
+    report_md = (edge_copy / "parity" / "report.md").read_text()
+    assert "## Microcontroller (tflm)" in report_md and "MicroMutableOpResolver<" in report_md
+    assert all(device in report_md for device in DEVICES)
+    assert f"parity.tflm/{SOURCE_CHECK}" in junit_cases(edge_copy)
+
+
+def test_budgets_below_the_model_fail_naming_them(edge_copy):
+    manifest = load_manifest(edge_copy)
+    flash_kib = manifest.artifact("tflm").get("flash_bytes") / KIB
+    tight = int(flash_kib) - 1
+    result = runner.invoke(app, ["parity", "--run", str(edge_copy), "--no-sweep", "--device", "stm32f746",
+                                 "--max-flash-kib", str(tight)])
+    assert result.exit_code == EXIT_CHECK_FAILED, result.output
+    assert "budget_flash" in result.output and f"the flash budget {tight:.1f} KiB (--max-flash-kib {tight})" \
+        in result.output and "over" in result.output
+    report = load_manifest(edge_copy).stage("parity")
+    budgets = {row["kind"]: row for row in report["budgets"]}
+    assert budgets["flash"]["passed"] is False and budgets["flash"]["limit_bytes"] == tight * KIB
+    assert budgets["ram"]["passed"] is True and budgets["ram"]["limit_bytes"] == DEVICES["stm32f746"].sram_kib * KIB
+    cases = junit_cases(edge_copy)
+    assert cases[f"parity.{BUDGET_CLASS}/budget_flash"].find("failure") is not None
+    assert cases[f"parity.{BUDGET_CLASS}/budget_ram"].find("failure") is None
+    assert load_manifest(edge_copy).parity_verdict("tflm") == "pass"  # the numbers still agree; the budget fails
+
+
+def test_unknown_device_exits_2_listing_the_known_ones(edge_copy):
+    result = runner.invoke(app, ["parity", "--run", str(edge_copy), "--device", "z80"])
+    assert result.exit_code == EXIT_USAGE
+    assert "'z80'" in result.output and all(key in result.output for key in DEVICES)
+
+
+def test_without_tflite_micro_the_candidate_is_skipped_never_passed(edge_copy, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)  # what `import tflite_micro` meets when not installed
+    result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
+    tflm = result.report["candidates"]["tflm"]
+    assert tflm["verdict"] == SKIPPED and "tflite-micro is not importable" in tflm["skipped"]
+    assert result.exit_code == EXIT_OK and result.report["passed"]
+    manifest = load_manifest(edge_copy)
+    assert manifest.parity_verdict("tflm") == SKIPPED and not manifest.artifact("tflm").passed_parity
+    assert junit_cases(edge_copy)["parity.tflm/tflm_runtime"].find("skipped") is not None
+    # export measured the arena, so a RAM budget is still judged
+    assert tflm["microcontroller"]["arena"]["measured"]
+
+
+def _is_constant(interpreter, index: int) -> bool:
+    try:
+        interpreter.get_tensor(index)
+    except ValueError:  # tensors without data (activations) cannot be read before allocation
+        return False
+    return True
+
+
+def test_c_array_that_is_not_its_source_model_fails(edge_copy):
+    manifest = load_manifest(edge_copy)
+    artifact = manifest.artifact("tflm")
+    source = artifact.resolve(edge_copy)
+    model = bytearray(read_c_array(source))
+    # One weight of the largest constant tensor changes: the model still runs, but it is not its source any more.
+    interpreter = Interpreter(model_content=bytes(model))
+    weights = max((interpreter.get_tensor(detail["index"]) for detail in interpreter.get_tensor_details()
+                   if detail["name"] and _is_constant(interpreter, detail["index"])), key=lambda array: array.size)
+    offset = bytes(model).index(weights.tobytes()) + weights.nbytes // 2
+    model[offset] ^= 0x01
+    text = source.read_text()
+    head = text[:text.index("= {") + 3]
+    body = "".join(f"0x{byte:02x}," for byte in model)
+    source.write_text(head + "\n" + body + "\n" + text[text.index("};"):])
+    sha256, size = hash_artifact(source)
+    manifest.set_artifact("tflm", {**artifact.entry, "sha256": sha256, "bytes": size})
+    manifest.save(edge_copy)
+    result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
+    assert result.exit_code == EXIT_CHECK_FAILED
+    assert any(failure.startswith(f"tflm: {SOURCE_CHECK} — ") and "differ from model_int8.tflite" in failure
+               for failure in result.failures)
