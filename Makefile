@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/imported.py
 
 clean:
 	rm -rf $(RUN) .pytest_cache .ruff_cache

@@ -198,8 +198,10 @@ def check_install(wheel: Path, bundle: Path, workdir: Path) -> dict:
         workdir: a scratch directory (the venv is created in `workdir/venv`).
 
     Returns:
-        {"site_packages_mib" (du), "site_packages_apparent_mib", "packages", "python", "tensorflow_absent",
-        "bundle_verify", "freeze"} — freeze is the installed versions, kerasport excluded.
+        {"installed_mib" (du of site-packages after the install minus before it: what the install adds to the
+        image), "site_packages_mib" (du, with the venv's pip/setuptools), "site_packages_apparent_mib", "packages",
+        "python", "tensorflow_absent", "bundle_verify", "freeze"} — freeze: the installed versions, kerasport
+        excluded.
 
     Raises:
         ConversionError: the install, the bundle check or `kerasport serve --help` failed, or TensorFlow is there.
@@ -207,6 +209,9 @@ def check_install(wheel: Path, bundle: Path, workdir: Path) -> dict:
     env_dir = workdir / "venv"
     venv.create(env_dir, with_pip=True, system_site_packages=False, clear=True)
     python, script = env_dir / "bin" / "python", env_dir / "bin" / "kerasport"
+    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], "python",
+                     cwd=workdir).stdout.strip())
+    baseline, _ = disk_usage(site)  # the venv's own pip and setuptools, which the base image has too
     _run([str(python), "-m", "pip", "install", "-q", f"{wheel.resolve()}[serve]"], "pip install kerasport[serve]",
          cwd=workdir, timeout=900)
     verified = _run([str(script), "bundle", "verify", "--run", str(bundle.resolve())], "kerasport bundle verify",
@@ -216,15 +221,14 @@ def check_install(wheel: Path, bundle: Path, workdir: Path) -> dict:
         probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, cwd=workdir)
         if probe.returncode == 0:
             raise ConversionError(f"`import {module}` works in the kerasport[serve] install; expected a TF-free image")
-    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], "python",
-                cwd=workdir).stdout.strip()
     freeze = [line for line in _run([str(python), "-m", "pip", "freeze"], "pip freeze", cwd=workdir).stdout.splitlines()
               if line and not line.lower().startswith("kerasport")]
-    used, apparent = disk_usage(Path(site))
+    used, apparent = disk_usage(site)
     version = _run([str(python), "-c", "import platform; print(platform.python_version())"], "python", cwd=workdir)
-    return {"site_packages_mib": round(used / 2**20, 1), "site_packages_apparent_mib": round(apparent / 2**20, 1),
-            "packages": len(freeze) + 1, "python": version.stdout.strip(), "tensorflow_absent": True,
-            "bundle_verify": verified.stdout.strip(), "freeze": freeze}
+    return {"installed_mib": round((used - baseline) / 2**20, 1), "site_packages_mib": round(used / 2**20, 1),
+            "site_packages_apparent_mib": round(apparent / 2**20, 1), "packages": len(freeze) + 1,
+            "python": version.stdout.strip(), "tensorflow_absent": True,
+            "bundle_verify": verified.stdout.strip().replace(str(bundle.resolve()), BUNDLE_DIR), "freeze": freeze}
 
 
 def disk_usage(root: Path) -> tuple[int, int]:
@@ -297,9 +301,13 @@ def _container_notes(context: PackageContext, wheel: Path, bundle: dict, install
     else:
         lines += [f"Measured by installing `{wheel.name}[serve]` into a fresh virtual environment (Python "
                   f"{installed['python']}, {installed['packages']} packages, pinned in `{CONSTRAINTS}`) and running "
-                  f"`du` over its site-packages; `kerasport bundle verify` and `kerasport serve --help` ran there, "
-                  f"and `import tensorflow` / `import keras` failed, as they must.", "",
-                  "| site-packages (du) | apparent size | bundle | base image |", "|---|---|---|---|",
-                  f"| {installed['site_packages_mib']:.1f} MiB | {installed['site_packages_apparent_mib']:.1f} MiB | "
-                  f"{bundle['bytes'] / 2**20:.2f} MiB | not measured here (no Docker daemon) |"]
+                  f"`du` over its site-packages before and after; `kerasport bundle verify` and `kerasport serve "
+                  f"--help` ran there, and `import tensorflow` / `import keras` failed, as they must.", "",
+                  "| added by the install (du) | site-packages in all (du; apparent) | bundle | base image |",
+                  "|---|---|---|---|",
+                  f"| {installed['installed_mib']:.1f} MiB | {installed['site_packages_mib']:.1f} MiB; "
+                  f"{installed['site_packages_apparent_mib']:.1f} MiB | {bundle['bytes'] / 2**20:.2f} MiB | "
+                  f"not measured here (no Docker daemon) |", "",
+                  "The largest parts are onnxruntime and ai-edge-litert (LiteRT) and numpy; the installed size is "
+                  "what the image adds on top of the base image (whose own pip and setuptools are not counted)."]
     return "\n".join(lines)

@@ -10,6 +10,9 @@ period) before the lifespan closes the batcher — the drain SIGTERM needs. Whil
 and SIGTERM itself; afterwards it restores the handlers that were installed before it started and re-raises the
 signal it caught, so the handler installed here decides what the process does then: after a SIGTERM drain,
 return normally (exit 0). SIGINT keeps Python's default, KeyboardInterrupt, which the CLI reports as exit 130.
+
+With `--workers N` > 1 the bundle is checked here, then `workers.py` supervises N worker processes on the same
+socket; the ready line comes once every worker serves, and names their pids.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import signal
 import socket
 import sys
 import time
+import warnings
 
-from kerasport.errors import UsageError
+from kerasport.errors import CheckFailed, UsageError
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
 BACKLOG = 2048
@@ -56,10 +60,17 @@ def url_of(sock: socket.socket) -> str:
 
 
 def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, threads, api_key, max_body_bytes,
-          allow_unverified, access_log) -> None:
+          allow_unverified, access_log, workers: int = 1, max_image_pixels: int | None = None) -> None:
+    """Bind, load, serve until SIGTERM (exit 0 after draining). Arguments are `kerasport serve`'s options."""
     started = time.perf_counter()
     sock = bind_listening_socket(host, port)
     with contextlib.closing(sock):
+        _quiet_pillow()
+        if workers > 1:
+            return _serve_workers(sock, started, run=run, variant=variant, model_name=model_name,
+                                  max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, api_key=api_key,
+                                  max_body_bytes=max_body_bytes, allow_unverified=allow_unverified,
+                                  access_log=access_log, workers=workers, max_image_pixels=max_image_pixels)
         import uvicorn
 
         from .app import create_app
@@ -68,8 +79,8 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
         model = load_served_model(run, variant=variant, model_name=model_name, threads=threads,
                                   allow_unverified=allow_unverified)
         app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, api_key=api_key,
-                         max_body_bytes=max_body_bytes)
-        _configure_access_log(access_log)
+                         max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
+        configure_logs(access_log)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="auto", http="auto",
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
         server = uvicorn.Server(config)
@@ -93,6 +104,46 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
             signal.signal(signal.SIGTERM, previous)
 
 
+def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_name, threads, workers,
+                   **settings) -> None:
+    from kerasport.manifest import load_manifest, require_verified, verify_bundle
+
+    from .model import choose_variant
+    from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
+
+    # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
+    manifest = load_manifest(run)
+    chosen = choose_variant(manifest, variant, settings["allow_unverified"])
+    artifact = require_verified(manifest, chosen, allow_unverified=settings["allow_unverified"])
+    try:
+        verify_bundle(run, [chosen])
+    except CheckFailed as error:  # an altered artifact is the user's to fix (exit 2), as when one process loads
+        raise UsageError(str(error)) from error
+    configure_logs(settings["access_log"])
+    log_to_stderr()
+    per_worker = threads_per_worker(workers, threads)
+
+    def announce(pids: list[int]) -> None:
+        print(json.dumps({"event": "ready", "url": url_of(sock), "model": model_name or manifest.name,
+                          "variant": chosen, "runtime": artifact.runtime or artifact.format, "workers": workers,
+                          "threads_per_worker": per_worker, "pids": pids,
+                          "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
+
+    serve_workers(sock, WorkerSettings(run=str(run), variant=chosen, model_name=model_name, threads=per_worker,
+                                       workers=workers, **settings),
+                  announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
+
+
+def _quiet_pillow() -> None:
+    # Pictures over the pixel limit are refused from their header with a 413 naming their size; Pillow's own
+    # warning for the larger of them would only add noise to the server's log.
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 async def _serve_and_announce(server, sock: socket.socket, announce) -> None:
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not (server.started or serving.done()):
@@ -102,10 +153,13 @@ async def _serve_and_announce(server, sock: socket.socket, announce) -> None:
     await serving
 
 
-def _configure_access_log(enabled: bool) -> None:
+def configure_logs(access_log: bool) -> None:
+    """JSON lines on stderr: the access log (when enabled) and unexpected errors with their request id."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    access = logging.getLogger("kerasport.access")
-    access.handlers[:] = [handler]
-    access.setLevel(logging.INFO if enabled else logging.WARNING)
-    access.propagate = False
+    for name, level in (("kerasport.access", logging.INFO if access_log else logging.WARNING),
+                        ("kerasport.error", logging.ERROR)):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False

@@ -97,11 +97,19 @@ def _kind_text(array: np.ndarray) -> str:
     return {"f": "non-integer numbers", "b": "true/false values"}.get(array.dtype.kind, f"{array.dtype} values")
 
 
+# Larger dimensions (and more of them) than any array numpy can hold are refused outright.
+MAX_DIMENSION = 2**31 - 1
+MAX_RANK = 32
+
+
 def check_shape(shape: object, where: str) -> list[int]:
-    """A client-declared tensor shape (V2 `shape`): a list of non-negative integers."""
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise BadRequest(f"{where}: shape {shape!r}; expected a list of non-negative integers")
+    """A client-declared tensor shape (V2 `shape`): a list of non-negative integers numpy can hold."""
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIMENSION for d in shape)):
+        text = repr(shape)
+        text = text if len(text) <= 80 else text[:80] + "..."
+        raise BadRequest(f"{where}: shape {text}; expected a list of at most {MAX_RANK} integers in "
+                         f"0..{MAX_DIMENSION}")
     return shape
 
 
@@ -179,9 +187,16 @@ def check_names(given: Mapping[str, object], contract: ModelContract, where: str
 
 
 def check_batch(inputs: Mapping[str, np.ndarray]) -> None:
+    """Every input holds the same number of examples, at least one.
+
+    Raises:
+        BadRequest: batch sizes that differ, or an empty batch.
+    """
     sizes = {name: len(array) for name, array in inputs.items()}
     if len(set(sizes.values())) > 1:
         raise BadRequest(f"inputs have batch sizes {sizes}; expected the same number of examples for every input")
+    if sizes and not any(sizes.values()):
+        raise BadRequest("the batch holds 0 examples; expected at least one")
 
 
 def top_k(row: np.ndarray, spec: OutputSpec, k: int) -> list[dict]:

@@ -16,17 +16,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import ServerProcess, trained_bundle
 from typer.testing import CliRunner
 
-from helpers import ServerProcess, trained_bundle
 from kerasport.app.cli import app
 from kerasport.contract import DYNAMIC, InputSpec, ModelContract, OutputSpec, image_input_spec
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_RUNTIME, EXIT_USAGE
-from kerasport.fsutil import sha256_file
-from kerasport.manifest import load_manifest
 from kerasport.export import package_container, package_kserve, package_triton
 from kerasport.export.package import DEFAULT_MAX_BATCH, DEPLOY_NAME
 from kerasport.export.package_rss import memory_request_mib, read_status_mib, warmup_body
+from kerasport.fsutil import sha256_file
+from kerasport.manifest import load_manifest
 
 runner = CliRunner()
 ONNX_VARIANTS = ("onnx-fp32", "onnx-int8")
@@ -370,12 +370,12 @@ def test_container_check_install_measures_a_tf_free_serve_install_and_pins_it(bu
     assert result.exit_code == 0, result.output
     installed = load_manifest(bundle).stage("package")["container"]["installed"]
     assert installed["tensorflow_absent"] and installed["bundle_verify"].startswith("ok:")
-    assert 50 < installed["site_packages_mib"] < 2000
+    assert 50 < installed["installed_mib"] < installed["site_packages_mib"] < 2000
     pins = (out / package_container.CONSTRAINTS).read_text().split()
     assert any(pin.startswith("onnxruntime==") for pin in pins)
     assert not any(pin.lower().startswith(("tensorflow", "keras==")) for pin in pins)
     assert f"-c /tmp/{package_container.CONSTRAINTS}" in (out / "Dockerfile").read_text()
-    assert f"{installed['site_packages_mib']:.1f} MiB" in (out / DEPLOY_NAME).read_text()
+    assert f"{installed['installed_mib']:.1f} MiB" in (out / DEPLOY_NAME).read_text()
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
