@@ -157,3 +157,24 @@ def random_garbage(rng: random.Random, model: str) -> Hostile:
     kind = rng.choice(["application/json", "image/png", "application/octet-stream", "text/plain",
                        "multipart/form-data; boundary=zz"])
     return Hostile("random bytes", "POST", path, rng.randbytes(rng.randint(0, 4096)), {"Content-Type": kind})
+
+
+def send(url: str, case: Hostile, timeout: float = 30.0) -> tuple[int, bytes]:
+    """Send one request exactly as given (http.client does not police lying headers the way httpx does)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        headers = dict(case.headers)
+        connection.putrequest(case.method, case.path, skip_accept_encoding=True)
+        if not any(name.lower() == "content-length" for name in headers):
+            headers["Content-Length"] = str(len(case.body))
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(case.body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

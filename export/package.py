@@ -34,6 +34,8 @@ NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 48
 DEFAULT_MAX_BATCH = 8
 PARITY_PASSED = ("pass", "reference")
+# The targets' names, for --help without importing their modules; `targets()` lists the same, in this order.
+TARGET_NAMES = ("triton", "tfserving", "kserve", "container")
 
 
 @dataclass

@@ -8,9 +8,9 @@ import typer
 
 from kerasport.cli_support import console, user_errors
 
-from .package import DEFAULT_MAX_BATCH, PackageOptions, package_bundle, targets
+from .package import DEFAULT_MAX_BATCH, TARGET_NAMES, PackageOptions, package_bundle
 
-TARGETS_HELP = " | ".join(targets())
+TARGETS_HELP = " | ".join(TARGET_NAMES)
 
 
 @user_errors

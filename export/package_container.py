@@ -200,8 +200,8 @@ def check_install(wheel: Path, bundle: Path, workdir: Path) -> dict:
     Returns:
         {"installed_mib" (du of site-packages after the install minus before it: what the install adds to the
         image), "site_packages_mib" (du, with the venv's pip/setuptools), "site_packages_apparent_mib", "packages",
-        "python", "tensorflow_absent", "bundle_verify", "freeze"} — freeze: the installed versions, kerasport
-        excluded.
+        "largest_mib" (the four largest folders), "python", "tensorflow_absent", "bundle_verify", "freeze"};
+        freeze: the installed versions, kerasport excluded.
 
     Raises:
         ConversionError: the install, the bundle check or `kerasport serve --help` failed, or TensorFlow is there.
@@ -224,10 +224,13 @@ def check_install(wheel: Path, bundle: Path, workdir: Path) -> dict:
     freeze = [line for line in _run([str(python), "-m", "pip", "freeze"], "pip freeze", cwd=workdir).stdout.splitlines()
               if line and not line.lower().startswith("kerasport")]
     used, apparent = disk_usage(site)
+    parts = {path.name: disk_usage(path)[0] for path in site.iterdir() if path.is_dir() and
+             not path.name.endswith((".dist-info", "__pycache__"))}
+    largest = {name: round(size / 2**20, 1) for name, size in sorted(parts.items(), key=lambda kv: -kv[1])[:4]}
     version = _run([str(python), "-c", "import platform; print(platform.python_version())"], "python", cwd=workdir)
     return {"installed_mib": round((used - baseline) / 2**20, 1), "site_packages_mib": round(used / 2**20, 1),
             "site_packages_apparent_mib": round(apparent / 2**20, 1), "packages": len(freeze) + 1,
-            "python": version.stdout.strip(), "tensorflow_absent": True,
+            "largest_mib": largest, "python": version.stdout.strip(), "tensorflow_absent": True,
             "bundle_verify": verified.stdout.strip().replace(str(bundle.resolve()), BUNDLE_DIR), "freeze": freeze}
 
 
@@ -308,6 +311,8 @@ def _container_notes(context: PackageContext, wheel: Path, bundle: dict, install
                   f"| {installed['installed_mib']:.1f} MiB | {installed['site_packages_mib']:.1f} MiB; "
                   f"{installed['site_packages_apparent_mib']:.1f} MiB | {bundle['bytes'] / 2**20:.2f} MiB | "
                   f"not measured here (no Docker daemon) |", "",
-                  "The largest parts are onnxruntime and ai-edge-litert (LiteRT) and numpy; the installed size is "
-                  "what the image adds on top of the base image (whose own pip and setuptools are not counted)."]
+                  "Largest folders: " + ", ".join(f"{name} {size:.0f} MiB" for name, size in
+                                                  installed["largest_mib"].items())
+                  + ". The installed size is what the image adds on top of the base image (whose own pip and "
+                    "setuptools are not counted)."]
     return "\n".join(lines)

@@ -39,8 +39,8 @@ TFLM_OPS = frozenset({
     "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNPACK", "VAR_HANDLE", "WHILE", "ZEROS_LIKE",
 })
 
-# Flash sizes of the device table (kerasport.devices), by device name.
-DEVICE_FLASH = {part.name: part.flash_bytes for part in DEVICES.values()}
+# Flash sizes of the device table (kerasport.devices), by device key.
+DEVICE_FLASH = {key: part.flash_bytes for key, part in DEVICES.items()}
 
 ARRAY_NAME = "g_kerasport_model"
 ARENA_MACRO = "KERASPORT_MODEL_ARENA_BYTES"
@@ -170,4 +170,4 @@ def tflm_details(int8_path: Path, ops: list[str], inputs: int) -> dict:
     return {"ops": ops, "unsupported_ops": unsupported, "all_ops_supported": not unsupported,
             "model_bytes": len(model), "flash_bytes": len(model), "arena": arena, "macs": count_macs(int8_path),
             "op_resolver": {"size": len(calls), "calls": calls},
-            "fits_flash": {part["name"]: part["flash"] for part in fit.values()}, "fit": fit}
+            "fits_flash": {key: part["flash"] for key, part in fit.items()}, "fit": fit}

@@ -42,11 +42,16 @@ class Samples:
         return {name: array[start:stop] for name, array in self.inputs.items()}
 
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for name in sorted(self.inputs):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(self.inputs[name]).tobytes())
-        return digest.hexdigest()
+        return inputs_sha256(self.inputs)
+
+
+def inputs_sha256(inputs: dict[str, np.ndarray]) -> str:
+    """One hash of named arrays (names and bytes, in name order): pins the exact inputs a report was made on."""
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(inputs[name]).tobytes())
+    return digest.hexdigest()
 
 
 def save_samples(path: Path, samples: Samples) -> None:

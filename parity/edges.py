@@ -15,13 +15,13 @@ range; other dynamic dimensions than the batch become `DYNAMIC_SIZE`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from kerasport.contract import InputSpec, ModelContract
+from kerasport.samples import inputs_sha256
 
 EDGE_SEED = 0
 EDGE_EXAMPLES = 64
@@ -55,11 +55,7 @@ class GeneratedInputs:
         return len(next(iter(self.inputs.values())))
 
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for name in sorted(self.inputs):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(self.inputs[name]).tobytes())
-        return digest.hexdigest()
+        return inputs_sha256(self.inputs)
 
     def describe(self) -> dict:
         return {name: {"kinds": self.kinds[name], "range": self.ranges[name].to_dict()} for name in self.inputs}

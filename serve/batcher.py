@@ -93,11 +93,13 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Request] | None = None
         self._held: _Request | None = None
         self._task: asyncio.Task | None = None
-        # One worker: a LiteRT interpreter must never be invoked concurrently, and one batched call uses the
-        # runtime's own intra-op threads better than several competing calls.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasport-infer")
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        # One worker: a LiteRT interpreter must never be invoked concurrently, and one batched call uses the
+        # runtime's own intra-op threads better than several competing calls. Made per start, so an app's
+        # lifespan can run again after a shutdown.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasport-infer")
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="kerasport-batcher")
 
@@ -106,7 +108,8 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def submit(self, inputs: Arrays, timing: Timing | None = None) -> dict[str, np.ndarray]:
         """Infer one request's named inputs (all with the same batch size); returns its rows of every output.

@@ -23,7 +23,7 @@ from kerasport.app.cli import app
 from kerasport.contract import DYNAMIC, InputSpec, ModelContract, OutputSpec, image_input_spec
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_RUNTIME, EXIT_USAGE
 from kerasport.export import package_container, package_kserve, package_triton
-from kerasport.export.package import DEFAULT_MAX_BATCH, DEPLOY_NAME
+from kerasport.export.package import DEFAULT_MAX_BATCH, DEPLOY_NAME, TARGET_NAMES, targets
 from kerasport.export.package_rss import memory_request_mib, read_status_mib, warmup_body
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import load_manifest
@@ -380,7 +380,9 @@ def test_container_check_install_measures_a_tf_free_serve_install_and_pins_it(bu
 
 # --- errors -----------------------------------------------------------------------------------------------------
 def test_unknown_target_missing_bundle_and_bad_names_exit_2_with_one_line(bundle, tmp_path):
-    assert_one_line_error(package(bundle, "sagemaker", tmp_path / "o"), EXIT_USAGE, "sagemaker", "triton")
+    assert tuple(targets()) == TARGET_NAMES
+    assert_one_line_error(package(bundle, "sagemaker", tmp_path / "o"), EXIT_USAGE, "sagemaker", *TARGET_NAMES)
+    assert_one_line_error(package(bundle, "", tmp_path / "o"), EXIT_USAGE, "no --target")
     assert_one_line_error(package(tmp_path / "nothing", "triton", tmp_path / "o"), EXIT_USAGE, "no bundle")
     assert_one_line_error(package(bundle, "triton", tmp_path / "o", "--version", "v2"), EXIT_USAGE, "--version")
     assert_one_line_error(package(bundle, "triton", tmp_path / "o", "--model-name", "My_Model"), EXIT_USAGE,
@@ -415,7 +417,8 @@ def test_package_help_runs_without_tensorflow():
     script = "\n".join(["import sys", "from kerasport.app.cli import app",
                         "sys.argv = ['kerasport', 'package', '--help']",
                         "try:", "    app()", "except SystemExit:", "    pass",
-                        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"])
+                        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'",
+                        "assert 'kerasport.export.package_container' not in sys.modules, 'targets were imported'"])
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            cwd=Path(sys.executable).anchor, timeout=120)
     assert shown.returncode == 0 and "--target" in shown.stdout, shown.stderr[-2000:]
