@@ -158,6 +158,7 @@ def _rewrite_fingerprint(path: Path) -> None:
 
     fingerprint = fingerprint_pb2.FingerprintDef()
     fingerprint.ParseFromString(fingerprinting.CreateFingerprintDef(str(path)))
-    fingerprint.uuid = str(int.from_bytes(hashlib.sha256(fingerprint.SerializeToString(deterministic=True)
-                                                          .replace(fingerprint.uuid.encode(), b"")).digest()[:16]))
+    fingerprint.ClearField("uuid")
+    content = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(content[:16]))  # a 128-bit number, as TensorFlow's random one
     (path / "fingerprint.pb").write_bytes(fingerprint.SerializeToString(deterministic=True))
