@@ -1,12 +1,24 @@
 """Serving benchmark: the real `kerasport serve` driven from a separate load process over loopback keep-alive
-connections, side by side with the same runtime called in-process and with Keras `model.predict` behind a minimal
-HTTP handler — all in one run.
+connections, side by side with the same runtime called in-process — all in one run.
 
-    python bench/serve.py [--run build] [--variants onnx-fp32,tflite-fp32,tflite-int8] [--requests 400]
-                          [--seconds 4] [--rounds 2] [--json out.json]
+    python bench/serve.py [--run build] [--variants onnx-fp32,tflite-fp32,tflite-int8]
+                          [--scale-variants onnx-fp32,onnx-int8] [--sections basic,sweep,workers,health]
+                          [--requests 400] [--seconds 4] [--rounds 2] [--json out.json]
 
---run must hold a bundle that passed parity (e.g. after `make all`). Without it, one is built (seed arch,
-1 epoch: accuracy is irrelevant to timing).
+Sections:
+- basic: per variant, latency at 1 client and throughput at 32 (JSON and binary tensors) against the runtime
+  in-process, and Keras `model.predict` behind a minimal HTTP handler.
+- sweep: the runtime in-process at batch 32 in P processes x T threads (P x T <= cores): the best configuration
+  is the bar the server is held to.
+- workers: `kerasport serve --workers N` (threads split so N x T ~ cores) at 32 and 64 clients, JSON and binary,
+  as a ratio of the best in-process configuration; RSS of the supervisor and of each worker.
+- health: `/v2/health/live` latency from a separate prober while 8 clients send the largest allowed bodies.
+
+On a small machine the load generator shares the server's cores, so the ratios there understate the server; on
+a bigger one, run the whole benchmark under `taskset` on half the cores and nothing else there (the server's
+cores are its CPU affinity; the load processes inherit it too, so give them their own cores by hand if needed).
+--run must hold a bundle that passed parity; without it one is built (seed arch on digits, 1 epoch: accuracy is
+irrelevant to timing).
 """
 
 from __future__ import annotations
@@ -29,7 +41,10 @@ sys.path.insert(0, str(ROOT))  # for devtools/, shared with the tests
 
 import numpy as np  # noqa: E402
 
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
 # --- the load generator (runs in its own process) -----------------------------------------------------------
+
 
 async def _request(reader, writer, payload: bytes) -> None:
     writer.write(payload)
@@ -45,13 +60,21 @@ async def _request(reader, writer, payload: bytes) -> None:
         raise RuntimeError(f"HTTP {status.decode()}: {header[:200]!r}")
 
 
-async def _load(host: str, port: int, payload: bytes, concurrency: int, requests: int, seconds: float) -> dict:
+def _summary(latencies: list[float], elapsed: float) -> dict:
+    ordered = sorted(latencies) or [float("nan")]
+    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
+            "p50_ms": ordered[len(ordered) // 2] * 1e3, "p99_ms": ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1e3,
+            "max_ms": ordered[-1] * 1e3}
+
+
+async def _load(host: str, port: int, payload: bytes, concurrency: int, requests: int, seconds: float,
+                pause: float = 0.0) -> dict:
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds if seconds else None
 
     async def client(count: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        for _ in range(3):  # warm the connection and the server's caches
+        reader, writer = await asyncio.open_connection(host, port, limit=2**24)
+        for _ in range(1 if pause else 3):  # warm the connection and the server's caches
             await _request(reader, writer, payload)
         done = 0
         while (deadline is None and done < count) or (deadline is not None and time.perf_counter() < deadline):
@@ -59,38 +82,163 @@ async def _load(host: str, port: int, payload: bytes, concurrency: int, requests
             await _request(reader, writer, payload)
             latencies.append(time.perf_counter() - started)
             done += 1
+            if pause:
+                await asyncio.sleep(pause)
         writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*[client(requests // concurrency) for _ in range(concurrency)])
-    elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
-            "p50_ms": ordered[len(ordered) // 2] * 1e3, "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1e3}
+    return _summary(latencies, time.perf_counter() - started)
 
 
 def load_worker(arguments: list[str]) -> None:
     spec = json.loads(arguments[0])
-    body = Path(spec["body_file"]).read_bytes()
+    body = Path(spec["body_file"]).read_bytes() if spec.get("body_file") else b""
     extra = "".join(f"{name}: {value}\r\n" for name, value in spec.get("headers", {}).items())
-    payload = (f"POST {spec['path']} HTTP/1.1\r\nHost: {spec['host']}\r\nContent-Type: application/json\r\n"
+    method = "POST" if body else "GET"
+    payload = (f"{method} {spec['path']} HTTP/1.1\r\nHost: {spec['host']}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n{extra}\r\n").encode() + body
     result = asyncio.run(_load(spec["host"], spec["port"], payload, spec["concurrency"], spec["requests"],
-                               spec["seconds"]))
+                               spec["seconds"], spec.get("pause", 0.0)))
     print(json.dumps(result))
 
 
-def drive(url: str, path: str, body_file: Path, concurrency: int, requests: int = 0, seconds: float = 0,
-          headers: dict | None = None) -> dict:
+def _load_command(url: str, path: str, body_file: Path | None, concurrency: int, requests: int = 0,
+                  seconds: float = 0, headers: dict | None = None, pause: float = 0.0) -> list[str]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    spec = {"host": host, "port": int(port), "path": path, "body_file": str(body_file), "concurrency": concurrency,
-            "requests": requests, "seconds": seconds, "headers": headers or {}}
-    output = subprocess.run([sys.executable, __file__, "--load-worker", json.dumps(spec)], capture_output=True,
-                            text=True, check=True)
+    spec = {"host": host, "port": int(port), "path": path, "body_file": str(body_file) if body_file else None,
+            "concurrency": concurrency, "requests": requests, "seconds": seconds, "headers": headers or {},
+            "pause": pause}
+    return [sys.executable, __file__, "--load-worker", json.dumps(spec)]
+
+
+def drive(url: str, path: str, body_file: Path | None, concurrency: int, requests: int = 0, seconds: float = 0,
+          headers: dict | None = None) -> dict:
+    output = subprocess.run(_load_command(url, path, body_file, concurrency, requests, seconds, headers),
+                            capture_output=True, text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+# --- in-process runtime: one process, and the processes x threads sweep -------------------------------------
+
+
+def _open(run: Path, variant: str, threads: int = 0):
+    from kerasport.manifest import load_manifest
+    from kerasport.runtimes import RuntimeSettings, open_runtime
+
+    artifact = load_manifest(run).artifact(variant)
+    return open_runtime(artifact.resolve(run), artifact.format, RuntimeSettings(threads=threads))
+
+
+def in_process(run: Path, variant: str, name: str, image: np.ndarray, batch32: np.ndarray, repeats: int) -> dict:
+    runtime = _open(run, variant)
+    for _ in range(20):
+        runtime.run({name: image})
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runtime.run({name: image})
+        samples.append(time.perf_counter() - started)
+    for _ in range(5):
+        runtime.run({name: batch32})
+    rounds = max(20, repeats // 8)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        runtime.run({name: batch32})
+    return {"p50_ms": statistics.median(samples) * 1e3,
+            "batch32_images_per_second": 32 * rounds / (time.perf_counter() - started)}
+
+
+def sweep_worker(arguments: list[str]) -> None:
+    """One process of the sweep: warm up, then run batch 32 from start_at to end_at; print the images done."""
+    spec = json.loads(arguments[0])
+    runtime = _open(Path(spec["run"]), spec["variant"], spec["threads"])
+    batch = {spec["input"]: np.load(spec["batch_file"])}
+    for _ in range(3):
+        runtime.run(batch)
+    while time.time() < spec["start_at"]:
+        time.sleep(0.001)
+    done = 0
+    while time.time() < spec["end_at"]:
+        runtime.run(batch)
+        done += len(batch[spec["input"]])
+    print(json.dumps({"images": done}))
+
+
+def sweep(run: Path, variant: str, name: str, batch_file: Path, seconds: float, cores: int) -> list[dict]:
+    configurations = [(p, t) for p in range(1, cores + 1) for t in range(1, cores + 1) if p * t <= cores
+                      and (p * t == cores or (p == 1 and t == 1))]
+    results = []
+    for processes, threads in configurations:
+        start_at = time.time() + 6.0  # every process loaded and warm before the clock starts
+        spec = {"run": str(run), "variant": variant, "threads": threads, "input": name,
+                "batch_file": str(batch_file), "start_at": start_at, "end_at": start_at + seconds}
+        children = [subprocess.Popen([sys.executable, __file__, "--sweep-worker", json.dumps(spec)],
+                                     stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+        images = sum(json.loads(child.communicate()[0].strip().splitlines()[-1])["images"] for child in children)
+        results.append({"processes": processes, "threads": threads, "images_per_second": images / seconds})
+    return results
+
+
+# --- orchestration helpers ----------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+class Bodies:
+    """The request bodies every section sends, written once to files the load processes read."""
+
+    def __init__(self, scratch: Path, name: str, sample: np.ndarray):
+        image = sample[:1].astype(np.float32)
+        self.name = name
+        self.image, self.batch32 = image, np.resize(sample, (32, *sample.shape[1:])).astype(np.float32)
+        self.json = scratch / "one_image.json"
+        self.json.write_bytes(json.dumps({"inputs": [{"name": name, "shape": list(image.shape), "datatype": "FP32",
+                                                      "data": image.ravel().tolist()}]}).encode())
+        header = json.dumps({"inputs": [{"name": name, "shape": list(image.shape), "datatype": "FP32",
+                                         "parameters": {"binary_data_size": image.nbytes}}],
+                             "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+        self.binary = scratch / "one_image.bin"
+        self.binary.write_bytes(header + image.astype("<f4").tobytes())
+        self.binary_headers = {"Inference-Header-Content-Length": str(len(header))}
+        self.batch_file = scratch / "batch32.npy"
+        np.save(self.batch_file, self.batch32)
+        self.largest = scratch / "largest.json"
+        self.largest_images = self._largest(sample)
+
+    def _largest(self, sample: np.ndarray) -> int:
+        """The largest V2 JSON body under the default limit: integer pixels, as many images as fit."""
+        per_image = len(json.dumps(sample[:1].astype(np.uint8).ravel().tolist())) + 1
+        count = (MAX_BODY_BYTES - 200) // per_image
+        images = np.resize(sample, (count, *sample.shape[1:])).astype(np.uint8)
+        body = json.dumps({"inputs": [{"name": self.name, "shape": list(images.shape), "datatype": "FP32",
+                                       "data": images.ravel().tolist()}]}).encode()
+        while len(body) > MAX_BODY_BYTES:
+            count -= 16
+            images = images[:count]
+            body = json.dumps({"inputs": [{"name": self.name, "shape": list(images.shape), "datatype": "FP32",
+                                           "data": images.ravel().tolist()}]}).encode()
+        self.largest.write_bytes(body)
+        return count
+
+
 # --- the Keras baseline: model.predict behind a minimal HTTP handler (its own process) ----------------------
+
 
 def keras_server(arguments: list[str]) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,7 +246,6 @@ def keras_server(arguments: list[str]) -> None:
     import keras
 
     model = keras.saving.load_model(arguments[0])
-    model.predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -124,126 +271,49 @@ def keras_server(arguments: list[str]) -> None:
     server.serve_forever()
 
 
-# --- orchestration ----------------------------------------------------------------------------------------
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+# --- sections -------------------------------------------------------------------------------------------------
 
 
-def in_process(run: Path, variant: str, image: np.ndarray, batch32: np.ndarray, repeats: int) -> dict:
-    from kerasport.manifest import load_manifest
-    from kerasport.runtimes import open_runtime
-
-    entry = load_manifest(run)["artifacts"][variant]
-    runtime = open_runtime(run / entry["path"], entry["format"])
-    for _ in range(20):
-        runtime.run(image)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        runtime.run(image)
-        samples.append(time.perf_counter() - started)
-    for _ in range(5):
-        runtime.run(batch32)
-    started = time.perf_counter()
-    rounds = max(20, repeats // 8)
-    for _ in range(rounds):
-        runtime.run(batch32)
-    batch_seconds = (time.perf_counter() - started) / rounds
-    return {"p50_ms": statistics.median(samples) * 1e3, "batch32_images_per_second": 32 / batch_seconds}
-
-
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--load-worker":
-        return load_worker(sys.argv[2:])
-    if len(sys.argv) > 1 and sys.argv[1] == "--keras-server":
-        return keras_server(sys.argv[2:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run")
-    parser.add_argument("--variants", default="onnx-fp32,tflite-fp32,tflite-int8")
-    parser.add_argument("--requests", type=int, default=400, help="sequential requests at concurrency 1")
-    parser.add_argument("--seconds", type=float, default=4.0, help="duration of the 32-client throughput run")
-    parser.add_argument("--rounds", type=int, default=2, help="repeat each measurement, keep the best")
-    parser.add_argument("--json", dest="json_path")
-    args = parser.parse_args()
-
+def basic_section(run: Path, variants: list[str], bodies: Bodies, path: str, args) -> dict:
     from devtools.serving import ServerProcess
 
-    scratch = Path(tempfile.mkdtemp(prefix="kerasport-bench-serve-"))
-    run = Path(args.run) if args.run else scratch / "run"
-    if not args.run:
-        from kerasport.export.stage import ExportOptions, export_bundle
-        from kerasport.parity.stage import ParityOptions, run_parity
-        from kerasport.train.config import TrainConfig
-        from kerasport.train.fit import train
-
-        train(TrainConfig(epochs=1, run=str(run)))
-        export_bundle(ExportOptions(run=str(run), formats=args.variants.split(",")))
-        run_parity(ParityOptions(run=str(run), sweep=False))
-
-    sample = np.load(run / "train" / "eval_sample.npz")["x"].astype(np.float32)
-    image, batch32 = sample[:1], np.resize(sample, (32, 28, 28, 1)).astype(np.float32)
-    body_file = scratch / "one_image.json"
-    body_file.write_bytes(json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
-                                                  "data": image.ravel().tolist()}]}).encode())
-    # The same request under the binary tensor data extension, as tritonclient sends it by default.
-    binary_file = scratch / "one_image.bin"
-    binary_header = json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
-                                            "parameters": {"binary_data_size": image.nbytes}}],
-                                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
-    binary_file.write_bytes(binary_header + image.astype("<f4").tobytes())
-    binary_headers = {"Inference-Header-Content-Length": str(len(binary_header))}
-    from kerasport.manifest import load_manifest
-
-    model_name = load_manifest(run)["model"]["name"]
-    path = f"/v2/models/{model_name}/infer"
-
-    results: dict = {}
-    for variant in args.variants.split(","):
+    results = {}
+    binary = {"headers": bodies.binary_headers}
+    for variant in variants:
         launched = time.perf_counter()
         server = ServerProcess(run, "--variant", variant, "--no-access-log")
         ready_seconds = time.perf_counter() - launched
         try:
             # best of `--rounds` for each figure: this VM's neighbours add noise, never speed
-            single = min((drive(server.url, path, body_file, concurrency=1, requests=args.requests)
+            single = min((drive(server.url, path, bodies.json, 1, requests=args.requests)
                           for _ in range(args.rounds)), key=lambda r: r["p50_ms"])
-            crowd = max((drive(server.url, path, body_file, concurrency=32, seconds=args.seconds)
+            crowd = max((drive(server.url, path, bodies.json, 32, seconds=args.seconds)
                          for _ in range(args.rounds)), key=lambda r: r["rps"])
-            single_binary = min((drive(server.url, path, binary_file, concurrency=1, requests=args.requests,
-                                       headers=binary_headers) for _ in range(args.rounds)),
-                                key=lambda r: r["p50_ms"])
-            crowd_binary = max((drive(server.url, path, binary_file, concurrency=32, seconds=args.seconds,
-                                      headers=binary_headers) for _ in range(args.rounds)), key=lambda r: r["rps"])
+            single_binary = min((drive(server.url, path, bodies.binary, 1, requests=args.requests, **binary)
+                                 for _ in range(args.rounds)), key=lambda r: r["p50_ms"])
+            crowd_binary = max((drive(server.url, path, bodies.binary, 32, seconds=args.seconds, **binary)
+                                for _ in range(args.rounds)), key=lambda r: r["rps"])
             rss = rss_mb(server.pid)
         finally:
             server.stop()
-        local = min((in_process(run, variant, image, batch32, args.requests) for _ in range(args.rounds)),
-                    key=lambda r: r["p50_ms"])
-        local["batch32_images_per_second"] = max(local["batch32_images_per_second"],
-                                                 in_process(run, variant, image, batch32, args.requests)[
-                                                     "batch32_images_per_second"])
-        results[variant] = {"ready_seconds": ready_seconds, "server_reported_ready_seconds":
-                            server.ready["ready_seconds"], "rss_mb": rss, "c1": single, "c32": crowd,
-                            "in_process": local,
-                            "added_latency_ms": single["p50_ms"] - local["p50_ms"],
-                            "throughput_ratio": crowd["rps"] / local["batch32_images_per_second"],
+        local = min((in_process(run, variant, bodies.name, bodies.image, bodies.batch32, args.requests)
+                     for _ in range(args.rounds)), key=lambda r: r["p50_ms"])
+        b32 = local["batch32_images_per_second"]
+        results[variant] = {"ready_seconds": ready_seconds, "rss_mb": rss, "c1": single, "c32": crowd,
+                            "in_process": local, "added_latency_ms": single["p50_ms"] - local["p50_ms"],
+                            "throughput_ratio": crowd["rps"] / b32,
                             "binary": {"c1": single_binary, "c32": crowd_binary,
                                        "added_latency_ms": single_binary["p50_ms"] - local["p50_ms"],
-                                       "throughput_ratio": crowd_binary["rps"] / local["batch32_images_per_second"]}}
-
+                                       "throughput_ratio": crowd_binary["rps"] / b32}}
     keras_process = subprocess.Popen([sys.executable, __file__, "--keras-server", str(run / "train" / "model.keras")],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         keras_url = json.loads(keras_process.stdout.readline())["url"]
-        keras_c1 = drive(keras_url, path, body_file, concurrency=1, requests=max(50, args.requests // 4))
+        keras_c1 = drive(keras_url, path, bodies.json, 1, requests=max(50, args.requests // 4))
         keras_rss = rss_mb(keras_process.pid)
     finally:
         keras_process.terminate()
         keras_process.wait()
-
     print(f"\n== kerasport serve vs in-process runtime vs Keras predict behind http.server ({run})")
     print(f"{'variant':<13}{'ready s':>8}{'RSS MB':>8}{'c1 p50 ms':>11}{'c1 p99 ms':>11}{'in-proc ms':>11}"
           f"{'added ms':>10}{'c32 img/s':>11}{'b32 img/s':>11}{'ratio':>7}{'vs keras':>10}")
@@ -259,11 +329,150 @@ def main() -> None:
         b = r["binary"]
         print(f"{variant:<13}{b['c1']['p50_ms']:>11.3f}{b['c1']['p99_ms']:>11.3f}{b['added_latency_ms']:>10.3f}"
               f"{b['c32']['rps']:>11.0f}{b['throughput_ratio']:>7.2f}")
-    print("targets: added ms <= 1; c32/b32 ratio >= 0.8; onnx-fp32 RSS <= 150 MB, ready <= 1.5 s, "
-          ">= 15x faster than Keras")
+    return {"variants": results, "keras": {"c1": keras_c1, "rss_mb": keras_rss}}
+
+
+def sweep_section(run: Path, variants: list[str], bodies: Bodies, args, cores: int) -> dict:
+    results = {variant: sweep(run, variant, bodies.name, bodies.batch_file, args.seconds, cores)
+               for variant in variants}
+    print(f"\n== in-process runtime at batch 32: processes x threads on {cores} cores")
+    print(f"{'variant':<13}{'P x T':>7}{'img/s':>10}")
+    for variant, rows in results.items():
+        for row in rows:
+            print(f"{variant:<13}{row['processes']:>3} x {row['threads']:<2}{row['images_per_second']:>10.0f}")
+    return results
+
+
+def workers_section(run: Path, variants: list[str], bodies: Bodies, path: str, args, cores: int,
+                    best: dict) -> dict:
+    from devtools.serving import ServerProcess
+
+    counts = [int(n) for n in args.worker_counts.split(",")] if args.worker_counts else sorted({1, max(1, cores)})
+    results: dict = {}
+    for variant in variants:
+        for workers in counts:
+            server = ServerProcess(run, "--variant", variant, "--workers", str(workers), "--max-batch", "32",
+                                   "--no-access-log")
+            try:
+                row = {"workers": workers, "threads": server.ready.get("threads_per_worker", cores)}
+                for clients in (32, 64):
+                    row[f"json_c{clients}"] = drive(server.url, path, bodies.json, clients, seconds=args.seconds)
+                    row[f"binary_c{clients}"] = drive(server.url, path, bodies.binary, clients, seconds=args.seconds,
+                                                      headers=bodies.binary_headers)
+                pids = child_pids(server.pid) if workers > 1 else []
+                worker_pids = server.ready.get("pids", [])
+                row["rss_mb"] = {"supervisor": rss_mb(server.pid),
+                                 "workers": [rss_mb(pid) for pid in worker_pids] or [rss_mb(server.pid)],
+                                 "other_children": [rss_mb(pid) for pid in pids if pid not in worker_pids]}
+            finally:
+                server.stop()
+            for key in ("json_c32", "json_c64", "binary_c32", "binary_c64"):
+                row[f"{key}_ratio"] = row[key]["rps"] / best[variant]["images_per_second"]
+            results.setdefault(variant, []).append(row)
+    print(f"\n== kerasport serve --workers N at 32 and 64 clients vs the best in-process configuration ({cores} cores, "
+          f"load generator on the same cores)")
+    print(f"{'variant':<13}{'N x T':>7}{'json c32':>10}{'json c64':>10}{'bin c32':>10}{'bin c64':>10}"
+          f"{'best b32':>10}{'ratios (json32/json64/bin32/bin64)':>38}{'worker MB':>11}")
+    for variant, rows in results.items():
+        for r in rows:
+            ratios = "/".join(f"{r[k + '_ratio']:.2f}" for k in ("json_c32", "json_c64", "binary_c32", "binary_c64"))
+            print(f"{variant:<13}{r['workers']:>3} x {r['threads']:<2}{r['json_c32']['rps']:>10.0f}"
+                  f"{r['json_c64']['rps']:>10.0f}{r['binary_c32']['rps']:>10.0f}{r['binary_c64']['rps']:>10.0f}"
+                  f"{best[variant]['images_per_second']:>10.0f}{ratios:>38}"
+                  f"{statistics.mean(r['rss_mb']['workers']):>11.0f}")
+    return results
+
+
+def health_section(run: Path, variant: str, bodies: Bodies, path: str, args) -> dict:
+    """/v2/health/live latency (a lone prober, every 10 ms) while 8 clients send the largest allowed bodies."""
+    from devtools.serving import ServerProcess
+
+    server = ServerProcess(run, "--variant", variant, "--no-access-log")
+    try:
+        idle = drive_probe(server.url, args.seconds)
+        load = subprocess.Popen(_load_command(server.url, path, bodies.largest, 8, seconds=args.seconds * 3),
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(args.seconds / 2)  # every client's first big body is in
+        probe = drive_probe(server.url, args.seconds * 2)
+        heavy = json.loads(load.communicate()[0].strip().splitlines()[-1])
+        rss = rss_mb(server.pid)
+    finally:
+        server.stop()
+    result = {"idle": idle, "under_load": probe, "load": heavy, "body_bytes": bodies.largest.stat().st_size,
+              "images_per_body": bodies.largest_images, "rss_mb": rss}
+    print(f"\n== /v2/health/live while 8 clients send {result['body_bytes'] / 2**20:.1f} MiB JSON bodies "
+          f"({bodies.largest_images} images each), {variant}")
+    print(f"idle: p50 {idle['p50_ms']:.2f} ms, p99 {idle['p99_ms']:.2f} ms; under load: p50 {probe['p50_ms']:.2f} "
+          f"ms, p99 {probe['p99_ms']:.2f} ms, max {probe['max_ms']:.1f} ms ({probe['requests']} probes); "
+          f"{heavy['requests']} big bodies answered in {heavy['seconds']:.1f} s; server RSS {rss:.0f} MB "
+          f"(target: p99 < 10 ms)")
+    return result
+
+
+def drive_probe(url: str, seconds: float) -> dict:
+    command = _load_command(url, "/v2/health/live", None, 1, seconds=seconds, pause=0.01)
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+
+
+def build_bundle(run: Path, variants: list[str]) -> None:
+    from kerasport.export.stage import ExportOptions, export_bundle
+    from kerasport.parity.stage import ParityOptions, run_parity
+    from kerasport.train.config import TrainConfig
+    from kerasport.train.fit import train
+
+    train(TrainConfig(epochs=1, run=str(run)))
+    export_bundle(ExportOptions(run=str(run), formats=variants))
+    run_parity(ParityOptions(run=str(run), sweep=False))
+
+
+def main() -> None:
+    modes = {"--load-worker": load_worker, "--keras-server": keras_server, "--sweep-worker": sweep_worker}
+    if len(sys.argv) > 1 and sys.argv[1] in modes:
+        return modes[sys.argv[1]](sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run")
+    parser.add_argument("--variants", default="onnx-fp32,tflite-fp32,tflite-int8")
+    parser.add_argument("--scale-variants", default="onnx-fp32,onnx-int8", help="for the sweep and workers sections")
+    parser.add_argument("--sections", default="basic,sweep,workers,health")
+    parser.add_argument("--worker-counts", help="comma-separated --workers values (default: 1 and the cores)")
+    parser.add_argument("--requests", type=int, default=400, help="sequential requests at concurrency 1")
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
+    parser.add_argument("--rounds", type=int, default=2, help="repeat each basic measurement, keep the best")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    variants, scale = args.variants.split(","), args.scale_variants.split(",")
+
+    from kerasport.manifest import load_manifest
+    from kerasport.samples import load_samples
+    from kerasport.serve.offload import machine_cores
+
+    scratch = Path(tempfile.mkdtemp(prefix="kerasport-bench-serve-"))
+    run = Path(args.run) if args.run else scratch / "run"
+    if not args.run:
+        build_bundle(run, sorted(set(variants) | set(scale)))
+    manifest = load_manifest(run)
+    name = manifest.contract.input_names[0]
+    sample = load_samples(manifest.artifact("eval_sample").resolve(run), manifest.contract).inputs[name]
+    bodies = Bodies(scratch, name, sample.astype(np.float32))
+    path = f"/v2/models/{manifest.name}/infer"
+    cores = machine_cores()
+    report: dict = {"cores": cores, "run": str(run)}
+    if "basic" in sections:
+        report["basic"] = basic_section(run, variants, bodies, path, args)
+    if "sweep" in sections or "workers" in sections:
+        report["sweep"] = sweep_section(run, scale, bodies, args, cores)
+        best = {variant: max(rows, key=lambda row: row["images_per_second"])
+                for variant, rows in report["sweep"].items()}
+        report["best_in_process"] = best
+    if "workers" in sections:
+        report["workers"] = workers_section(run, scale, bodies, path, args, cores, best)
+    if "health" in sections:
+        report["health"] = health_section(run, scale[0], bodies, path, args)
+    print("\ntargets: added ms <= 1; server/in-process ratio >= 0.8 (with the load generator on other cores); "
+          "health p99 < 10 ms under the largest bodies")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"variants": results, "keras": {"c1": keras_c1,
-                                                                                    "rss_mb": keras_rss}}, indent=2))
+        Path(args.json_path).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

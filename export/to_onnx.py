@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from kerasport.samples import Samples
 from .messages import first_line, ort_missing_op
 
 BATCH_DIM = "batch"
+# tf2onnx names what it inserts `<name>__<N>` (a tensor adds `:<output>`); see canonicalize_generated_names.
+GENERATED_CONSTANT = "const__"
+_GENERATED_NAME = re.compile(r"^(?P<base>.*__)(?P<number>\d+)(?P<output>:\d+)?$")
 
 
 class _UnmappedOps(logging.Handler):
@@ -71,6 +75,7 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         raise ConversionError(f"tf2onnx has no ONNX opset-{opset} conversion for op(s) "
                               f"{', '.join(sorted(unmapped.ops))}")
     _match_contract(proto.graph, contract)
+    canonicalize_generated_names(proto.graph)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # noqa: BLE001 - onnx raises ValidationError and shape-inference errors
@@ -105,6 +110,92 @@ def _match_contract(graph, contract: ModelContract) -> None:
                 if not dim.HasField("dim_value"):
                     # tf2onnx names unknown dims `unk__NN`; the batch is `batch`, others `<tensor>_dim<i>`.
                     dim.dim_param = BATCH_DIM if index == 0 else f"{tensor.name}_dim{index}"
+
+
+def canonicalize_generated_names(graph) -> int:
+    """Give tf2onnx's generated names and initializer order a canonical form, so equal graphs get equal bytes.
+
+    tf2onnx numbers what it inserts `<name>__<N>` from a process-global counter, and some of its optimizers walk
+    sets of node objects (ordered by memory address): two conversions of one SavedModel in different processes
+    number the names differently, list the initializers in another order and, when equal constants are merged,
+    keep either one's name (`const_starts__2` or `const_axes__5`). Here the initializers are put in order of first
+    use by the (deterministic) node list, and every generated name is renumbered 1, 2, ... in graph order; a
+    generated initializer is named `const__<K>`. A node and its `:k` output tensors keep sharing their base name.
+    The graph's inputs and outputs (the contract's names) are never renamed, and nothing is renamed when a new name
+    would collide with an existing one.
+
+    Returns:
+        How many distinct names were renamed.
+    """
+    _initializers_in_first_use_order(graph)
+    protected = {tensor.name for tensor in (*graph.input, *graph.output)}
+    constants = {tensor.name for tensor in graph.initializer}
+    names = list(_names_in_graph_order(graph))
+    generated = {name: match for name in set(names) - protected if (match := _GENERATED_NAME.match(name))}
+    numbers: dict[str, int] = {}  # `<base><N>` (a node and its `:k` outputs) -> its new number
+    for name in names:
+        if name in generated:
+            numbers.setdefault(generated[name]["base"] + generated[name]["number"], len(numbers) + 1)
+
+    def rename(name: str) -> str:
+        match = generated.get(name)
+        if match is None:
+            return name
+        base = GENERATED_CONSTANT if name in constants else match["base"]
+        return f"{base}{numbers[match['base'] + match['number']]}{match['output'] or ''}"
+
+    renamed = {name: rename(name) for name in set(names)}
+    if len(set(renamed.values())) != len(renamed):
+        return 0
+    _rename_graph(graph, renamed)
+    return len(numbers)
+
+
+def _initializers_in_first_use_order(graph) -> None:
+    first_use: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            first_use.setdefault(name, len(first_use))
+    ordered = sorted(graph.initializer, key=lambda tensor: first_use.get(tensor.name, len(first_use)))
+    copies = [type(tensor)() for tensor in ordered]
+    for copy, tensor in zip(copies, ordered, strict=True):
+        copy.CopyFrom(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
+
+
+def _names_in_graph_order(graph) -> Iterator[str]:
+    yield from (tensor.name for tensor in graph.initializer)
+    yield from (tensor.values.name for tensor in graph.sparse_initializer)
+    for node in graph.node:
+        yield node.name
+        yield from node.input
+        yield from node.output
+        for subgraph in _subgraphs(node):
+            yield from _names_in_graph_order(subgraph)
+    yield from (info.name for info in graph.value_info)
+
+
+def _rename_graph(graph, renamed: dict[str, str]) -> None:
+    for tensor in graph.initializer:
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    for tensor in graph.sparse_initializer:
+        tensor.values.name = renamed.get(tensor.values.name, tensor.values.name)
+    for node in graph.node:
+        node.name = renamed.get(node.name, node.name)
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+        for subgraph in _subgraphs(node):
+            _rename_graph(subgraph, renamed)
+    for info in graph.value_info:
+        info.name = renamed.get(info.name, info.name)
+
+
+def _subgraphs(node) -> Iterator:
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            yield attribute.g
+        yield from attribute.graphs
 
 
 def onnx_io_details(model_path: Path) -> dict:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ConversionError, UsageError
 
@@ -110,6 +112,7 @@ ARENA_MARGIN_WHY = (
 # The arena the measuring interpreter gets: large enough for any model a microcontroller could hold.
 HOST_ARENA_BYTES = 64 * 1024 * KIB
 ARENA_STEP = 16  # TFLite Micro aligns its arena buffers to 16 bytes
+PROBE_TIMEOUT_S = 300
 _TOTAL_LINE = re.compile(r"Arena allocation total (\d+) bytes")
 
 
@@ -196,15 +199,26 @@ def arena_used(interpreter) -> int:
     return int(match.group(1))
 
 
-def _runs_in(model: bytes, inputs: int, arena_bytes: int) -> bool:
-    try:
-        invoke_zeros(open_tflm(model, arena_bytes), inputs)
-    except Exception:  # noqa: BLE001 - too small an arena: TFLM fails to allocate or prepare
-        return False
-    return True
+# A probe of one arena size, in its own process: TFLite Micro can crash (not just fail) in an arena too small.
+_PROBE = """import sys
+import numpy as np
+from tflite_micro import runtime
+interpreter = runtime.Interpreter.from_bytes(open(sys.argv[1], "rb").read(), arena_size=int(sys.argv[2]))
+for index in range(int(sys.argv[3])):
+    details = interpreter.get_input_details(index)
+    interpreter.set_input(np.zeros(details["shape"], dtype=details["dtype"]), index)
+interpreter.invoke()
+"""
 
 
-def _smallest_arena(model: bytes, inputs: int, recorded: int) -> int:
+def _runs_in(model_path: Path, inputs: int, arena_bytes: int) -> bool:
+    """Whether the model prepares and runs one inference in an arena of `arena_bytes` (a child process)."""
+    probe = subprocess.run([sys.executable, "-c", _PROBE, str(model_path), str(arena_bytes), str(inputs)],
+                           capture_output=True, timeout=PROBE_TIMEOUT_S)
+    return probe.returncode == 0
+
+
+def _smallest_arena(model: Path, inputs: int, recorded: int) -> int:
     """The smallest arena (in ARENA_STEP steps) the model runs in, searched upward from the recorded total.
 
     The recording allocator's total leaves out temporary allocations made while kernels prepare, so a model can
@@ -248,11 +262,14 @@ def measure_arena(model: bytes, inputs: int) -> dict:
     except Exception as error:  # noqa: BLE001 - the wrapper raises RuntimeError/ValueError
         raise ConversionError(f"TFLite Micro cannot run the model: {error}") from error
     recorded = arena_used(interpreter)
-    used = _smallest_arena(model, inputs, recorded)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.tflite"
+        path.write_bytes(model)
+        used = _smallest_arena(path, inputs, recorded)
     return {"measured": True, "used_bytes": used, "recorded_bytes": recorded, "reserve_bytes": arena_reserve(used),
             "margin": ARENA_MARGIN, "why": ARENA_MARGIN_WHY,
-            "how": "TFLite Micro's RecordingMicroAllocator total after one inference, raised (in 16-byte steps) "
-                   "to the smallest arena the model then prepares and runs in",
+            "how": "TFLite Micro's RecordingMicroAllocator total after one inference, raised (in 16-byte steps, "
+                   "each size tried in a child process) to the smallest arena the model prepares and runs in",
             "tflite_micro": tflm_version()}
 
 

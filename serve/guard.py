@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import time
 import traceback
@@ -118,7 +119,8 @@ class Guard:
             client = scope.get("client") or ("", 0)
             access_log.info(json.dumps({"ts": time.time(), "method": scope["method"], "path": scope["path"],
                                         "route": route, "status": status, "ms": round(seconds * 1000, 3),
-                                        "bytes_in": bytes_in, "client": client[0], "request_id": rid}))
+                                        "bytes_in": bytes_in, "client": client[0], "request_id": rid,
+                                        "pid": os.getpid()}))
 
     @staticmethod
     def _log_error(scope, rid: str, error: Exception) -> None:

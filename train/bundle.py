@@ -10,6 +10,8 @@ from kerasport.contract import DYNAMIC, ModelContract
 from kerasport.manifest import artifact_entry
 from kerasport.samples import Samples, save_samples
 
+from .canonical import canonicalize_saved_model, normalize_keras_archive
+
 SIGNATURE = "serving_default"
 EVAL_SAMPLE = "eval_sample.npz"
 CALIBRATION_SAMPLE = "calibration_sample.npz"
@@ -23,8 +25,26 @@ def call_model(model, inputs: list):
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def save_keras_model(model, path: Path) -> None:
+    """`model.save(path)`, normalised so that the same model gives the same bytes (see `canonical.py`).
+
+    Args:
+        model: the Keras model.
+        path: the `.keras` file to write.
+    """
+    raw = path.with_name(f".{path.stem}.raw.keras")
+    try:
+        model.save(raw)
+        normalize_keras_archive(raw, path)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
 def export_saved_model(model, path: Path, contract: ModelContract) -> None:
     """A TF SavedModel whose `serving_default` signature takes and returns the contract's named tensors.
+
+    The same model gives the same bytes: the variables are saved in the model's order (TensorFlow lists the ones a
+    function uses in a set keyed by memory address) and the function names and fingerprint are canonical.
 
     Args:
         model: a built Keras model whose inputs/outputs are, in order, the contract's.
@@ -43,7 +63,31 @@ def export_saved_model(model, path: Path, contract: ModelContract) -> None:
         input_signature=[tf.TensorSpec(shape=tuple(None if d == DYNAMIC else d for d in spec.shape),
                                        dtype=tf.as_dtype(spec.dtype), name=spec.name) for spec in contract.inputs],
     )
+    _track_variables_in_model_order(archive, model)
     archive.write_out(str(path), verbose=False)
+    canonicalize_saved_model(path)
+
+
+def _track_variables_in_model_order(archive, model) -> None:
+    """Make the archive's `_all_variables` follow `model.variables`, not the order of a set of object ids.
+
+    ExportArchive collects the variables its endpoint uses from `ConcreteFunction.variables`, an
+    ObjectIdentityWeakSet: its order (and so the checkpoint's `_all_variables/<i>` keys and the SavedModel graph)
+    changes from process to process. Variables outside the model (none for a plain model) go last, by name.
+    """
+    rank: dict[int, int] = {}
+    for index, variable in enumerate(model.variables):
+        rank.setdefault(id(variable), index)
+        rank.setdefault(id(getattr(variable, "_value", variable)), index)  # Keras 3 wraps a tf.Variable
+    collect = archive._filter_and_track_resources
+
+    def collect_in_model_order() -> None:
+        collect()
+        found = list(archive._tf_trackable._all_variables)
+        archive._tf_trackable._all_variables = sorted(
+            found, key=lambda v: (rank.get(id(v), len(rank)), str(getattr(v, "name", "")), str(v.shape)))
+
+    archive._filter_and_track_resources = collect_in_model_order
 
 
 def write_samples(staging: Path, eval_samples: Samples, calibration: Samples) -> None:

@@ -76,7 +76,8 @@ def canonicalize_saved_model(path: Path) -> None:
     """Rename the SavedModel's functions by trace order, sort its function library, rewrite its fingerprint.
 
     `__inference_<lambda>_554` becomes `__inference_<lambda>_1` when it is the first function traced: the numbers
-    come from TensorFlow's process-global counter, so they depend on what ran before the export. The fingerprint's
+    come from TensorFlow's process-global counter, so they depend on what ran before the export (as do the numeric
+    names of captured inputs, renumbered the same way). The fingerprint's
     checksums are recomputed by TensorFlow; its `uuid` (random) becomes a hash of the canonical files.
     """
     from tensorflow.core.protobuf import saved_model_pb2
@@ -88,6 +89,7 @@ def canonicalize_saved_model(path: Path) -> None:
         library = meta_graph.graph_def.library
         renames = _trace_order_names([function.signature.name for function in library.function])
         _rename_strings(meta_graph, renames)
+        _renumber_capture_names(meta_graph)
         functions = sorted(library.function, key=lambda function: function.signature.name)
         copies = [type(function)() for function in functions]
         for copy, function in zip(copies, functions, strict=True):
@@ -144,6 +146,32 @@ def _rename_map(field, mapping, renames: dict[str, str]) -> None:
     if holds_messages:
         for value in mapping.values():
             _rename_strings(value, renames)
+
+
+def _renumber_capture_names(meta_graph) -> None:
+    """Captured inputs are named after a process-global tensor counter (`_user_specified_name: "558"`); rank them."""
+    numbered = [value for key, value in _map_entries(meta_graph)
+                if key == "_user_specified_name" and value.s.isdigit()]
+    ranks = {number: rank for rank, number in enumerate(sorted({int(value.s) for value in numbered}), start=1)}
+    for value in numbered:
+        value.s = str(ranks[int(value.s)]).encode()
+
+
+def _map_entries(message):
+    """Every (key, message value) of every message-valued map in `message`, recursively."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE:
+                for key, item in value.items():
+                    yield key, item
+                    yield from _map_entries(item)
+        else:
+            for item in (value if _is_repeated(field) else [value]):
+                yield from _map_entries(item)
 
 
 def _is_repeated(field) -> bool:

@@ -47,6 +47,12 @@ class TrainConfig:
     eval_samples: int = 1000
     calibration_samples: int = 200
     resume: bool = False
+    # Multi-worker data parallelism (train/distributed.py): the cluster comes from TF_CONFIG, or from `workers`
+    # ("host:port,host:port", the chief first) and `worker_index` for a hand-started or `kerasport launch` job.
+    distributed: bool = False
+    workers: str = ""
+    worker_index: int = 0
+    collective_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,6 +86,24 @@ class TrainConfig:
             raise UsageError(f"--early-stopping {self.early_stopping} and --limit {self.limit} must be >= 0")
         if self.relu_bias < 0:
             raise UsageError(f"--relu-bias {self.relu_bias} must be >= 0")
+        self._validate_cluster()
+
+    def _validate_cluster(self) -> None:
+        if not self.collective_timeout > 0:
+            raise UsageError(f"--collective-timeout {self.collective_timeout} must be > 0 seconds")
+        if self.worker_index < 0:
+            raise UsageError(f"--worker-index {self.worker_index} must be >= 0")
+        if not self.distributed:
+            if self.workers or self.worker_index:
+                raise UsageError("--workers/--worker-index were given without --distributed; expected "
+                                 "--distributed with them (or neither, for single-process training)")
+            return
+        if not self.workers:
+            return  # the cluster comes from TF_CONFIG, read when training starts
+        addresses = worker_addresses(self.workers)
+        if self.worker_index >= len(addresses):
+            raise UsageError(f"--worker-index {self.worker_index} is out of range for {len(addresses)} "
+                             f"--workers; expected 0..{len(addresses) - 1}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,3 +112,16 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def worker_addresses(workers: str) -> list[str]:
+    """Parse `--workers host:port,host:port`; raises UsageError with the first bad entry."""
+    addresses = [item.strip() for item in workers.split(",")]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--workers entry {address!r} is not host:port; expected e.g. "
+                             f"--workers 10.0.0.1:2222,10.0.0.2:2222")
+    if len(set(addresses)) != len(addresses):
+        raise UsageError(f"--workers {workers!r} names an address twice; expected one host:port per worker")
+    return addresses

@@ -26,7 +26,7 @@ from kerasport.manifest import Manifest, new_manifest, utc_now
 from kerasport.samples import Samples
 from kerasport.tfenv import quiet_tensorflow
 
-from .bundle import export_saved_model, model_artifacts, write_samples
+from .bundle import export_saved_model, model_artifacts, save_keras_model, write_samples
 from .config import INPUT_NAME, TrainConfig
 from .data import Dataset, load_dataset
 
@@ -67,6 +67,10 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     Raises:
         UsageError / DataError: bad options or data, before anything is written (exit 2).
     """
+    if config.distributed:
+        from .distributed import train_distributed
+
+        return train_distributed(config, console=console, extra_callbacks=extra_callbacks)
     run_dir = Path(config.run)
     work_dir = run_dir / WORK_DIR_NAME
     if config.resume:
@@ -77,8 +81,6 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     import keras
     import tensorflow as tf
 
-    from .models import resolve_initializer
-
     _prepare_work_dir(work_dir, config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -86,6 +88,20 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     n_outputs = len(dataset.labels) if config.task == "classification" else _regression_width(dataset)
     fitted = _fit(config, dataset, n_outputs, work_dir, console, extra_callbacks)
     metrics = _evaluate_and_summarize(fitted, dataset, config, work_dir)
+    manifest = _finish_run(run_dir, work_dir, config, dataset, fitted, metrics, n_outputs)
+    return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
+
+
+def _finish_run(run_dir: Path, work_dir: Path, config: TrainConfig, dataset: Dataset, fitted: _Fitted,
+                metrics: dict, n_outputs: int, *, distributed: dict | None = None) -> Manifest:
+    """Write `<run>/train/` and the manifest for a finished fit, then drop the work dir and stale stages.
+
+    `distributed` (the cluster a multi-worker run trained on) is recorded in the stage's config and the manifest.
+    """
+    import keras
+    import tensorflow as tf
+
+    from .models import resolve_initializer
 
     resolved = {**config.to_dict(), "resume": False,
                 "resolved_initializer": resolve_initializer(config.activation, config.initializer)}
@@ -93,17 +109,21 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     stage_record = {"config": resolved, "data": {"spec": dataset.name, "fingerprint": dataset.fingerprint(),
                                                  "source": dataset.source, "labels": dataset.labels},
                     "environment": environment, "finished": utc_now()}
+    if distributed is not None:
+        stage_record["distributed"] = distributed
     contract = reference_contract(config, dataset, n_outputs)
     _write_train_stage(run_dir / STAGE_DIR_NAME, work_dir, fitted, dataset, config, contract, metrics,
                        stage_record)
 
     manifest = _build_manifest(run_dir, config, dataset, contract, environment, metrics)
+    if distributed is not None:
+        manifest.set_stage(STAGE_DIR_NAME, {**manifest.stage(STAGE_DIR_NAME), "distributed": distributed})
     manifest.save(run_dir)
     remove_path(work_dir)
     # Later stages' outputs (and an imported model) describe another model; the new manifest no longer lists them.
     for stale in ("export", "parity", "model"):
         remove_path(run_dir / stale)
-    return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
+    return manifest
 
 
 def _prepare_work_dir(work_dir: Path, config: TrainConfig) -> None:
@@ -163,7 +183,7 @@ def _write_train_stage(train_dir: Path, work_dir: Path, fitted: _Fitted, dataset
 
     with atomic_path(train_dir) as staging:
         staging.mkdir()
-        fitted.model.save(staging / "model.keras")
+        save_keras_model(fitted.model, staging / "model.keras")
         export_saved_model(fitted.model, staging / "saved_model", contract)
         shutil.copyfile(work_dir / "history.csv", staging / "history.csv")
         if (work_dir / "best.weights.h5").is_file():
@@ -233,17 +253,23 @@ def _regression_width(dataset: Dataset) -> int:
 def _fit_inputs(x, y, config: TrainConfig):
     if not config.augment:
         return (x, y)
-    import keras
     import tensorflow as tf
 
-    # Small shifts and rotations: handwriting varies in position and slant, and the digits set is small.
-    augment = keras.Sequential([
-        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=config.seed),
-        keras.layers.RandomRotation(0.04, fill_mode="constant", seed=config.seed + 1),
-    ])
+    augment = augmenter(config)
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed).batch(config.batch_size)
     data = data.map(lambda images, targets: (augment(images, training=True), targets))
     return (data.prefetch(tf.data.AUTOTUNE),)
+
+
+def augmenter(config: TrainConfig):
+    """The `--augment` layers (applied with training=True to batches of raw pixels)."""
+    import keras
+
+    # Small shifts and rotations: handwriting varies in position and slant, and the digits set is small.
+    return keras.Sequential([
+        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=config.seed),
+        keras.layers.RandomRotation(0.04, fill_mode="constant", seed=config.seed + 1),
+    ])
 
 
 def recalibrate_batch_norm(model, x: np.ndarray, batch_size: int = 256) -> None:

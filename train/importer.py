@@ -31,6 +31,7 @@ from .bundle import (
     SIGNATURE,
     export_saved_model,
     model_artifacts,
+    save_keras_model,
     write_samples,
 )
 
@@ -249,7 +250,7 @@ def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval
         with atomic_path(run_dir / STAGE_DIR_NAME) as staging:
             staging.mkdir()
             if model is not None:
-                model.save(staging / "model.keras")
+                save_keras_model(model, staging / "model.keras")
             if saved_model_source is not None:
                 shutil.copytree(saved_model_source, staging / "saved_model")
             else:

@@ -75,6 +75,20 @@ class TrainArgs:
     ] = _DEFAULT.calibration_samples
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its last epoch.")] = _DEFAULT.resume
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Data-parallel training on several workers (tf.distribute MultiWorkerMirroredStrategy) "
+        "configured by TF_CONFIG or --workers. --batch-size is per worker: the global batch is --batch-size x "
+        "workers. Only the chief (worker 0) writes the bundle. `kerasport launch` starts local workers.")
+    ] = _DEFAULT.distributed
+    workers: Annotated[str, typer.Option(
+        "--workers", help="With --distributed, instead of TF_CONFIG: every worker's host:port, comma-separated, "
+        "the chief first (the same list on every worker).")] = _DEFAULT.workers
+    worker_index: Annotated[int, typer.Option(
+        "--worker-index", help="With --workers: this worker's position in the list (0 = the chief).")
+    ] = _DEFAULT.worker_index
+    collective_timeout: Annotated[float, typer.Option(
+        "--collective-timeout", help="With --distributed: seconds a worker waits for its peers (to join at start, "
+        "and in each gradient exchange) before the job ends with an error.")] = _DEFAULT.collective_timeout
 
     def config(self) -> TrainConfig:
         """The validated `TrainConfig` these options ask for (a bad value raises UsageError: exit 2)."""

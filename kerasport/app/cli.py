@@ -38,12 +38,14 @@ def _register_stages() -> None:
     from kerasport.serve.cli import predict_command, serve_command
     from kerasport.train.cli import train_command
     from kerasport.train.import_cli import import_command
+    from kerasport.train.launch_cli import LAUNCH_CONTEXT, launch_command
 
     from .bundle_cli import bundle_app
     from .pipeline import run_command
 
     app.command("train", help=train_command.__doc__)(train_command)
     app.command("import", help=import_command.__doc__)(import_command)
+    app.command("launch", help=launch_command.__doc__, context_settings=LAUNCH_CONTEXT)(launch_command)
     app.command("export", help=export_command.__doc__)(export_command)
     app.command("parity", help=parity_command.__doc__)(parity_command)
     app.command("run", help=run_command.__doc__)(run_command)

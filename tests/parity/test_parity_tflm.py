@@ -1,6 +1,7 @@
 """The `tflm` candidate of the `edge` model in the parity gate: TFLite Micro's interpreter against Keras and LiteRT,
 the flash/RAM budgets as a release gate, and a `skipped` verdict where tflite-micro is not installed."""
 
+import copy
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -17,7 +18,7 @@ from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
 from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.export.tflm import read_c_array
 from kerasport.manifest import hash_artifact, load_manifest
-from kerasport.parity.budgets import BUDGET_CLASS
+from kerasport.parity.budgets import BUDGET_CLASS, apply_budgets, resolve_budgets
 from kerasport.parity.stage import ParityOptions, run_parity
 from kerasport.parity.tflm import LITERT_BUILTIN_STEPS, LITERT_SETTINGS, SKIPPED, SOURCE_CHECK
 
@@ -51,7 +52,7 @@ def test_tflm_candidate_passes_and_agrees_with_litert(edge_copy):
     assert tflm["verdict"] == "pass" and tflm["runtime"] == "tflite-micro"
     assert {check["id"] for check in tflm["checks"]} >= {SOURCE_CHECK, "top1_agreement[probabilities]",
                                                          "dynamic_batch[probabilities]"}
-    assert tflm["description"].startswith("tflite-micro")
+    assert tflm["description"].startswith("tflite-micro") and tflm["seconds"] < 10  # the bar for `edge`
     arena = tflm["microcontroller"]["arena"]
     assert arena["measured"] and 0 < arena["used_bytes"] < ARENA_BAR
     assert set(tflm["vs_litert"]) == set(LITERT_SETTINGS)
@@ -93,8 +94,9 @@ def test_unknown_device_exits_2_listing_the_known_ones(edge_copy):
     assert "'z80'" in result.output and all(key in result.output for key in DEVICES)
 
 
-def test_without_tflite_micro_the_candidate_is_skipped_never_passed(edge_copy, monkeypatch):
+def test_without_tflite_micro_skipped_never_passed_and_parity_fills_the_arena_later(edge_copy, monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_micro", None)  # what `import tflite_micro` meets when not installed
+    export_bundle(ExportOptions(run=str(edge_copy), formats=["tflite-int8", "tflm"], calibration_samples=20))
     result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
     tflm = result.report["candidates"]["tflm"]
     assert tflm["verdict"] == SKIPPED and "tflite-micro is not importable" in tflm["skipped"]
@@ -102,8 +104,18 @@ def test_without_tflite_micro_the_candidate_is_skipped_never_passed(edge_copy, m
     manifest = load_manifest(edge_copy)
     assert manifest.parity_verdict("tflm") == SKIPPED and not manifest.artifact("tflm").passed_parity
     assert junit_cases(edge_copy)["parity.tflm/tflm_runtime"].find("skipped") is not None
-    # export measured the arena, so a RAM budget is still judged
-    assert tflm["microcontroller"]["arena"]["measured"]
+    assert not tflm["microcontroller"]["arena"]["measured"]
+    # a RAM budget cannot be shown to hold without a measured arena: it fails, flash is still judged
+    report = copy.deepcopy(result.report)
+    apply_budgets(report, resolve_budgets("samd21"))
+    assert not report["passed"] and [failure.split(" — ")[0] for failure in report["failures"]] == [
+        f"{BUDGET_CLASS}: budget_ram"]
+    assert "not measured" in report["failures"][0]
+    monkeypatch.undo()
+    again = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
+    assert again.exit_code == EXIT_OK and again.report["candidates"]["tflm"]["verdict"] == "pass"
+    arena = load_manifest(edge_copy).artifact("tflm").get("arena")
+    assert arena["measured"] and 0 < arena["used_bytes"] < ARENA_BAR  # parity filled in what export could not
 
 
 def _is_constant(interpreter, index: int) -> bool:
@@ -136,3 +148,14 @@ def test_c_array_that_is_not_its_source_model_fails(edge_copy):
     assert result.exit_code == EXIT_CHECK_FAILED
     assert any(failure.startswith(f"tflm: {SOURCE_CHECK} — ") and "differ from model_int8.tflite" in failure
                for failure in result.failures)
+
+
+def test_int8_io_model_runs_in_tflm_with_its_own_quantization(edge_copy):
+    export_bundle(ExportOptions(run=str(edge_copy), formats=["tflite-int8", "tflm"], calibration_samples=20,
+                                int8_io=True))
+    (tensor_in,) = load_manifest(edge_copy).artifact("tflm").get("inputs")
+    assert tensor_in["dtype"] == "int8"
+    result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
+    assert result.exit_code == EXIT_OK, result.failures
+    builtin = result.report["candidates"]["tflm"]["vs_litert"]["builtin kernels"]["probabilities"]
+    assert builtin["within_bound"] and builtin["top1_agreement"] == 1.0
