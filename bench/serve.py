@@ -68,13 +68,13 @@ def _summary(latencies: list[float], elapsed: float) -> dict:
 
 
 async def _load(host: str, port: int, payload: bytes, concurrency: int, requests: int, seconds: float,
-                pause: float = 0.0) -> dict:
+                pause: float = 0.0, warmup: int = 3) -> dict:
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds if seconds else None
 
     async def client(count: int) -> None:
         reader, writer = await asyncio.open_connection(host, port, limit=2**24)
-        for _ in range(1 if pause else 3):  # warm the connection and the server's caches
+        for _ in range(warmup):  # warm the connection and the server's caches
             await _request(reader, writer, payload)
         done = 0
         while (deadline is None and done < count) or (deadline is not None and time.perf_counter() < deadline):
@@ -99,16 +99,16 @@ def load_worker(arguments: list[str]) -> None:
     payload = (f"{method} {spec['path']} HTTP/1.1\r\nHost: {spec['host']}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n{extra}\r\n").encode() + body
     result = asyncio.run(_load(spec["host"], spec["port"], payload, spec["concurrency"], spec["requests"],
-                               spec["seconds"], spec.get("pause", 0.0)))
+                               spec["seconds"], spec.get("pause", 0.0), spec.get("warmup", 3)))
     print(json.dumps(result))
 
 
 def _load_command(url: str, path: str, body_file: Path | None, concurrency: int, requests: int = 0,
-                  seconds: float = 0, headers: dict | None = None, pause: float = 0.0) -> list[str]:
+                  seconds: float = 0, headers: dict | None = None, pause: float = 0.0, warmup: int = 3) -> list[str]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     spec = {"host": host, "port": int(port), "path": path, "body_file": str(body_file) if body_file else None,
             "concurrency": concurrency, "requests": requests, "seconds": seconds, "headers": headers or {},
-            "pause": pause}
+            "pause": pause, "warmup": warmup}
     return [sys.executable, __file__, "--load-worker", json.dumps(spec)]
 
 
@@ -222,19 +222,20 @@ class Bodies:
         self.largest_images = self._largest(sample)
 
     def _largest(self, sample: np.ndarray) -> int:
-        """The largest V2 JSON body under the default limit: integer pixels, as many images as fit."""
-        per_image = len(json.dumps(sample[:1].astype(np.uint8).ravel().tolist())) + 1
+        """The largest V2 JSON body under the default limit: pixels as full-precision floats (what a client that
+        preprocesses sends), as many images as fit."""
+        noise = np.random.default_rng(0).random(sample.shape, dtype=np.float32)
+        pixels = np.clip(sample + noise, 0, 255).astype(np.float32)
+        per_image = len(json.dumps(pixels[:1].ravel().tolist())) + 1
         count = (MAX_BODY_BYTES - 200) // per_image
-        images = np.resize(sample, (count, *sample.shape[1:])).astype(np.uint8)
-        body = json.dumps({"inputs": [{"name": self.name, "shape": list(images.shape), "datatype": "FP32",
-                                       "data": images.ravel().tolist()}]}).encode()
-        while len(body) > MAX_BODY_BYTES:
-            count -= 16
-            images = images[:count]
+        while True:
+            images = np.resize(pixels, (count, *pixels.shape[1:]))
             body = json.dumps({"inputs": [{"name": self.name, "shape": list(images.shape), "datatype": "FP32",
                                            "data": images.ravel().tolist()}]}).encode()
-        self.largest.write_bytes(body)
-        return count
+            if len(body) <= MAX_BODY_BYTES:
+                self.largest.write_bytes(body)
+                return count
+            count -= 8
 
 
 # --- the Keras baseline: model.predict behind a minimal HTTP handler (its own process) ----------------------
@@ -390,8 +391,8 @@ def health_section(run: Path, variant: str, bodies: Bodies, path: str, args) -> 
     server = ServerProcess(run, "--variant", variant, "--no-access-log")
     try:
         idle = drive_probe(server.url, args.seconds)
-        load = subprocess.Popen(_load_command(server.url, path, bodies.largest, 8, seconds=args.seconds * 3),
-                                stdout=subprocess.PIPE, text=True)
+        load = subprocess.Popen(_load_command(server.url, path, bodies.largest, 8, seconds=args.seconds * 3,
+                                              warmup=0), stdout=subprocess.PIPE, text=True)
         time.sleep(args.seconds / 2)  # every client's first big body is in
         probe = drive_probe(server.url, args.seconds * 2)
         heavy = json.loads(load.communicate()[0].strip().splitlines()[-1])
@@ -410,7 +411,7 @@ def health_section(run: Path, variant: str, bodies: Bodies, path: str, args) -> 
 
 
 def drive_probe(url: str, seconds: float) -> dict:
-    command = _load_command(url, "/v2/health/live", None, 1, seconds=seconds, pause=0.01)
+    command = _load_command(url, "/v2/health/live", None, 1, seconds=seconds, pause=0.01, warmup=1)
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
 
@@ -434,6 +435,8 @@ def main() -> None:
     parser.add_argument("--variants", default="onnx-fp32,tflite-fp32,tflite-int8")
     parser.add_argument("--scale-variants", default="onnx-fp32,onnx-int8", help="for the sweep and workers sections")
     parser.add_argument("--sections", default="basic,sweep,workers,health")
+    parser.add_argument("--health-variant", default="onnx-int8",
+                        help="variant served while the health section sends the largest bodies")
     parser.add_argument("--worker-counts", help="comma-separated --workers values (default: 1 and the cores)")
     parser.add_argument("--requests", type=int, default=400, help="sequential requests at concurrency 1")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
@@ -468,7 +471,7 @@ def main() -> None:
     if "workers" in sections:
         report["workers"] = workers_section(run, scale, bodies, path, args, cores, best)
     if "health" in sections:
-        report["health"] = health_section(run, scale[0], bodies, path, args)
+        report["health"] = health_section(run, args.health_variant, bodies, path, args)
     print("\ntargets: added ms <= 1; server/in-process ratio >= 0.8 (with the load generator on other cores); "
           "health p99 < 10 ms under the largest bodies")
     if args.json_path:

@@ -23,7 +23,7 @@ from .compare import (
     regression_statistics,
 )
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
-from .tolerances import Tolerance, bound_excess
+from .tolerances import Tolerance, bound_excess, noise_floors
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
 LOAD_CHECK = "loads_and_runs"
@@ -114,19 +114,20 @@ def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, o
     if tolerance.atol is None:
         return
     name = spec.name
-    noise = reference.noise[name]
-    eval_excess = bound_excess(tolerance, reference.outputs.eval[name], outputs.eval[name], noise["max_abs_diff"],
-                               spec.kind)
-    edge_excess = max(bound_excess(tolerance, reference.outputs.edge[b][name], outputs.edge[b][name],
-                                   noise["edge_max_abs_diff"], spec.kind) for b in EDGE_BATCH_SIZES)
+    eval_noise, edge_noise = noise_floors(tolerance, reference.noise[name])
+    eval_excess = bound_excess(tolerance, reference.outputs.eval[name], outputs.eval[name], eval_noise, spec.kind)
+    edge_excess = max(bound_excess(tolerance, reference.outputs.edge[b][name], outputs.edge[b][name], edge_noise,
+                                   spec.kind) for b in EDGE_BATCH_SIZES)
     rtol = tolerance.rtol + (tolerance.values_rtol if spec.kind != "probabilities" else 0.0)
-    allowed_eval = max(tolerance.atol, tolerance.noise_multiple * noise["max_abs_diff"])
-    allowed_edge = max(tolerance.atol, tolerance.noise_multiple * noise["edge_max_abs_diff"])
+    allowed_eval = max(tolerance.atol, tolerance.noise_multiple * eval_noise)
+    allowed_edge = max(tolerance.atol, tolerance.noise_multiple * edge_noise)
+    noise_name = ("the reference's own error with float16-rounded weights" if tolerance.noise_source == "fp16_weights"
+                  else "the reference's own batch-order noise")
     worst_edge = max(stats["max_abs_diff"] for stats in result["edge"].values())
     checks.add("max_abs_diff", eval_excess <= 0 and edge_excess <= 0,
                f"max |diff| {result['eval']['max_abs_diff']:.3g} on the eval inputs (allowed {allowed_eval:.3g}), "
                f"{worst_edge:.3g} on edge inputs (allowed {allowed_edge:.3g}); bound = max(atol {tolerance.atol:g}, "
-               f"{tolerance.noise_multiple:g} x the reference's own batch-order noise)"
+               f"{tolerance.noise_multiple:g} x {noise_name})"
                + (f" + {rtol:g}·|reference|" if rtol else ""), name)
 
 

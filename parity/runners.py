@@ -48,6 +48,21 @@ class KerasRunner:
         self._keras, self._contract = keras, contract
         self.description = f"keras {keras.__version__} (training=False)"
 
+    def fp16_weight_twin(self) -> KerasRunner:
+        """The same model with every float weight rounded to float16 and back: what fp16 weight storage alone does.
+
+        TFLite's fp16 variant stores weights as float16 and computes in float32 on this CPU, so the twin's distance
+        from the reference is the error an fp16 artifact is expected to have on these inputs — deeper or
+        ill-conditioned models get a larger bound, as the fp32 bound follows batch-order noise.
+        """
+        twin = object.__new__(KerasRunner)
+        twin._keras, twin._contract = self._keras, self._contract
+        twin._model = self._keras.models.clone_model(self._model)
+        twin._model.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype.kind == "f" else w
+                                 for w in self._model.get_weights()])
+        twin.description = f"{self.description}, float16-rounded weights"
+        return twin
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = [np.asarray(inputs[spec.name], dtype=spec.dtype) for spec in self._contract.input_specs()]
         outputs = self._model(arrays[0] if len(arrays) == 1 else arrays, training=False)
@@ -134,11 +149,14 @@ class Reference:
 
 
 def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
-                      edge_inputs: Mapping[str, np.ndarray]) -> Reference:
-    """Run the reference on everything and measure its noise floor per output.
+                      edge_inputs: Mapping[str, np.ndarray], *, fp16_noise: bool = False) -> Reference:
+    """Run the reference on everything and measure its noise floors per output.
 
-    The noise floor: the same inputs one at a time vs in one batch of EVAL_BATCH (another summation order), on
-    the first eval examples and on the edge inputs. The fp32 bound scales with it (README, "Parity").
+    The batch-order noise floor: the same inputs one at a time vs in one batch of EVAL_BATCH (another summation
+    order), on the first eval examples and on the edge inputs; the fp32 bound scales with it. With `fp16_noise`
+    (an fp16 candidate exists and the reference is a Keras model), also the fp16 weight-rounding noise: the
+    reference vs its `fp16_weight_twin` on every eval and edge input; the fp16 bound scales with it (README,
+    "Parity").
     """
     try:
         outputs = run_everything(runner, eval_inputs, edge_inputs)
@@ -154,6 +172,12 @@ def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_
         floor = error_statistics(outputs.eval[name][:probe_count], one_by_one[name])
         edge_floor = error_statistics(outputs.edge[widest][name], edge_one_by_one[name])
         noise[name] = {**floor, "edge_max_abs_diff": edge_floor["max_abs_diff"]}
+    if fp16_noise and hasattr(runner, "fp16_weight_twin"):
+        twin = run_everything(runner.fp16_weight_twin(), eval_inputs, edge_inputs)
+        for name in contract.output_names:
+            noise[name]["fp16_max_abs_diff"] = error_statistics(outputs.eval[name], twin.eval[name])["max_abs_diff"]
+            noise[name]["fp16_edge_max_abs_diff"] = max(
+                error_statistics(outputs.edge[b][name], twin.edge[b][name])["max_abs_diff"] for b in EDGE_BATCH_SIZES)
     info = {"artifact": artifact.name, "runtime": runner.description, "path": artifact.path,
             "noise_floor": {"what": f"reference batch 1 vs batch {EVAL_BATCH} on the same inputs",
                             "examples": probe_count,

@@ -19,7 +19,7 @@ from kerasport.runtimes import RuntimeSettings
 
 from .compare import agreement_statistics, class_scores, error_statistics
 from .runners import Reference, open_candidate, run_batched
-from .tolerances import PRECISION_CLASS, Tolerance, bound_excess
+from .tolerances import PRECISION_CLASS, Tolerance, bound_excess, noise_floors
 
 ORT_SWEEP_LEVELS = ("disabled", "basic", "all")
 SWEEP_THREADS = (1, 2)
@@ -63,8 +63,8 @@ def _compare(contract: ModelContract, outputs: Mapping[str, np.ndarray], referen
             continue
         stats = {"max_abs_diff": error_statistics(expected, received)["max_abs_diff"]}
         if tolerance.atol is not None:
-            within &= bound_excess(tolerance, expected, received, reference.noise[spec.name]["max_abs_diff"],
-                                   spec.kind) <= 0
+            eval_noise, _ = noise_floors(tolerance, reference.noise[spec.name])
+            within &= bound_excess(tolerance, expected, received, eval_noise, spec.kind) <= 0
         if spec.is_classification:
             agreement = agreement_statistics(class_scores(expected, spec.kind), class_scores(received, spec.kind),
                                              tolerance.tie_margin)

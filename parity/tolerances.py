@@ -18,6 +18,7 @@ from kerasport.errors import UsageError
 
 PRECISION_CLASS = {"fp32": "fp32", "fp16": "fp16", "dynamic-int8": "int8", "int8": "int8"}
 TOLERANCE_FILE = "parity.toml"
+NOISE_SOURCES = ("batch_order", "fp16_weights")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Tolerance:
     # The bound is max(atol, noise_multiple x Keras' own noise on the same inputs): a runtime that sums in another
     # order should differ from Keras about as much as Keras differs from itself when batching changes its order.
     noise_multiple: float = 0.0
+    # Which noise the multiple applies to: "batch_order" (the reference on the same inputs batched differently) or
+    # "fp16_weights" (the reference vs itself with float16-rounded weights: fp16 storage's own error).
+    noise_source: str = "batch_order"
     min_agreement: float = 1.0  # top-1 agreement with Keras on the real held-out images
     # Images where Keras' own top-2 margin is below this are near-ties: a flip there is within the output
     # tolerance, so agreement is judged on the decisive images (raw agreement and every flip are reported too).
@@ -47,7 +51,8 @@ class TolerancePolicy:
                                                               max_mae_increase=0.001, tie_margin=0.0))
     fp16: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-2, rtol=0.0, min_agreement=0.999,
                                                               max_accuracy_drop=0.002, max_mae_increase=0.02,
-                                                              tie_margin=1e-2, values_rtol=1e-2))
+                                                              tie_margin=1e-2, values_rtol=1e-2, noise_multiple=2.0,
+                                                              noise_source="fp16_weights"))
     int8: Tolerance = field(default_factory=lambda: Tolerance(atol=None, min_agreement=0.99,
                                                               max_accuracy_drop=0.005, max_mae_increase=0.1,
                                                               tie_margin=0.05))
@@ -66,6 +71,12 @@ class TolerancePolicy:
         tolerance = getattr(self, precision_class)
         known = {f.name for f in dataclasses.fields(Tolerance)}
         for key, value in values.items():
+            if key == "noise_source":
+                if value not in NOISE_SOURCES:
+                    raise UsageError(f"{origin}: [{precision_class}] noise_source = {value!r}; expected one of "
+                                     f"{', '.join(NOISE_SOURCES)}")
+                tolerance.noise_source = value
+                continue
             if key not in known:
                 raise UsageError(f"{origin}: unknown key {key!r} in [{precision_class}]; expected "
                                  f"{', '.join(sorted(known))}")
@@ -77,6 +88,17 @@ class TolerancePolicy:
                              f"expected 0..1")
         if origin not in self.source:
             self.source.append(origin)
+
+
+def noise_floors(tolerance: Tolerance, noise: dict) -> tuple[float, float]:
+    """The (eval, edge) noise floors this tolerance's multiple applies to, from one output's measured noise.
+
+    fp16 weight-rounding noise is only measured for a Keras reference with an fp16 candidate; where it is absent
+    the floor is 0 and the bound is `atol`.
+    """
+    if tolerance.noise_source == "fp16_weights":
+        return noise.get("fp16_max_abs_diff", 0.0), noise.get("fp16_edge_max_abs_diff", 0.0)
+    return noise["max_abs_diff"], noise["edge_max_abs_diff"]
 
 
 def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor: float,

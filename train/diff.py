@@ -194,28 +194,33 @@ def _delta(name: str, a: np.ndarray, b: np.ndarray, note: str = "") -> TensorDel
 
 
 def _keras_weights(path: Path) -> list[tuple[str, np.ndarray]]:
-    """One entry per layer (`layers/conv1`, `optimizer`): all its variables flattened into one array."""
+    """One entry per layer (its name, e.g. `conv1`; `optimizer`): all its variables flattened into one array."""
     import h5py
 
     with zipfile.ZipFile(path) as archive:
         payload = archive.read(KERAS_WEIGHTS)
     layers: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, str] = {}  # h5 group -> the name shown
     with h5py.File(io.BytesIO(payload), "r") as weights:
-        for name, dataset in _h5_datasets(weights):
-            owner = name.split("/vars/")[0] if "/vars/" in name else name.rsplit("/", 1)[0]
-            layers.setdefault(owner, []).append(np.asarray(dataset).reshape(-1))
+        for dataset in _h5_datasets(weights):
+            # `layers/conv2d_1/vars/0`: a class-based path; the `vars` group records the layer's own name.
+            group = dataset.parent.name.strip("/").removesuffix("/vars")
+            if group not in labels:
+                own = "optimizer" if group.startswith("optimizer") else str(dataset.parent.attrs.get("name") or "")
+                labels[group] = own if own and own not in labels.values() else group
+            layers.setdefault(labels[group], []).append(np.asarray(dataset).reshape(-1))
     return [(owner, np.concatenate(arrays) if len(arrays) > 1 else arrays[0]) for owner, arrays in layers.items()]
 
 
-def _h5_datasets(group, prefix: str = "") -> Iterator[tuple[str, object]]:
+def _h5_datasets(group) -> Iterator:
     import h5py
 
     for key in group:  # h5py lists keys in name order, so both files are walked the same way
         item = group[key]
         if isinstance(item, h5py.Dataset):
-            yield f"{prefix}{key}", item
+            yield item
         else:
-            yield from _h5_datasets(item, f"{prefix}{key}/")
+            yield from _h5_datasets(item)
 
 
 def _onnx_initializers(path: Path) -> list[tuple[str, np.ndarray]]:
