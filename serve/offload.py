@@ -15,6 +15,7 @@ Protocol front ends (REST here, gRPC later) share one `Offload` through `Serving
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -33,6 +34,14 @@ PROCESS_BODY_BYTES = 128 * 1024
 # Responses with more output values than this are encoded in a worker process.
 PROCESS_OUTPUT_VALUES = 64 * 1024
 MAX_TASKS_PER_CHILD = 200
+# Parsing processes run at a lower priority than the server, so on a busy machine the event loop (health checks,
+# small requests) gets a core first when it wakes up; bulk parsing takes what is left.
+PROCESS_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):  # not permitted here: run at the server's priority
+        os.nice(PROCESS_NICENESS)
 
 
 def machine_cores() -> int:
@@ -89,7 +98,7 @@ class Offload:
         if self._pool is None:
             # spawn: the server process holds runtime threads, which must not be forked
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             max_tasks_per_child=MAX_TASKS_PER_CHILD)
+                                             initializer=_lower_priority, max_tasks_per_child=MAX_TASKS_PER_CHILD)
         return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:

@@ -31,6 +31,10 @@ from kerasport.errors import CheckFailed, UsageError
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
 BACKLOG = 2048
+# How long a thread may hold the GIL before one waiting for it gets a turn (Python's default: 5 ms). The event
+# loop shares the GIL with the batcher's thread and the parser pool's feeder threads; at 1 ms it answers health
+# checks and small requests promptly while those run (bench/serve.py, health section: p99 ~21 -> ~8 ms).
+GIL_SWITCH_SECONDS = 0.001
 
 
 def bind_listening_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
@@ -65,7 +69,7 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
     started = time.perf_counter()
     sock = bind_listening_socket(host, port)
     with contextlib.closing(sock):
-        _quiet_pillow()
+        tune_process()
         if workers > 1:
             return _serve_workers(sock, started, run=run, variant=variant, model_name=model_name,
                                   max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, api_key=api_key,
@@ -132,6 +136,12 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
     serve_workers(sock, WorkerSettings(run=str(run), variant=chosen, model_name=model_name, threads=per_worker,
                                        workers=workers, **settings),
                   announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
+
+
+def tune_process() -> None:
+    """Process-wide settings for a server process: a short GIL switch interval, Pillow's bomb warning off."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    _quiet_pillow()
 
 
 def _quiet_pillow() -> None:

@@ -71,9 +71,10 @@ def worker_app():
     from .app import create_app
     from .model import load_served_model
     from .offload import Offload
-    from .server import configure_logs
+    from .server import configure_logs, tune_process
 
     settings = WorkerSettings(**json.loads(os.environ[WORKER_ENV]))
+    tune_process()
     configure_logs(settings.access_log)
     model = load_served_model(settings.run, variant=settings.variant, model_name=settings.model_name,
                               threads=settings.threads, allow_unverified=settings.allow_unverified)

@@ -79,11 +79,15 @@ def _track_variables_in_model_order(archive, model) -> None:
     for index, variable in enumerate(model.variables):
         rank.setdefault(id(variable), index)
         rank.setdefault(id(getattr(variable, "_value", variable)), index)  # Keras 3 wraps a tf.Variable
-    collect = archive._filter_and_track_resources
+    collect = getattr(archive, "_filter_and_track_resources", None)
+    if collect is None:  # a Keras without this hook: its own order (the SavedModel may then vary run to run)
+        return
 
     def collect_in_model_order() -> None:
         collect()
-        found = list(archive._tf_trackable._all_variables)
+        found = list(getattr(archive._tf_trackable, "_all_variables", []))
+        if not found:
+            return
         archive._tf_trackable._all_variables = sorted(
             found, key=lambda v: (rank.get(id(v), len(rank)), str(getattr(v, "name", "")), str(v.shape)))
 

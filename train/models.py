@@ -84,11 +84,13 @@ def build_model(config: TrainConfig, n_outputs: int):
 def make_optimizer(config: TrainConfig):
     import keras
 
+    # An explicit name: Keras otherwise numbers optimizers per process (adam, adam_1, ...), which lands in
+    # model.keras and makes two trainings in one process differ by bytes.
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=config.learning_rate)
+        return keras.optimizers.Adam(learning_rate=config.learning_rate, name="adam")
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=0.9, nesterov=True)
-    return keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=0.9, nesterov=True, name="sgd")
+    return keras.optimizers.RMSprop(learning_rate=config.learning_rate, name="rmsprop")
 
 
 def compile_model(model, config: TrainConfig) -> None:

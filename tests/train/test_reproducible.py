@@ -33,8 +33,6 @@ def releases(tmp_path_factory):
     runs = {}
     for name, seed in (("first", SEED), ("again", SEED), ("other", SEED + 1)):
         run = root / name
-        # As in a fresh `kerasport run` process: Keras names the optimizer `adam`, not `adam_1`, `adam_2`, ...
-        keras.backend.clear_session()
         train(TrainConfig(data=f"idx:{data}", run=str(run), width=0.125, epochs=1, batch_size=16, seed=seed,
                           deterministic=True, eval_samples=16, calibration_samples=16))
         export_bundle(ExportOptions(run=str(run), calibration_samples=16))
