@@ -4,6 +4,14 @@ kerasport's loop adds the callbacks the reference design asks for (LR recording,
 ReduceLROnPlateau, BackupAndRestore, progress bar). This prints images/s for both and the ratio (target >= 0.95).
 
     python bench/train.py [--epochs 3] [--arch seed] [--width 1.0] [--repeats 2] [--json out.json]
+
+`--matrix` instead measures the training defaults (issue 9): test accuracy, mean ± spread over seeds, per
+dataset, for the old defaults (constant rate, last epoch's weights) and the new ones (cosine decay, best
+validation epoch's weights restored), plus the ablations (each change alone, a 1-epoch warm-up), on datasets built
+offline: `digits`, letters rendered with Pillow's bundled font into an images:DIR tree (32x32 grayscale, 26
+classes), and digits re-drawn as noisy colour pictures in an NPZ (32x32 RGB, 10 classes).
+
+    python bench/train.py --matrix [--matrix-epochs 5] [--width 0.25] [--seeds 0,1,2] [--json matrix.json]
 """
 
 from __future__ import annotations
@@ -30,7 +38,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--matrix", action="store_true", help="measure old vs new training defaults instead")
+    parser.add_argument("--matrix-epochs", type=int, default=5)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--datasets", default=",".join(MATRIX_DATASETS))
+    parser.add_argument("--data-dir", help="where the generated datasets are kept (default: a temporary folder)")
     args = parser.parse_args()
+    if args.matrix:
+        run_matrix(args)
+        return
 
     import keras
     from rich.console import Console
@@ -77,6 +93,159 @@ def main() -> None:
     print(f"ratio           : {ours / plain:8.3f}  (target >= 0.95)")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(summary, indent=2))
+
+
+# --- --matrix: the training defaults measured across datasets and seeds ----------------------------------------
+
+MATRIX_DATASETS = ("digits", "glyphs", "color-digits")
+# Each trained variant: (label, options). One run gives both the last epoch's and the best epoch's metrics
+# (metrics.json reports the weights not shipped too), so three runs per dataset and seed cover five columns.
+MATRIX_RUNS = {"constant": {"lr_schedule": "none", "restore_best": False},
+               "cosine": {"lr_schedule": "cosine", "restore_best": True},
+               "cosine+warmup": {"lr_schedule": "cosine", "restore_best": True, "lr_warmup": 1}}
+# Columns of the table: (run, which weights) -> headline.
+MATRIX_COLUMNS = {"old defaults (constant, last epoch)": ("constant", "final"),
+                  "constant + restore best": ("constant", "best"),
+                  "cosine, last epoch": ("cosine", "final"),
+                  "new defaults (cosine + restore best)": ("cosine", "best"),
+                  "cosine + 1 warm-up epoch + restore best": ("cosine+warmup", "best")}
+GLYPH_CLASSES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def make_glyphs(root: Path, per_class: int = 80, seed: int = 0) -> Path:
+    """Capital letters in Pillow's bundled font (load_default(size)), random size, shift, rotation and noise."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    for letter in GLYPH_CLASSES:
+        folder = root / letter
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            canvas = Image.new("L", (48, 48), 0)
+            dx, dy = (int(v) for v in rng.integers(-5, 6, 2))
+            ImageDraw.Draw(canvas).text((24 + dx, 24 + dy), letter, fill=int(rng.integers(150, 256)),
+                                        font=ImageFont.load_default(size=int(rng.integers(14, 29))), anchor="mm")
+            canvas = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR)
+            pixels = np.asarray(canvas, np.float32)[8:40, 8:40] + rng.normal(0, 25, (32, 32))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:03d}.png")
+    return root
+
+
+def make_color_digits(path: Path, variants: int = 2, seed: int = 0) -> Path:
+    """sklearn's digits re-drawn at 32x32 RGB: random size, place, foreground/background colours and noise.
+
+    Split by source image first (the fixed split `digits` uses), so no drawing of a test digit is trained on.
+    """
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from kerasport.train.data import _split
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    ids = np.arange(len(digits.target))
+    train_ids, _, test_ids, _ = _split(ids, digits.target)
+
+    def draw(source: int):
+        box = int(rng.integers(14, 27))
+        top, left = (int(v) for v in rng.integers(0, 33 - box, 2))
+        glyph = np.asarray(Image.fromarray(digits.images[source].astype(np.float32) / 16.0).resize(
+            (box, box), Image.BILINEAR))
+        mask = np.zeros((32, 32), np.float32)
+        mask[top:top + box, left:left + box] = np.clip(glyph, 0, 1)
+        background, foreground = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        while np.abs(foreground - background).sum() < 200:  # keep the digit visible
+            foreground = rng.uniform(0, 255, 3)
+        picture = background + mask[..., None] * (foreground - background) + rng.normal(0, 20, (32, 32, 3))
+        return np.clip(picture, 0, 255).astype(np.uint8)
+
+    arrays = {}
+    for split, chosen in (("train", train_ids), ("test", test_ids)):
+        sources = np.repeat(chosen, variants)
+        arrays[f"x_{split}"] = np.stack([draw(int(source)) for source in sources])
+        arrays[f"y_{split}"] = digits.target[sources].astype(np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def matrix_sources(names: list[str], data_dir: Path) -> dict[str, dict]:
+    """Dataset name -> TrainConfig options (data spec, image size, colour), generating what is missing."""
+    sources = {}
+    for name in names:
+        if name == "digits":
+            sources[name] = {"data": "digits"}
+        elif name == "glyphs":
+            root = data_dir / "glyphs"
+            if not root.is_dir():
+                make_glyphs(root)
+            sources[name] = {"data": f"images:{root}", "image_size": "32x32", "color": "grayscale"}
+        elif name == "color-digits":
+            path = data_dir / "color-digits.npz"
+            if not path.is_file():
+                make_color_digits(path)
+            sources[name] = {"data": f"npz:{path}"}  # 32x32x3 arrays: RGB by --color auto
+        else:
+            raise SystemExit(f"--datasets: unknown {name!r}; expected some of {', '.join(MATRIX_DATASETS)}")
+    return sources
+
+
+def _spread(values: list[float]) -> dict:
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "min": float(array.min()), "max": float(array.max()), "values": [float(v) for v in values]}
+
+
+def run_matrix(args) -> None:
+    import tempfile
+
+    import keras
+    from rich.console import Console
+    from rich.table import Table
+
+    from kerasport.train.config import TrainConfig
+    from kerasport.train.fit import train
+
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    names = [name for name in args.datasets.split(",") if name]
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir = Path(args.data_dir or scratch)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        sources = matrix_sources(names, data_dir)
+        raw: dict = {name: {run: [] for run in MATRIX_RUNS} for name in names}
+        for name, source in sources.items():
+            for seed in seeds:
+                for run, options in MATRIX_RUNS.items():
+                    keras.backend.clear_session()
+                    config = TrainConfig(**source, **options, arch=args.arch, width=args.width, seed=seed,
+                                         epochs=args.matrix_epochs, run=str(Path(scratch) / "run"))
+                    metrics = train(config).metrics
+                    kept = {key: metrics[key] for key in ("test_accuracy", "final_epoch_test_accuracy",
+                                                          "best_epoch_test_accuracy", "best_epoch", "fit_seconds",
+                                                          "n_train", "n_test", "parameters")}
+                    raw[name][run].append(kept)
+                    print(f"{name:13s} seed {seed} {run:14s} last {kept['final_epoch_test_accuracy']:.4f} "
+                          f"best {kept['best_epoch_test_accuracy']:.4f} (epoch {kept['best_epoch']}) "
+                          f"{kept['fit_seconds']:.0f}s", flush=True)
+    table = {name: {column: _spread([r[f"{side}_epoch_test_accuracy"] for r in raw[name][run]])
+                    for column, (run, side) in MATRIX_COLUMNS.items()} for name in names}
+    show = Table(title=f"test accuracy, mean ± std over seeds {seeds} ({args.matrix_epochs} epochs, "
+                       f"{args.arch} width {args.width})")
+    show.add_column("dataset")
+    for column in MATRIX_COLUMNS:
+        show.add_column(column, justify="right")
+    for name in names:
+        show.add_row(name, *(f"{cell['mean']:.4f} ± {cell['std']:.4f}" for cell in table[name].values()))
+    Console(width=200).print(show)
+    if args.json_path:
+        described = {name: {key: source for key, source in sources[name].items()} for name in names}
+        Path(args.json_path).write_text(json.dumps(
+            {"epochs": args.matrix_epochs, "arch": args.arch, "width": args.width, "seeds": seeds,
+             "datasets": described, "runs": MATRIX_RUNS, "columns": {c: list(v) for c, v in MATRIX_COLUMNS.items()},
+             "table": table, "raw": raw}, indent=2))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ class ParityOptions:
     device: str | None = None
     max_flash_kib: float | None = None
     max_ram_kib: float | None = None
+    # Per-layer explanation (explain.py) of every candidate; without it, of each candidate that fails.
+    explain: bool = False
+    # Drift against a previous release (drift.py): its run directory and the policy limits.
+    baseline: str | None = None
+    max_accuracy_drop: float | None = None
+    max_flips: int | None = None
 
 
 @dataclass
@@ -111,6 +117,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     run_dir = Path(options.run)
     budgets = resolve_budgets(options.device, options.max_flash_kib, options.max_ram_kib)
     plan = plan_parity(run_dir)
+    baseline = open_baseline(options, plan.manifest) if options.baseline else None
     require_tflm(budgets, any(artifact.format == TFLM_FORMAT for artifact in plan.candidates), run_dir)
     policy = load_policy(run_dir, options.overrides)
     quiet_tensorflow()
@@ -131,16 +138,72 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
                                                  sweep=options.sweep)
         if console is not None:
             console.print(candidate_line(artifact.name, results[artifact.name]))
+    explained, files = explain_for_gate(run_dir, plan, runner, policy, reference, data, results,
+                                        everything=options.explain, console=console)
+    drifted, drift_files = (run_drift(baseline, run_dir, plan.manifest, runner, console=console)
+                            if baseline else (None, {}))
     report = build_report(plan, policy, reference, data, results, notes, options.seed,
                           seconds=time.perf_counter() - started)
+    report.update({key: value for key, value in (("explain", explained), ("drift", drifted)) if value})
     apply_budgets(report, budgets, options.device)
-    _write_reports(run_dir, report)
+    _write_reports(run_dir, report, {**files, **drift_files})
     record_verdicts(run_dir, report)
+    write_report_html(run_dir, console)
+    failures = report["failures"] + (drifted["failures"] if drifted else [])
     if any(result["verdict"] == ERROR for result in results.values()):
         exit_code = EXIT_RUNTIME
     else:
-        exit_code = EXIT_OK if report["passed"] else EXIT_CHECK_FAILED
-    return ParityResult(run_dir=run_dir, report=report, exit_code=exit_code, failures=report["failures"])
+        exit_code = EXIT_OK if not failures else EXIT_CHECK_FAILED
+    return ParityResult(run_dir=run_dir, report=report, exit_code=exit_code, failures=failures)
+
+
+def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: TolerancePolicy, reference: Reference,
+                     data: EvalData, results: dict[str, dict], *, everything: bool, console=None) -> tuple[dict, dict]:
+    """The explain section (and its plot) for every candidate (`--explain`) or for each one that failed."""
+    from .explain import explain_candidates
+    from .explain_int8 import Int8Fixer
+
+    failed = {name for name, result in results.items() if result["verdict"] == "fail"}
+    artifacts = [artifact for artifact in plan.candidates if everything or artifact.name in failed]
+    if not artifacts:
+        return {}, {}
+    if not isinstance(runner, KerasRunner):
+        return {"unavailable": "the reference is a SavedModel: per-layer comparison needs the Keras model's layers",
+                "candidates": {}}, {}
+    fixes = Int8Fixer(run_dir, plan.manifest, data.inputs, reference.outputs.eval, data.targets) if everything \
+        else None
+    section, files = explain_candidates(run_dir, plan.manifest, runner._model, policy, data.inputs, data.edges,
+                                        artifacts, fixes=fixes, console=console)
+    section["trigger"] = "--explain" if everything else "automatic: the candidates that failed the gate"
+    return section, files
+
+
+def open_baseline(options: ParityOptions, manifest: Manifest):
+    """The baseline bundle of `--baseline`, checked before anything runs (see drift.py)."""
+    from .drift import DriftPolicy, open_baseline as open_drift_baseline
+
+    return open_drift_baseline(Path(options.baseline), manifest, DriftPolicy(options.max_accuracy_drop,
+                                                                              options.max_flips))
+
+
+def run_drift(baseline, run_dir: Path, manifest: Manifest, runner, *, console=None) -> tuple[dict, dict]:
+    from .drift import compare_releases
+
+    return compare_releases(baseline, run_dir, manifest, runner, console=console)
+
+
+def write_report_html(run_dir: Path, console=None) -> None:
+    """`<run>/report.html`; a failure to write it is reported, never fatal to the gate."""
+    from .html import write_html_report
+
+    try:
+        path = write_html_report(run_dir)
+    except Exception as error:  # noqa: BLE001 - the gate's verdicts stand without the HTML page
+        if console is not None:
+            console.print(f"parity: report.html not written ({type(error).__name__}: {error})")
+        return
+    if console is not None:
+        console.print(f"parity: report {path}")
 
 
 def plan_parity(run_dir: Path) -> ParityPlan:
@@ -297,12 +360,14 @@ def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference
     }
 
 
-def _write_reports(run_dir: Path, report: dict) -> None:
+def _write_reports(run_dir: Path, report: dict, files: dict[str, bytes] | None = None) -> None:
     from .reports import write_reports
 
     with atomic_path(run_dir / STAGE_DIR_NAME) as staging:
         staging.mkdir()
         write_reports(staging, report)
+        for name, content in (files or {}).items():  # the explain plot, the drift contact sheet
+            (staging / name).write_bytes(content)
 
 
 def record_verdicts(run_dir: Path, report: dict) -> None:

@@ -18,6 +18,7 @@ import time
 import traceback
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from .errors import BadRequest, PayloadTooLarge, ServeError, Unauthorized, error_response
@@ -27,6 +28,7 @@ access_log = logging.getLogger("kerasport.access")
 error_log = logging.getLogger("kerasport.error")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
 ROUTE_LABEL_CACHE = 1024
+CLIENT_CLOSED = 499  # recorded (nginx's convention) when the client left before its request was read
 REQUEST_ID_HEADER = "x-request-id"
 # A client's own request id is kept when it is short and plain; otherwise the server makes one.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -104,6 +106,9 @@ class Guard:
         except ServeError as error:  # raised while reading a body outside a route's exception handlers
             if not status["started"]:
                 await error_response(error, rid)(scope, receive, send_wrapper)
+        except ClientDisconnect:  # nobody is left to answer; not a server error
+            if not status["started"]:
+                status["code"] = CLIENT_CLOSED
         except Exception as error:  # noqa: BLE001 - the catch-all: log it, answer 500, keep serving
             self._log_error(scope, rid, error)
             if not status["started"]:

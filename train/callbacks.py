@@ -2,10 +2,14 @@
 
 Schedules are written relative to the current rate (they multiply it), so they compose with ReduceLROnPlateau
 and survive `--resume`, where BackupAndRestore brings back the optimizer's current rate.
+
+The default (issue 9, measured in README-training.md) is a cosine decay over `--epochs` composed with
+ReduceLROnPlateau, and ModelCheckpoint keeps the best val_loss epoch's weights for `--restore-best`.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -25,17 +29,53 @@ def step_schedule(every: int, factor: float):
     return schedule
 
 
-def cosine_schedule(epochs: int, floor: float = 1e-3):
-    """Cosine decay from the initial rate to `floor` x initial over `epochs`, applied as a per-epoch ratio."""
+def cosine_shape(epochs: int, warmup: int = 0, floor: float = 1e-3):
+    """The cosine schedule's rate per epoch as a fraction of the initial rate.
+
+    `warmup` epochs ramp linearly (1/(w+1), 2/(w+1), ...), then the rate follows half a cosine from 1 towards
+    `floor` over the remaining epochs, evaluated at each epoch's start: epoch e of E (after warm-up) trains at
+    0.5 * (1 + cos(pi * e / E)), so the last epoch still learns (at 0.095x for 5 epochs, 0.011x for 15).
+    """
+    span = max(epochs - warmup, 1)
 
     def shape(epoch: int) -> float:
-        progress = min(epoch, max(epochs - 1, 1)) / max(epochs - 1, 1)
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        progress = min(epoch - warmup, span) / span
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return shape
+
+
+def cosine_schedule(epochs: int, floor: float = 1e-3, warmup: int = 0):
+    """Cosine decay over `epochs` (after `warmup` linear epochs), applied as a per-epoch ratio of the current rate."""
+    shape = cosine_shape(epochs, warmup, floor)
 
     def schedule(epoch: int, learning_rate: float) -> float:
         if epoch == 0:
-            return learning_rate
+            return learning_rate * shape(0)
         return learning_rate * shape(epoch) / shape(epoch - 1)
+
+    return schedule
+
+
+def best_logged(history: Path, key: str = "val_loss") -> float | None:
+    """The lowest `key` in a CSVLogger file (None when there is none): a resumed ModelCheckpoint starts from it."""
+    if not history.is_file():
+        return None
+    with open(history, newline="") as handle:
+        values = [float(row[key]) for row in csv.DictReader(handle) if row.get(key) not in (None, "")]
+    return min(values) if values else None
+
+
+def warmup_schedule(warmup: int):
+    """`--lr-warmup` without cosine (step/none): ramp linearly over `warmup` epochs, then leave the rate alone."""
+    shape = cosine_shape(warmup + 1, warmup, floor=1.0)
+
+    def schedule(epoch: int, learning_rate: float) -> float:
+        if epoch > warmup:
+            return learning_rate
+        return learning_rate * shape(epoch) / (shape(epoch - 1) if epoch else 1.0)
 
     return schedule
 
@@ -98,10 +138,17 @@ def build_callbacks(config: TrainConfig, work_dir: Path, *, console, steps_per_e
         callbacks.append(keras.callbacks.LearningRateScheduler(
             step_schedule(config.lr_step_every, config.lr_step_factor)))
     elif config.lr_schedule == "cosine":
-        callbacks.append(keras.callbacks.LearningRateScheduler(cosine_schedule(config.epochs)))
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            cosine_schedule(config.epochs, warmup=config.lr_warmup)))
+    if config.lr_warmup and config.lr_schedule != "cosine":
+        callbacks.append(keras.callbacks.LearningRateScheduler(warmup_schedule(config.lr_warmup)))
+    # A resumed run's checkpoint must beat the best epoch before the interruption, so that best.weights.h5 holds
+    # the weights of the best epoch in the whole history.csv (the one metrics.json reports and --restore-best ships).
+    best_so_far = best_logged(work_dir / "history.csv") if resuming else None
     callbacks.append(keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=resuming))
     callbacks.append(keras.callbacks.ModelCheckpoint(str(work_dir / "best.weights.h5"), monitor="val_loss",
-                                                     save_best_only=True, save_weights_only=True))
+                                                     save_best_only=True, save_weights_only=True,
+                                                     initial_value_threshold=best_so_far))
     if config.plateau:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.plateau_factor,
                                                            patience=config.plateau_patience, mode="auto",

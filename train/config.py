@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from kerasport.errors import UsageError
@@ -13,6 +14,11 @@ TASKS = ("classification", "regression")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "relu6", "swish", "selu", "sigmoid", "tanh")
 LR_SCHEDULES = ("none", "step", "cosine")
+COLORS = ("auto", "grayscale", "rgb")
+# --arch package.module:function, a user's model builder (train/builders.py)
+BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+IMAGE_SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+MIN_IMAGE_SIDE = 8
 
 
 @dataclass
@@ -28,17 +34,21 @@ class TrainConfig:
     activation: str = "relu"
     initializer: str = "auto"
     relu_bias: float = 0.0
-    lr_schedule: str = "none"
+    lr_schedule: str = "cosine"
     lr_step_every: int = 100
     lr_step_factor: float = 0.1
+    lr_warmup: int = 0
     plateau: bool = True
     plateau_patience: int = 10
     plateau_factor: float = 0.1
     early_stopping: int = 0
+    restore_best: bool = True
     val_split: float = 0.1
     seed: int = 42
     deterministic: bool = False
     limit: int = 0
+    image_size: str = "auto"
+    color: str = "auto"
     width: float = 1.0
     dropout: float = 0.0
     precise_bn: bool = True
@@ -58,7 +68,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        choices = {"arch": ARCHS, "task": TASKS, "optimizer": OPTIMIZERS, "activation": ACTIVATIONS,
+        choices = {"color": COLORS, "task": TASKS, "optimizer": OPTIMIZERS, "activation": ACTIVATIONS,
                    "lr_schedule": LR_SCHEDULES}
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -87,6 +97,34 @@ class TrainConfig:
         if self.relu_bias < 0:
             raise UsageError(f"--relu-bias {self.relu_bias} must be >= 0")
         self._validate_cluster()
+        self._validate_model_input()
+
+    def _validate_model_input(self) -> None:
+        """--arch, --image-size, --lr-warmup (issue 9: any image size and colour, the user's own builder)."""
+        if self.arch not in ARCHS and not BUILDER_PATTERN.match(self.arch):
+            raise UsageError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)} or package.module:function "
+                             f"(a model builder, e.g. mymodels.cnn:build)")
+        if self.image_size != "auto":
+            self.image_shape()
+        if not 0 <= self.lr_warmup < self.epochs:
+            raise UsageError(f"--lr-warmup {self.lr_warmup} must be in [0, --epochs {self.epochs})")
+
+    def image_shape(self) -> tuple[int, int] | None:
+        """`--image-size HxW` as (height, width); None for auto (the data source's own size)."""
+        if self.image_size == "auto":
+            return None
+        found = IMAGE_SIZE_PATTERN.match(self.image_size.strip().lower())
+        if not found:
+            raise UsageError(f"--image-size {self.image_size!r} is not HxW; expected e.g. 28x28, 32x48 or auto")
+        height, width = int(found.group(1)), int(found.group(2))
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise UsageError(f"--image-size {self.image_size}: expected at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+        return height, width
+
+    @property
+    def builtin_arch(self) -> bool:
+        """True for the built-in `seed`/`edge`, False for a user's package.module:function builder."""
+        return self.arch in ARCHS
 
     def _validate_cluster(self) -> None:
         if not self.collective_timeout > 0:

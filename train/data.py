@@ -1,12 +1,17 @@
 """Training data sources, all usable offline, each converted to the model contract.
 
-Every source yields raw pixels as float32 NHWC `[n, 28, 28, 1]` in 0..255 plus integer labels (classification) or
-float targets (regression), and a held-out test split that training never sees. Bad data raises `DataError` with
-the file and the problem before anything is written.
+Every source yields raw pixels as float32 NHWC `[n, height, width, channels]` in 0..255 plus integer labels
+(classification) or float targets (regression), and a held-out test split that training never sees. The image
+size and colour mode are the options' (`--image-size HxW`, `--color grayscale|rgb`) or, left at `auto`, the
+source's own: an array source (IDX, NPZ, the Keras caches) keeps its size and is RGB when it has 3 channels;
+`digits` and image folders are 28x28 grayscale. Arrays are resized with the same filter the contract records for
+serving (Pillow bilinear), so a picture sent to a server is decoded as the training images were. Bad data raises
+`DataError` with the file and the problem before anything is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasport.contract import ImageSpec, check_pixel_range
+from kerasport.contract import COLOR_MODES, ImageSpec, check_pixel_range
 from kerasport.errors import DataError, UsageError
 from kerasport.images import REFERENCE_IMAGE, decode_image
 
@@ -27,7 +32,14 @@ TEST_FRACTION = 0.2
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
 
-IMAGE_SIZE = REFERENCE_IMAGE.height
+# ITU-R 601-2 luma, what Pillow's convert("L") computes: RGB arrays become grayscale as serving converts pictures.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# Where the MNIST framing puts a digit: a 20x20 box centred in the 28x28 frame (scaled for other sizes).
+DIGIT_BOX_FRACTION = 20 / 28
+
+
+# The image of a source whose pictures' polarity is unknown (the converted size and colour are set by `_conform`).
+UNKNOWN_FOREGROUND = dataclasses.replace(REFERENCE_IMAGE, foreground=None)
 
 
 @dataclass
@@ -50,8 +62,57 @@ class Dataset:
         return digest.hexdigest()
 
 
-def load_dataset(spec: str, *, task: str = "classification", limit: int = 0) -> Dataset:
-    """Load the dataset named by `spec` (see `kerasport train --help`) and validate it against the contract."""
+@dataclass(frozen=True)
+class ImageRequest:
+    """The image the options ask for: `size` (height, width) or None for the source's own; `color` or "auto"."""
+
+    size: tuple[int, int] | None = None
+    color: str = "auto"
+
+    def spec_for_pictures(self) -> ImageSpec:
+        """How an image folder's pictures are decoded: the asked size and colour, else 28x28 grayscale."""
+        height, width = self.size or (REFERENCE_IMAGE.height, REFERENCE_IMAGE.width)
+        color = REFERENCE_IMAGE.color_mode if self.color == "auto" else self.color
+        return ImageSpec(height=height, width=width, color_mode=color)
+
+
+def load_training_data(config) -> tuple[object, Dataset]:
+    """Load `config.data` at the asked image size and colour; return the config with both made concrete.
+
+    The returned `TrainConfig` has `image_size` "HxW" and `color` grayscale|rgb as the data turned out (an `auto`
+    resolved), so the model is built for, and config.json records, the images training saw.
+
+    Raises:
+        UsageError / DataError: an unknown source or bad data (exit 2).
+    """
+    dataset = load_dataset(config.data, task=config.task, limit=config.limit, image_size=config.image_shape(),
+                           color=config.color)
+    image = dataset.image
+    resolved = dataclasses.replace(config, image_size=f"{image.height}x{image.width}", color=image.color_mode)
+    return resolved, dataset
+
+
+def load_dataset(spec: str, *, task: str = "classification", limit: int = 0,
+                 image_size: tuple[int, int] | None = None, color: str = "auto") -> Dataset:
+    """Load the dataset named by `spec` (see `kerasport train --help`) and validate it against the contract.
+
+    Args:
+        spec: digits | mnist | fashion_mnist | idx:DIR | npz:FILE | images:DIR.
+        task: classification (integer labels) or regression (float targets).
+        limit: keep only the first N training samples (0 = all).
+        image_size: (height, width) every image is resized to; None = the source's own (28x28 for digits and
+            image folders).
+        color: grayscale | rgb, or auto (RGB for 3-channel arrays, else grayscale).
+
+    Returns:
+        The dataset with float32 NHWC pixels in 0..255 and `image` describing them.
+
+    Raises:
+        UsageError: an unknown source or a bad option. DataError: bad data, naming the file and the problem.
+    """
+    if color != "auto" and color not in COLOR_MODES:
+        raise UsageError(f"--color {color!r} is not one of auto, {', '.join(COLOR_MODES)}")
+    request = ImageRequest(tuple(image_size) if image_size else None, color)
     kind, _, argument = spec.partition(":")
     loaders = {"digits": _load_digits, "mnist": _load_keras_mnist, "fashion_mnist": _load_keras_fashion,
                "idx": _load_idx_dir, "npz": _load_npz, "images": _load_image_folders}
@@ -62,15 +123,19 @@ def load_dataset(spec: str, *, task: str = "classification", limit: int = 0) -> 
         raise UsageError(f"--data {spec!r} needs a path after the colon, e.g. {kind}:/data/mnist")
     if kind in ("digits", "mnist", "fashion_mnist") and argument:
         raise UsageError(f"--data {spec!r}: the built-in source {kind!r} takes no path")
-    dataset = loaders[kind](argument) if argument else loaders[kind]()
+    if kind == "digits":
+        dataset = _load_digits(request.size)
+    elif kind == "images":
+        dataset = _load_image_folders(argument, request.spec_for_pictures())
+    else:
+        dataset = loaders[kind](argument) if argument else loaders[kind]()
     dataset.name = spec
     _validate(dataset, task)
     if limit:
         if limit < 0:
             raise UsageError(f"--limit {limit} must be >= 0 (0 = use every training sample)")
         dataset.x_train, dataset.y_train = dataset.x_train[:limit], dataset.y_train[:limit]
-    dataset.x_train = dataset.x_train.astype(np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
-    dataset.x_test = dataset.x_test.astype(np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    _conform(dataset, request)
     if task == "classification":
         dataset.y_train = dataset.y_train.astype(np.int32)
         dataset.y_test = dataset.y_test.astype(np.int32)
@@ -80,14 +145,26 @@ def load_dataset(spec: str, *, task: str = "classification", limit: int = 0) -> 
     return dataset
 
 
+def _item_shape(x: np.ndarray) -> tuple[int, int, int] | None:
+    """(height, width, channels) of an image batch shaped (n, h, w) or (n, h, w, 1|3); None for anything else."""
+    if x.ndim == 3:
+        return (*x.shape[1:], 1)
+    if x.ndim == 4 and x.shape[-1] in (1, 3):
+        return x.shape[1:]
+    return None
+
+
 def _validate(dataset: Dataset, task: str) -> None:
     origin = dataset.source.get("path", dataset.name)
+    train_shape = _item_shape(dataset.x_train)
     for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
-        if x.ndim == 4 and x.shape[-1] == 1:
-            x = x[..., 0]
-        if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{origin}: x_{split} has shape {x.shape}; expected (n, {IMAGE_SIZE}, {IMAGE_SIZE}) "
-                            f"or (n, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) grayscale images")
+        shape = _item_shape(x)
+        if shape is None:
+            raise DataError(f"{origin}: x_{split} has shape {x.shape}; expected images shaped (n, height, width) "
+                            f"or (n, height, width, 1|3) (grayscale or RGB)")
+        if split == "test" and train_shape is not None and shape != train_shape:
+            raise DataError(f"{origin}: x_train has shape {dataset.x_train.shape}; expected the same image size "
+                            f"and channels as x_test {x.shape}")
         if len(x) == 0:
             raise DataError(f"{origin}: the {split} split is empty; expected at least one image")
         if len(x) != len(y):
@@ -139,7 +216,7 @@ def _split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 # --- built-in: scikit-learn's handwritten digits, shipped inside the package -----------------------------------
 
 
-def _load_digits() -> Dataset:
+def _load_digits(size: tuple[int, int] | None = None) -> Dataset:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
@@ -148,16 +225,58 @@ def _load_digits() -> Dataset:
 
     digits = load_digits()
     images = digits.images.astype(np.float32) * (255.0 / 16.0)
-    # MNIST's convention: the digit fills a 20x20 box centred in a 28x28 frame.
-    box, pad = 20, (IMAGE_SIZE - 20) // 2
-    resized = np.stack([np.asarray(Image.fromarray(image, mode="F").resize((box, box), Image.BILINEAR))
-                        for image in images])
-    framed = np.zeros((len(images), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    framed[:, pad:pad + box, pad:pad + box] = np.clip(resized, 0, 255)
+    # MNIST's convention: the digit fills a 20x20 box centred in a 28x28 frame (the same proportion at any size).
+    height, width = size or (REFERENCE_IMAGE.height, REFERENCE_IMAGE.width)
+    box = max(1, int(round(DIGIT_BOX_FRACTION * min(height, width))))
+    top, left = (height - box) // 2, (width - box) // 2
+    resized = np.stack([np.asarray(Image.fromarray(image).resize((box, box), Image.BILINEAR)) for image in images])
+    framed = np.zeros((len(images), height, width), dtype=np.float32)
+    framed[:, top:top + box, left:left + box] = np.clip(resized, 0, 255)
     x_train, y_train, x_test, y_test = _split(np.round(framed), digits.target.astype(np.int64))
     return Dataset("digits", x_train, y_train, x_test, y_test, [str(d) for d in range(10)],
                    source={"kind": "digits", "package": "scikit-learn", "images": int(len(images)),
-                           "conversion": "8x8 0..16 -> x255/16, bilinear 20x20, padded to 28x28"})
+                           "conversion": f"8x8 0..16 -> x255/16, bilinear {box}x{box}, centred in {height}x{width}"})
+
+
+# --- conversion to the asked size and colour --------------------------------------------------------------------
+
+
+def _conform(dataset: Dataset, request: ImageRequest) -> None:
+    """Bring both splits to float32 NHWC at the asked size and colour; set `dataset.image` to match."""
+    height, width, channels = _item_shape(dataset.x_train)
+    native = "rgb" if channels == 3 else "grayscale"
+    color = native if request.color == "auto" else request.color
+    size = request.size or (height, width)
+    for split in ("x_train", "x_test"):
+        x = getattr(dataset, split).astype(np.float32).reshape(-1, height, width, channels)
+        setattr(dataset, split, _resize(_to_color(x, color), size))
+    if (size, color) != ((height, width), native):
+        dataset.source = {**dataset.source, "converted": f"{height}x{width} {native} -> {size[0]}x{size[1]} {color}"}
+    foreground = dataset.image.foreground if color == "grayscale" else None
+    dataset.image = ImageSpec(height=size[0], width=size[1], color_mode=color, foreground=foreground)
+
+
+def _to_color(x: np.ndarray, color: str) -> np.ndarray:
+    if color == "rgb" and x.shape[-1] == 1:
+        return np.repeat(x, 3, axis=-1)
+    if color == "grayscale" and x.shape[-1] == 3:
+        return (x @ LUMA)[..., None]
+    return x
+
+
+def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize every channel of every image with Pillow's bilinear filter (the contract's `resample`)."""
+    from PIL import Image
+
+    height, width = size
+    if x.shape[1:3] == (height, width):
+        return x
+    out = np.empty((len(x), height, width, x.shape[-1]), dtype=np.float32)
+    for index in range(len(x)):
+        for channel in range(x.shape[-1]):
+            plane = Image.fromarray(np.ascontiguousarray(x[index, :, :, channel]))
+            out[index, :, :, channel] = np.asarray(plane.resize((width, height), Image.BILINEAR))
+    return np.clip(out, 0, 255)
 
 
 # --- keras.datasets (uses the Keras cache; offline without a cache is a clear error) --------------------------
@@ -176,6 +295,7 @@ def _load_keras_mnist() -> Dataset:
         dataset = Dataset("mnist", *_load_keras_dataset("mnist", expected=str(cached)), [])
     dataset.labels = [str(d) for d in range(10)]
     dataset.source = {"kind": "keras.datasets", "path": str(cached)}
+    dataset.image = REFERENCE_IMAGE  # MNIST's polarity: light strokes on a dark background
     return dataset
 
 
@@ -188,6 +308,7 @@ def _load_keras_fashion() -> Dataset:
         dataset = Dataset("fashion_mnist", *_load_keras_dataset("fashion_mnist", expected=expected), [])
     dataset.labels = list(FASHION_LABELS)
     dataset.source = {"kind": "keras.datasets", "path": str(cached)}
+    dataset.image = REFERENCE_IMAGE  # MNIST's polarity: light strokes on a dark background
     return dataset
 
 
@@ -258,7 +379,7 @@ def _load_idx_dir(directory: str) -> Dataset:
             raise DataError(f"{root}: {split} images hold {len(x)} items but {split} labels hold {len(y)}; "
                             f"expected equal counts")
     return Dataset(f"idx:{directory}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                   [], source={"kind": "idx", "path": str(root)})
+                   [], source={"kind": "idx", "path": str(root)}, image=UNKNOWN_FOREGROUND)
 
 
 # --- npz:FILE — the Keras mnist.npz layout --------------------------------------------------------------------
@@ -280,28 +401,29 @@ def _load_npz(file: str) -> Dataset:
         raise
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read as .npz ({error})") from error
-    return Dataset(f"npz:{file}", *arrays, [], source={"kind": "npz", "path": str(path)})
+    return Dataset(f"npz:{file}", *arrays, [], source={"kind": "npz", "path": str(path)}, image=UNKNOWN_FOREGROUND)
 
 
 # --- images:DIR — one sub-folder per class --------------------------------------------------------------------
 
 
-def _load_image_folders(directory: str) -> Dataset:
+def _load_image_folders(directory: str, spec: ImageSpec = REFERENCE_IMAGE) -> Dataset:
     root = Path(directory)
     if not root.is_dir():
         raise DataError(f"--data images:{directory}: {root} is not a directory; expected one sub-folder of "
                         f"PNG/JPEG files per class")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        x_train, y_train, labels = _read_class_folders(root / "train", None)
-        x_test, y_test, _ = _read_class_folders(root / "test", labels)
+        x_train, y_train, labels = _read_class_folders(root / "train", None, spec)
+        x_test, y_test, _ = _read_class_folders(root / "test", labels, spec)
     else:
-        x, y, labels = _read_class_folders(root, None)
+        x, y, labels = _read_class_folders(root, None, spec)
         x_train, y_train, x_test, y_test = _split(x, y)
     return Dataset(f"images:{directory}", x_train, y_train, x_test, y_test, labels,
-                   source={"kind": "images", "path": str(root)})
+                   source={"kind": "images", "path": str(root)}, image=UNKNOWN_FOREGROUND)
 
 
-def _read_class_folders(root: Path, labels: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_class_folders(root: Path, labels: list[str] | None,
+                        spec: ImageSpec = REFERENCE_IMAGE) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     class_dirs = sorted(path for path in root.iterdir() if path.is_dir())
@@ -319,7 +441,7 @@ def _read_class_folders(root: Path, labels: list[str] | None) -> tuple[np.ndarra
         for file in files:
             try:
                 with Image.open(file) as image:
-                    images.append(decode_image(image))
+                    images.append(decode_image(image, spec))
             except (UnidentifiedImageError, OSError) as error:
                 raise DataError(f"{file}: cannot decode as an image ({error})") from error
             targets.append(index)

@@ -30,7 +30,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import select
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -44,7 +46,7 @@ from kerasport.fsutil import atomic_path, write_json_atomic
 from kerasport.tfenv import quiet_tensorflow
 
 from .config import TrainConfig, worker_addresses
-from .data import Dataset, load_dataset
+from .data import Dataset, load_training_data
 from .fit import (
     WORK_DIR_NAME,
     TrainResult,
@@ -56,6 +58,7 @@ from .fit import (
     _regression_width,
     _validation_split,
     augmenter,
+    check_arch,
 )
 
 JOBS = ("chief", "worker")  # the task types MultiWorkerMirroredStrategy trains with, the chief first
@@ -174,7 +177,9 @@ def train_distributed(config: TrainConfig, *, console=None, extra_callbacks: lis
     work_dir = run_dir / WORK_DIR_NAME
     if config.resume:
         config = _config_to_resume_here(work_dir, config, cluster)
-    dataset = load_dataset(config.data, task=config.task, limit=config.limit)  # fails before anything is written
+    # fails before anything is written; the config comes back with --image-size/--color as the data turned out
+    config, dataset = load_training_data(config)
+    check_arch(config)
     strategy = make_strategy(cluster, config.collective_timeout)
 
     import keras
@@ -225,32 +230,51 @@ def make_strategy(cluster: Cluster, timeout: float):
 
     Raises:
         UsageError: TensorFlow already ran an op in this process (the strategy needs a fresh one).
-        KerasportError: not every worker joined within `timeout` seconds.
     """
     os.environ["TF_CONFIG"] = cluster.tf_config()
     quiet_tensorflow()
     import tensorflow as tf
 
-    try:
-        # TensorFlow waits for every worker to join with no limit by default (and a waiting process ignores
-        # SIGTERM): bound the wait, through the strategy's own setting, where this TensorFlow has it.
-        from tensorflow.python.distribute import collective_all_reduce_strategy as collective
-
-        collective.CollectiveAllReduceExtended._check_health_initial_timeout = int(max(1, timeout))
-    except (ImportError, AttributeError):  # pragma: no cover - another TensorFlow: the wait is unbounded
-        pass
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout))
+    disarm = _join_watchdog(f"worker {cluster.rank}: not all {cluster.size} workers joined within "
+                            f"--collective-timeout {timeout:g} s; expected every one of "
+                            f"{', '.join(_addresses(cluster))} to start", timeout)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except RuntimeError as error:
-        message = str(error)
-        if "Timeout waiting for the cluster" in message:
-            raise KerasportError(f"worker {cluster.rank}: not every one of the {cluster.size} workers joined within "
-                                 f"--collective-timeout {timeout:g} s; expected all of "
-                                 f"{', '.join(_addresses(cluster))} to start") from None
         raise UsageError(f"--distributed needs a fresh process: TensorFlow already ran in this one "
-                         f"({message.splitlines()[0]}); run `kerasport train --distributed` as its own command") \
-            from None
+                         f"({str(error).splitlines()[0]}); run `kerasport train --distributed` as its own "
+                         f"command") from None
+    finally:
+        disarm()
+
+
+def _join_watchdog(message: str, timeout: float):
+    """End this process with `message` if the strategy is not up within `timeout` seconds; returns the disarm.
+
+    While it creates the strategy, TensorFlow waits for every worker with no limit, holding the GIL and ignoring
+    SIGTERM, so no thread of this process can stop it: a forked watchdog process (TensorFlow's threads are not
+    yet running there) prints the error and sends SIGKILL. Without fork (not POSIX) the wait stays unbounded.
+    """
+    if not hasattr(os, "fork"):  # pragma: no cover
+        return lambda: None
+    read_end, write_end = os.pipe()
+    sys.stderr.flush()
+    watchdog = os.fork()
+    if watchdog == 0:  # pragma: no cover - the child; coverage does not follow it
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        if not ready:
+            os.write(2, f"error: {message}\n".encode())
+            os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(0)
+    os.close(read_end)
+
+    def disarm() -> None:
+        os.close(write_end)  # the watchdog sees end-of-file and exits
+        os.waitpid(watchdog, 0)
+
+    return disarm
 
 
 def _addresses(cluster: Cluster) -> list[str]:
@@ -301,7 +325,7 @@ class _Job:
                              f"per worker")
         with self.strategy.scope():
             model = build_model(self.config, n_outputs)
-            for layer in model.layers:
+            for layer in _all_layers(model):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True  # read at call time; the saved (plain) model keeps the default
             compile_model(model, self.config)
@@ -351,6 +375,13 @@ class _Job:
             rows = mine[start:start + EVAL_BATCH]
             totals += steps.evaluate(x[rows], y[rows])
         return {"val_loss": totals[0] / len(x), f"val_{steps.metric_name}": totals[1] / len(x)}
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # a nested model (a user's builder may compose them)
+            yield from _all_layers(layer)
 
 
 @dataclass(frozen=True)
@@ -529,11 +560,12 @@ def _peer_error(error, config: TrainConfig, progress: _Progress, work_dir: Path)
     where = f"distributed training stopped in epoch {progress.epoch + 1}, step {progress.step + 1}"
     if isinstance(error, tf.errors.DeadlineExceededError):
         cause = f"a peer worker did not answer within --collective-timeout {config.collective_timeout:g} s"
+    elif "heartbeat" in (error.message or ""):
+        cause = "a peer worker stopped sending heartbeats (it hung, or its host is unreachable)"
     else:
         lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
-        detail = next((line for line in lines if "aborted by" in line or "timed out" in line), lines[-1] if lines
-                      else type(error).__name__)
-        cause = f"a peer worker went away ({detail[:160]})"
+        detail = next((line for line in lines if "aborted by" in line), lines[-1] if lines else type(error).__name__)
+        cause = f"a peer worker went away ({detail.removeprefix('Collective ops is aborted by: ')[:160]})"
     metadata = work_dir / BACKUP_DIR / BACKUP_METADATA
     if metadata.is_file():
         finished = json.loads(metadata.read_text())["epoch"]

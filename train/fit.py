@@ -28,7 +28,7 @@ from kerasport.tfenv import quiet_tensorflow
 
 from .bundle import export_saved_model, model_artifacts, save_keras_model, write_samples
 from .config import INPUT_NAME, TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, load_training_data
 
 WORK_DIR_NAME = ".train-work"
 STAGE_DIR_NAME = "train"
@@ -75,7 +75,9 @@ def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = N
     work_dir = run_dir / WORK_DIR_NAME
     if config.resume:
         config = _config_to_resume(work_dir, config)
-    dataset = load_dataset(config.data, task=config.task, limit=config.limit)  # fails before anything is written
+    # fails before anything is written; the config comes back with --image-size/--color as the data turned out
+    config, dataset = load_training_data(config)
+    check_arch(config)
 
     quiet_tensorflow()
     import keras
@@ -104,7 +106,8 @@ def _finish_run(run_dir: Path, work_dir: Path, config: TrainConfig, dataset: Dat
     from .models import resolve_initializer
 
     resolved = {**config.to_dict(), "resume": False,
-                "resolved_initializer": resolve_initializer(config.activation, config.initializer)}
+                "resolved_initializer": resolve_initializer(config.activation, config.initializer),
+                **_builder_section(config)}
     environment = _environment(keras, tf)
     stage_record = {"config": resolved, "data": {"spec": dataset.name, "fingerprint": dataset.fingerprint(),
                                                  "source": dataset.source, "labels": dataset.labels},
@@ -154,8 +157,54 @@ def _fit(config: TrainConfig, dataset: Dataset, n_outputs: int, work_dir: Path, 
     return _Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
 
 
+def check_arch(config: TrainConfig) -> None:
+    """Import a user's `--arch package.module:function` builder now, so a bad one fails before anything is written."""
+    if not config.builtin_arch:
+        from .builders import load_builder
+
+        load_builder(config.arch)
+
+
+def _headline_keys(config: TrainConfig) -> tuple[str, str]:
+    return ("test_accuracy", "test_loss") if config.task == "classification" else ("test_mae", "test_mse")
+
+
+def _evaluate_with_precise_bn(model, fitted: _Fitted, dataset: Dataset, config: TrainConfig) -> dict:
+    if config.precise_bn:
+        recalibrate_batch_norm(model, fitted.x_fit, batch_size=256)
+    return evaluate(model, dataset, config)
+
+
+def _choose_weights(fitted: _Fitted, dataset: Dataset, config: TrainConfig, work_dir: Path, rows: list[dict]) -> dict:
+    """Leave in the model the weights to ship (the best val_loss epoch's with --restore-best, else the last
+    epoch's) and measure the other ones, post-processed the same way (precise BN), for metrics.json.
+
+    Returns the comparison keys: restore_best, final_epoch, shipped_epoch and the other side's
+    final_epoch_<metric> or best_epoch_<metric> (the caller fills in the shipped side from its own evaluation).
+    """
+    best_path = work_dir / "best.weights.h5"
+    final_epoch = int(rows[-1].get("epoch", len(rows) - 1)) if rows else None
+    best_epoch = _best_epoch(rows).get("best_epoch")
+    record = {"restore_best": config.restore_best, "final_epoch": final_epoch}
+    if best_epoch is None or best_epoch == final_epoch or not best_path.is_file():
+        return {**record, "shipped_epoch": final_epoch}
+    model = fitted.model
+    final_weights = model.get_weights()
+    if config.restore_best:
+        other, other_metrics = "final", _evaluate_with_precise_bn(model, fitted, dataset, config)
+        model.load_weights(best_path)
+    else:
+        model.load_weights(best_path)
+        other, other_metrics = "best", _evaluate_with_precise_bn(model, fitted, dataset, config)
+        model.set_weights(final_weights)
+    record.update({f"{other}_epoch_{key}": other_metrics[key] for key in _headline_keys(config)})
+    return {**record, "shipped_epoch": best_epoch if config.restore_best else final_epoch}
+
+
 def _evaluate_and_summarize(fitted: _Fitted, dataset: Dataset, config: TrainConfig, work_dir: Path) -> dict:
     model = fitted.model
+    rows = _read_history(work_dir / "history.csv")
+    weights = _choose_weights(fitted, dataset, config, work_dir, rows)
     before_recalibration = None
     if config.precise_bn:
         # Measured on every run, so the effect of the recalibration is visible in metrics.json.
@@ -165,7 +214,10 @@ def _evaluate_and_summarize(fitted: _Fitted, dataset: Dataset, config: TrainConf
     if before_recalibration is not None:
         headline = "test_accuracy" if config.task == "classification" else "test_mae"
         metrics[f"{headline}_before_precise_bn"] = before_recalibration[headline]
-    rows = _read_history(work_dir / "history.csv")
+    for side in ("final", "best"):  # the shipped side (both when the best epoch was the last) is what shipped
+        for key in _headline_keys(config):
+            weights.setdefault(f"{side}_epoch_{key}", metrics[key])
+    metrics.update(weights)
     epochs = len(fitted.history.epoch)
     metrics.update(epochs_run=len(rows), epochs_this_session=epochs, fit_seconds=round(fitted.fit_seconds, 2),
                    train_images_per_second=round(len(fitted.x_fit) * epochs / max(fitted.fit_seconds, 1e-9), 1),
@@ -358,6 +410,20 @@ def _environment(keras, tf) -> dict:
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TensorFlow default: on)")}
 
 
+def _builder_section(config: TrainConfig) -> dict:
+    """{"builder": {spec, module, function, source_sha256}} for a user's --arch builder, else nothing."""
+    if config.builtin_arch:
+        return {}
+    from .builders import builder_record
+
+    return {"builder": builder_record(config.arch)}
+
+
+def _model_name(config: TrainConfig) -> str:
+    """`kerasport-seed`; for a builder `kerasport-<function>` (a name packaging can use as a directory)."""
+    return f"kerasport-{config.arch if config.builtin_arch else config.arch.rpartition(':')[2]}"
+
+
 def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, contract: ModelContract,
                     environment: dict, metrics: dict):
     classification = config.task == "classification"
@@ -367,8 +433,9 @@ def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, contra
     headline = ({"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]} if classification
                 else {"test_mae": metrics["test_mae"], "test_mse": metrics["test_mse"]})
     return new_manifest(
-        model={"name": f"kerasport-{config.arch}", "version": "1", "task": config.task, "arch": config.arch,
-               "width": config.width, "parameters": metrics["parameters"], "source": {"kind": "trained"}},
+        model={"name": _model_name(config), "version": "1", "task": config.task, "arch": config.arch,
+               "width": config.width, "parameters": metrics["parameters"], "source": {"kind": "trained"},
+               **_builder_section(config)},
         contract=contract,
         seeds={"seed": config.seed, "deterministic": config.deterministic},
         versions=environment,

@@ -29,6 +29,7 @@ from .distributed import local_cluster, parse_finished_line
 LOOPBACK = "127.0.0.1"
 SET_BY_LAUNCH = ("--distributed", "--workers", "--worker-index")
 POLL_SECONDS = 0.1
+FAILURE_GRACE_SECONDS = 3.0
 
 
 @dataclass
@@ -168,9 +169,13 @@ def _wait(workers: list[Worker]) -> LaunchResult:
 
 def _failure(failed: Worker, workers: list[Worker], code: int) -> KerasportError:
     """Stop the others; name the worker that failed first (a killed one over those that lost it as a peer)."""
-    time.sleep(POLL_SECONDS)  # a peer killed at the same moment is the cause; let its exit be seen
+    # The others usually notice the lost peer at once and stop with their own one-line error (the chief's says
+    # what is backed up); give them a moment to print it, then stop the rest.
+    deadline = time.monotonic() + FAILURE_GRACE_SECONDS
+    while time.monotonic() < deadline and any(worker.process.poll() is None for worker in workers):
+        time.sleep(POLL_SECONDS)
     killed = [worker for worker in workers if (worker.process.poll() or 0) < 0]
-    if code >= 0 and killed:
+    if code >= 0 and killed:  # one killed by a signal is the cause; the others lost it as a peer
         failed, code = killed[0], killed[0].process.returncode
     _stop(workers)
     role = "the chief" if failed.rank == 0 else f"worker {failed.rank}"

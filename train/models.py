@@ -1,10 +1,16 @@
-"""Model builders: the reference CNN (`seed`) and a compact microcontroller variant (`edge`).
+"""Model builders: the reference CNN (`seed`), a compact microcontroller variant (`edge`), and a user's own
+(`--arch package.module:function`, see builders.py).
 
-Both take raw 0..255 pixels on an input named `image` and rescale inside the model, so every runtime that later
-serves the model gets the same raw input.
+All take raw 0..255 pixels of the configured image size and colour (`--image-size`, `--color`) and rescale inside
+the model, so every runtime that later serves the model gets the same raw input. The seed's MaxPool (pool 2,
+strides 1, valid) and Flatten work at any size of at least 2x2; only the Dense layer's parameter count changes
+(12,038,154 parameters at 28x28x1 and 10 classes).
 """
 
 from __future__ import annotations
+
+from kerasport.contract import COLOR_MODES
+from kerasport.images import REFERENCE_IMAGE
 
 from .config import INPUT_NAME, TrainConfig
 
@@ -15,18 +21,41 @@ AUTO_INITIALIZERS = {**dict.fromkeys(RELU_FAMILY, "he_normal"), "sigmoid": "glor
 
 
 def resolve_initializer(activation: str, initializer: str) -> str:
+    """The kernel initializer's Keras name: `initializer`, or for `auto` the one paired with `activation`."""
     return AUTO_INITIALIZERS[activation] if initializer == "auto" else initializer
+
+
+def resolve_bias_initializer(relu_bias: float):
+    """The hidden layers' bias initializer: a constant `relu_bias` (e.g. 0.1 against dead ReLUs) or zeros."""
+    import keras
+
+    return keras.initializers.Constant(relu_bias) if relu_bias else "zeros"
+
+
+def model_input_shape(config: TrainConfig) -> tuple[int, int, int]:
+    """(height, width, channels) of the model's image input: `--image-size`/`--color`, 28x28x1 while auto."""
+    height, width = config.image_shape() or (REFERENCE_IMAGE.height, REFERENCE_IMAGE.width)
+    return height, width, COLOR_MODES["rgb" if config.color == "rgb" else "grayscale"]
 
 
 def _scaled(units: int, width: float) -> int:
     return max(1, int(round(units * width)))
 
 
-def build_model(config: TrainConfig, n_outputs: int):
-    """Build and return an uncompiled functional Keras model for `config`."""
-    import keras
-    from keras import layers
+def build_model(config: TrainConfig, n_outputs: int, input_shape: tuple[int, int, int] | None = None):
+    """Build and return an uncompiled Keras model for `config`.
 
+    Args:
+        config: the training configuration (arch, width, activation, initializer, dropout, task, image size).
+        n_outputs: classes (classification) or target values (regression).
+        input_shape: (height, width, channels) of the image input; None = from `--image-size`/`--color`.
+
+    Raises:
+        UsageError: an unknown initializer, or a user builder that fails or returns the wrong model (exit 2).
+    """
+    import keras
+
+    input_shape = tuple(input_shape or model_input_shape(config))
     initializer_name = resolve_initializer(config.activation, config.initializer)
     try:
         keras.initializers.get(initializer_name)
@@ -35,15 +64,36 @@ def build_model(config: TrainConfig, n_outputs: int):
 
         raise UsageError(f"--initializer {config.initializer!r} is not a Keras initializer; expected auto or a "
                          f"name such as he_normal, glorot_uniform, orthogonal") from error
+    if not config.builtin_arch:
+        from .builders import build_user_model
+
+        return build_user_model(config.arch, builder_arguments(config, n_outputs, input_shape))
+    return _build_reference(config, n_outputs, input_shape, initializer_name)
+
+
+def builder_arguments(config: TrainConfig, n_outputs: int, input_shape: tuple[int, int, int]) -> dict:
+    """The keyword arguments a user's builder may take (builders.BUILDER_ARGUMENTS documents each)."""
+    classification = config.task == "classification"
+    return {"input_shape": tuple(input_shape), "n_outputs": n_outputs, "task": config.task,
+            "activation": config.activation,
+            "kernel_initializer": resolve_initializer(config.activation, config.initializer),
+            "bias_initializer": resolve_bias_initializer(config.relu_bias),
+            "output_activation": "softmax" if classification else "linear",
+            "width": config.width, "dropout": config.dropout, "seed": config.seed, "input_name": INPUT_NAME}
+
+
+def _build_reference(config: TrainConfig, n_outputs: int, input_shape: tuple[int, int, int], initializer_name: str):
+    """The built-in `seed` and `edge` architectures."""
+    import keras
+    from keras import layers
 
     def hidden(**kwargs):
         # A fresh initializer object per layer: sharing one seeded instance would give layers the same draw.
-        bias = keras.initializers.Constant(config.relu_bias) if config.relu_bias else "zeros"
         return {"activation": config.activation, "kernel_initializer": keras.initializers.get(initializer_name),
-                "bias_initializer": bias, **kwargs}
+                "bias_initializer": resolve_bias_initializer(config.relu_bias), **kwargs}
 
     width = config.width
-    inputs = keras.Input(shape=(28, 28, 1), name=INPUT_NAME, dtype="float32")
+    inputs = keras.Input(shape=input_shape, name=INPUT_NAME, dtype="float32")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if config.arch == "seed":
         x = layers.Conv2D(_scaled(32, width), 3, padding="same", name="conv1", **hidden())(x)
@@ -54,7 +104,7 @@ def build_model(config: TrainConfig, n_outputs: int):
         x = layers.Flatten(name="flatten")(x)
         x = layers.Dense(_scaled(128, width), name="dense", **hidden())(x)
     elif config.arch == "edge":
-        # Strided pooling shrinks the feature map 28 -> 14 -> 7 -> 3 so the dense layer stays small.
+        # Strided pooling shrinks the feature map (28 -> 14 -> 7 -> 3) so the dense layer stays small.
         # Conv -> BN -> activation (not the seed's BN after the activation): the TFLite converter folds this BN
         # into the convolution, so full-int8 has no separate per-tensor-quantized MUL/ADD to lose accuracy in.
         conv1 = hidden(use_bias=False)

@@ -24,7 +24,9 @@ class TrainArgs:
     )] = _DEFAULT.data
     run: Annotated[str, typer.Option("--run", help="Run directory (the release bundle).")] = _DEFAULT.run
     arch: Annotated[str, typer.Option(
-        "--arch", help="seed (the reference CNN) | edge (≤100k params).")] = _DEFAULT.arch
+        "--arch", help="seed (the reference CNN) | edge (≤100k params) | package.module:function (your own "
+        "builder, called with keyword arguments input_shape, n_outputs, task, activation, kernel_initializer, "
+        "bias_initializer, ...; see the README).")] = _DEFAULT.arch
     task: Annotated[str, typer.Option(
         "--task", help="classification (softmax) | regression (identity).")] = _DEFAULT.task
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = _DEFAULT.epochs
@@ -39,11 +41,15 @@ class TrainArgs:
     relu_bias: Annotated[float, typer.Option(
         "--relu-bias", help="Constant initial bias for hidden layers, e.g. 0.1 against dead ReLUs.")
     ] = _DEFAULT.relu_bias
-    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="none | step | cosine.")] = _DEFAULT.lr_schedule
+    lr_schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="cosine (decays over --epochs) | step | none; composed with --plateau.")
+    ] = _DEFAULT.lr_schedule
     lr_step_every: Annotated[int, typer.Option(
         "--lr-step-every", help="step schedule: change the rate every N epochs.")] = _DEFAULT.lr_step_every
     lr_step_factor: Annotated[float, typer.Option(
         "--lr-step-factor", help="step schedule: multiply the rate by F.")] = _DEFAULT.lr_step_factor
+    lr_warmup: Annotated[int, typer.Option(
+        "--lr-warmup", help="Epochs of linear warm-up before the schedule (0 = none).")] = _DEFAULT.lr_warmup
     plateau: Annotated[bool, typer.Option(
         "--plateau/--no-plateau", help="ReduceLROnPlateau on val_loss.")] = _DEFAULT.plateau
     plateau_patience: Annotated[int, typer.Option("--plateau-patience")] = _DEFAULT.plateau_patience
@@ -51,12 +57,20 @@ class TrainArgs:
     early_stopping: Annotated[int, typer.Option(
         "--early-stopping", help="Patience in epochs on val_loss, restoring the best weights (0 = off).")
     ] = _DEFAULT.early_stopping
+    restore_best: Annotated[bool, typer.Option(
+        "--restore-best/--no-restore-best", help="Ship the weights of the epoch with the lowest val_loss "
+        "(else the last epoch's); metrics.json reports both.")] = _DEFAULT.restore_best
     val_split: Annotated[float, typer.Option("--val-split")] = _DEFAULT.val_split
     seed: Annotated[int, typer.Option("--seed")] = _DEFAULT.seed
     deterministic: Annotated[bool, typer.Option(
         "--deterministic", help="Enable TensorFlow op determinism (slower).")] = _DEFAULT.deterministic
     limit: Annotated[int, typer.Option(
         "--limit", help="Use only the first N training samples (0 = all).")] = _DEFAULT.limit
+    image_size: Annotated[str, typer.Option(
+        "--image-size", help="HxW the model takes, e.g. 32x32; every source is resized (digits re-framed) to it. "
+        "auto: an array source's own size, 28x28 for digits and image folders.")] = _DEFAULT.image_size
+    color: Annotated[str, typer.Option(
+        "--color", help="grayscale | rgb | auto (RGB for 3-channel arrays, else grayscale).")] = _DEFAULT.color
     width: Annotated[float, typer.Option(
         "--width", help="Multiplies filter/unit counts; 1.0 = reference.")] = _DEFAULT.width
     dropout: Annotated[float, typer.Option(

@@ -272,6 +272,50 @@ def test_an_unexpected_error_is_a_500_with_a_request_id_and_the_server_serves_on
         assert stats["fail"]["count"] == 2 and stats["success"]["count"] == 1
 
 
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(model, caplog):
+    import asyncio
+
+    app = create_app(model)
+    app.state.serving.set_ready(True)  # no lifespan: the request never reaches the batcher
+    messages = [{"type": "http.request", "body": b'{"inputs": [', "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": f"/v2/models/{MODEL}/infer", "raw_path": b"", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": None}
+    with caplog.at_level(logging.ERROR, "kerasport.error"):
+        asyncio.run(app(scope, receive, send))
+    assert sent == [] and not [r for r in caplog.records if r.name == "kerasport.error"]
+    text = app.state.serving.metrics.collected()
+    from prometheus_client import generate_latest
+
+    assert 'status="499"' in generate_latest(text).decode()
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_close_to_the_full_decode():
+    import io
+
+    from PIL import Image
+
+    from kerasport.images import DRAFT_ABOVE_PIXELS, REFERENCE_IMAGE, decode_image, decode_image_bytes
+
+    side = int((DRAFT_ABOVE_PIXELS * 1.2) ** 0.5)  # just over the draft threshold
+    payload = picture(side, side, "JPEG", "RGB", seed=3)
+    drafted = decode_image_bytes(payload, REFERENCE_IMAGE, max_pixels=16_000_000)
+    with Image.open(io.BytesIO(payload)) as full:
+        full.load()
+        exact = decode_image(full, REFERENCE_IMAGE)
+    assert drafted.shape == exact.shape == (28, 28, 1)
+    assert not np.array_equal(drafted, exact)  # decoded at a reduced DCT scale, not in full
+    assert float(np.abs(drafted - exact).mean()) < 2.0  # pixels 0..255: a resampling difference, not another image
+
+
 # --- a real server subprocess ---------------------------------------------------------------------------------
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -283,7 +327,7 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
 
 def test_real_server_survives_the_hostile_round_with_bounded_memory(verified, bomb):
     server = ServerProcess(verified, "--variant", "onnx-fp32", "--max-body-bytes", str(BODY_LIMIT),
-                           "--no-access-log")
+                           "--max-image-pixels", "1000000", "--no-access-log")
     try:
         cases = catalogue(MODEL, "image", (28, 28, 1), max_body_bytes=BODY_LIMIT, big_bomb=bomb)
         rng = random.Random(0)
@@ -299,6 +343,8 @@ def test_real_server_survives_the_hostile_round_with_bounded_memory(verified, bo
                     assert 400 <= status < 500, (case.label, status, body[:300])
             assert http.get("/v2/health/live").status_code == 200
             assert http.post(f"/v2/models/{MODEL}/infer", json=good).status_code == 200
+            over = http.post(f"/v1/models/{MODEL}:classify", content=png_header(1001, 1000))  # --max-image-pixels
+            assert over.status_code == 413 and "1001x1000 pixels (1.0 MP) exceeds the limit of 1.0 MP" in over.text
         # the 169 MP bomb was refused from its header: the peak stays far below one decoded copy of it
         peak = rss_kb(server.pid, "VmHWM")
         assert peak - baseline < 120_000, (baseline, peak)
