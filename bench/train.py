@@ -123,11 +123,11 @@ def make_glyphs(root: Path, per_class: int = 80, seed: int = 0) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             canvas = Image.new("L", (48, 48), 0)
-            dx, dy = (int(v) for v in rng.integers(-5, 6, 2))
+            dx, dy = (int(v) for v in rng.integers(-3, 4, 2))
             ImageDraw.Draw(canvas).text((24 + dx, 24 + dy), letter, fill=int(rng.integers(150, 256)),
-                                        font=ImageFont.load_default(size=int(rng.integers(14, 29))), anchor="mm")
-            canvas = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR)
-            pixels = np.asarray(canvas, np.float32)[8:40, 8:40] + rng.normal(0, 25, (32, 32))
+                                        font=ImageFont.load_default(size=int(rng.integers(20, 29))), anchor="mm")
+            canvas = canvas.rotate(float(rng.uniform(-10, 10)), resample=Image.BILINEAR)
+            pixels = np.asarray(canvas, np.float32)[8:40, 8:40] + rng.normal(0, 15, (32, 32))
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:03d}.png")
     return root
 

@@ -25,6 +25,15 @@ def parity_command(
     max_flash_kib: float = typer.Option(None, "--max-flash-kib", help="Flash budget of the tflm model, KiB."),
     max_ram_kib: float = typer.Option(None, "--max-ram-kib",
                                       help="RAM budget of the tflm tensor arena (reserve incl. margin), KiB."),
+    explain: bool = typer.Option(False, "--explain", help="Compare every ONNX/TFLite candidate with Keras layer by "
+                                 "layer and name the first layer beyond tolerance; for int8, rank the costliest layers "
+                                 "and try fixes (a failing candidate is explained even without it)."),
+    baseline: str = typer.Option(None, "--baseline", metavar="OTHER_RUN",
+                                 help="A previous release's run directory: compare both on its pinned eval slice "
+                                      "(flips, accuracy Δ with CI, output shift)."),
+    max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop",
+                                            help="With --baseline: fail if accuracy drops more (0.01 = 1 pp)."),
+    max_flips: int = typer.Option(None, "--max-flips", help="With --baseline: fail on more top-1 flips."),
     json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     """Check every exported artifact against Keras on held-out data; exit 1 if any check fails."""
@@ -34,7 +43,9 @@ def parity_command(
                  "int8": {"min_agreement": int8_min_agreement, "max_accuracy_drop": int8_max_accuracy_drop}}
     out = console()
     result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides, seed=seed, device=device,
-                                      max_flash_kib=max_flash_kib, max_ram_kib=max_ram_kib), console=out)
+                                      max_flash_kib=max_flash_kib, max_ram_kib=max_ram_kib, explain=explain,
+                                      baseline=baseline, max_accuracy_drop=max_accuracy_drop, max_flips=max_flips),
+                        console=out)
     print_parity_summary(out, result)
     if json_output:
         typer.echo(json.dumps(result.report, default=float))

@@ -304,3 +304,76 @@ def contact_sheet(contract: ModelContract, inputs: dict[str, np.ndarray], output
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def drift_markdown(report: dict) -> list[str]:
+    """report.md's drift section."""
+    section = report.get("drift")
+    if not section:
+        return []
+    base, sample, policy = section["baseline"], section["inputs"], section["policy"]
+    lines = [f"## Drift against the baseline `{base['name']}` {base['version']} ({base['run']})", "",
+             f"Pinned inputs: the baseline's eval slice `{sample['path']}` ({sample['examples']} examples, "
+             f"`{sample['sha256'][:12]}…`, {sample['verified']}). Policy: max accuracy drop "
+             f"{_limit(policy['max_accuracy_drop'], pp=True)}, max flips {_limit(policy['max_flips'])}. "
+             f"**{'PASSED' if section['passed'] else 'FAILED'}.**", "",
+             "| model | output | flips | accuracy baseline → current (Δ, 95 % CI) | MAE baseline → current | "
+             "mean ± std baseline → current | KS (p) |", "|---|---|---|---|---|---|---|"]
+    for name, outputs in section["models"].items():
+        for output, stats in outputs.items():
+            if not isinstance(stats, dict):
+                continue
+            lines.append(f"| {name} | {output} | {_flips(stats)} | {_accuracy(stats)} | {_mae(stats)} | "
+                         f"{_shift(stats['shift'])} | {stats['shift']['ks_statistic']:.3f} "
+                         f"({stats['shift']['ks_p_value']:.2g}) |")
+    lines.append("")
+    if section["failures"]:
+        lines += ["Breaches:", ""] + [f"- {failure}" for failure in section["failures"]] + [""]
+    for name, outputs in section["models"].items():
+        if outputs.get("contact_sheet"):
+            lines += [f"![{name}: flipped examples]({outputs['contact_sheet']})", ""]
+    return lines
+
+
+def _limit(value, pp: bool = False) -> str:
+    if value is None:
+        return "not set"
+    return f"{value * 100:.2f} pp" if pp else str(value)
+
+
+def _flips(stats: dict) -> str:
+    if "flips" not in stats:
+        return "–"
+    shown = ", ".join(map(str, stats["flipped_indices"][:10]))
+    more = ", …" if len(stats["flipped_indices"]) > 10 else ""
+    return f"{stats['flips']}" + (f" (#{shown}{more})" if shown else "")
+
+
+def _accuracy(stats: dict) -> str:
+    if "accuracy" not in stats:
+        return "–"
+    low, high = stats["accuracy_delta_ci95"]
+    return (f"{stats['baseline_accuracy']:.4f} → {stats['accuracy']:.4f} ({stats['accuracy_delta'] * 100:+.2f} pp, "
+            f"[{low * 100:+.2f}, {high * 100:+.2f}])")
+
+
+def _mae(stats: dict) -> str:
+    if "mae" not in stats:
+        return "–"
+    low, high = stats["mae_delta_ci95"]
+    return f"{stats['baseline_mae']:.4g} → {stats['mae']:.4g} ({stats['mae_delta']:+.3g}, [{low:+.3g}, {high:+.3g}])"
+
+
+def _shift(shift: dict) -> str:
+    return (f"{shift['baseline_mean']:.3g} ± {shift['baseline_std']:.3g} → {shift['mean']:.3g} ± "
+            f"{shift['std']:.3g}")
+
+
+def drift_summary(report: dict) -> list[str]:
+    """Console summary lines of the drift section."""
+    section = report.get("drift")
+    if not section:
+        return []
+    lines = [f"drift {'PASSED' if section['passed'] else 'FAILED'} against {section['baseline']['run']}: "
+             f"{len(section['models'])} models on {section['inputs']['examples']} pinned examples"]
+    return lines + [f"  BREACH {failure}" for failure in section["failures"]]

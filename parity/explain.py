@@ -326,3 +326,103 @@ def layers_png(section: dict, layer_names: list[str]) -> bytes:
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def _number(value, spec: str = ".3g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def explain_markdown(report: dict) -> list[str]:
+    """report.md's explain section: per candidate, the first layer beyond tolerance, the table, int8 fixes."""
+    section = report.get("explain")
+    if not section:
+        return []
+    inputs = section.get("inputs", {})
+    lines = [f"## Explain: layer by layer ({section.get('trigger', '--explain')})", ""]
+    if section.get("unavailable"):
+        return lines + [f"Not available: {section['unavailable']}.", ""]
+    lines += [f"Inputs: the first {inputs.get('eval_examples', 0)} eval examples and {inputs.get('edge_examples', 0)} "
+              f"edge patterns ({', '.join(inputs.get('edge_kinds', [])) or 'none'}). Relative error = max |diff| / "
+              f"the layer's largest |value|; growth = relative error / the previous compared layer's; local = the "
+              f"error the layer adds by itself (the Keras layer run on the candidate's own inputs).", ""]
+    if section.get("plot"):
+        lines += [f"![error by layer depth]({section['plot']})", ""]
+    for name, skipped in section.get("skipped", {}).items():
+        lines.append(f"- {name}: not explained ({skipped})")
+    for name, result in section.get("candidates", {}).items():
+        lines += _candidate_markdown(name, result)
+    return lines
+
+
+def _candidate_markdown(name: str, result: dict) -> list[str]:
+    if "error" in result:
+        return [f"### `{name}`", "", f"Could not explain: {result['error']}", ""]
+    lines = [f"### `{name}` ({result['precision']}, {result['settings']})", ""]
+    first = result.get("first_divergent")
+    if first:
+        lines.append(f"**First layer beyond tolerance: {first['message']}.**")
+    elif result.get("costliest"):
+        lines.append("**int8: values are not bounded by the gate; costliest layers below.**")
+    else:
+        lines.append(f"Every compared layer within tolerance ({result['compared']} of {len(result['layers'])} "
+                     f"compared).")
+    lines += ["", "| depth | layer | type | counterpart | layout | max abs diff | mean abs diff | relative | growth | "
+                  "local | within |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["layers"]:
+        if row["status"] != COMPARED:
+            lines.append(f"| {row['depth']} | {row['layer']} | {row['type']} | {row['status']}: {row['note']} "
+                         f"| | | | | | | |")
+            continue
+        within = {True: "yes", False: "**no**", None: "–"}[row.get("within")]
+        lines.append(f"| {row['depth']} | {row['layer']} | {row['type']} | `{_short(row['tensor'])}` | "
+                     f"{row['layout']} | {row['max_abs']:.2e} | {row['mean_abs']:.2e} | {row['relative']:.2e} | "
+                     f"{_number(row.get('growth'))} | {_number(row.get('local_relative'), '.2e')} | {within} |")
+    lines.append("")
+    if result.get("costliest"):
+        lines += ["Costliest int8 layers (each layer's own error alone, injected into the float model, eval "
+                  "examples):", "", "| layer | type | top-1 flips | mean output change | noise/signal |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {row['layer']} | {row['type']} | {row['flips']} | {row['output_change']:.3g} | "
+                  f"{_number(row.get('local_noise_ratio'))} |" for row in result["costliest"]]
+        lines.append("")
+    return lines + _fixes_markdown(result.get("fixes"))
+
+
+def _short(name: str, limit: int = 60) -> str:
+    return name if len(name) <= limit else "…" + name[-limit:]
+
+
+def _fixes_markdown(fixes: dict | None) -> list[str]:
+    if not fixes:
+        return []
+    if "trials" not in fixes:
+        return [f"Fixes not tried: {fixes.get('skipped') or fixes.get('error')}", ""]
+    lines = ["Fixes tried (re-quantized in a temporary directory; the bundle is unchanged):", "",
+             "| fix | agreement | accuracy Δ | max abs diff | seconds |", "|---|---|---|---|---|"]
+    rows = [{"fix": "shipped artifact", **fixes["shipped"]}, fixes["control"], *fixes["trials"]]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['fix']} | failed: {row['error']} | | | |")
+            continue
+        delta = row.get("accuracy_delta")
+        lines.append(f"| {row['fix']} | {_number(row.get('agreement'), '.4f')} | "
+                     f"{'–' if delta is None else f'{delta * 100:+.2f} pp'} | {row['max_abs_diff']:.3g} | "
+                     f"{_number(row.get('seconds'))} |")
+    lines += ["", f"Best: {fixes['best']}." if fixes.get("best") else "None of the fixes improved on the control."]
+    lines += [f"Not tried: {reason}." for reason in fixes.get("not_tried", [])]
+    return lines + [""]
+
+
+def explain_summary(report: dict) -> list[str]:
+    """Console summary lines: the first layer beyond tolerance, or the costliest int8 layer and best fix."""
+    section = report.get("explain") or {}
+    lines = [f"  explain: {section['unavailable']}"] if section.get("unavailable") else []
+    for name, result in section.get("candidates", {}).items():
+        if result.get("first_divergent"):
+            lines.append(f"  explain {name}: first layer beyond tolerance: {result['first_divergent']['message']}")
+        elif result.get("costliest"):
+            top = result["costliest"][0]
+            best = (result.get("fixes") or {}).get("best")
+            lines.append(f"  explain {name}: costliest int8 layer {top['layer']} ({top['flips']} flips alone)"
+                         + (f"; best fix: {best}" if best else ""))
+    return lines

@@ -91,7 +91,8 @@ class Int8Fixer:
                 "best": (f"{best['fix']}: {_describe(control)} → {_describe(best)}" if best else None)}
 
     # -- onnxruntime ----------------------------------------------------------------------------------------------
-    def _onnx(self, artifact: Artifact, layers: list[tuple[str, set[str]]], index: ScopeIndex, calibration: Samples) -> dict:
+    def _onnx(self, artifact: Artifact, layers: list[tuple[str, set[str]]], index: ScopeIndex,
+              calibration: Samples) -> dict:
         if not self.manifest.has(ONNX_FP32) or self.manifest.artifact(ONNX_FP32).status != "ok":
             return {"skipped": f"re-quantizing needs the {ONNX_FP32} artifact, which the bundle lacks"}
         fp32 = self.manifest.artifact(ONNX_FP32).resolve(self.run_dir)
@@ -130,7 +131,8 @@ class Int8Fixer:
         return {**trial, "probe": True} if probe else trial
 
     # -- LiteRT -------------------------------------------------------------------------------------------------
-    def _tflite(self, artifact: Artifact, layers: list[tuple[str, set[str]]], index: ScopeIndex, calibration: Samples) -> dict:
+    def _tflite(self, artifact: Artifact, layers: list[tuple[str, set[str]]], index: ScopeIndex,
+                calibration: Samples) -> dict:
         if not self.manifest.has("saved_model"):
             return {"skipped": "re-quantizing needs the bundle's SavedModel"}
         saved_model = self.manifest.artifact("saved_model").resolve(self.run_dir)

@@ -10,6 +10,8 @@ import numpy as np
 
 from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import ERROR, LOAD_CHECK
+from .drift import DRIFT_CLASS, drift_markdown, drift_summary
+from .explain import explain_markdown, explain_summary
 
 VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skipped": "⏭ skipped"}
 
@@ -113,6 +115,7 @@ def markdown(report: dict) -> str:
         lines += ["## Failures", ""] + [f"- {failure}" for failure in report["failures"]] + [""]
     lines += _sweep_table(report)
     lines += fit_markdown(report)
+    lines += explain_markdown(report) + drift_markdown(report)
     lines += ["## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
     lines += ["", "## Tolerances", "", "```json", json.dumps(report["tolerances"], indent=2), "```", ""]
     return "\n".join(lines)
@@ -129,13 +132,14 @@ def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
     lines += [f"  FAIL {failure}" for failure in report["failures"]]
     lines += [f"  not built: {name} ({status})" for name, status in report["not_built"].items()]
     lines += [f"  finding: {finding}" for finding in report["findings"]]
-    return lines + fit_lines(report)
+    return lines + fit_lines(report) + explain_summary(report) + drift_summary(report)
 
 
 def junit_xml(report: dict) -> str:
     """One testcase per candidate x check (`<check>[<output>]`); a load/run error is an <error>, the rest <failure>."""
     cases = [(name, check) for name, result in report["candidates"].items() for check in result["checks"]]
     cases += [(BUDGET_CLASS, check) for check in report.get("budgets", {}).get("checks", [])]
+    cases += [(DRIFT_CLASS, check) for check in report.get("drift", {}).get("checks", [])]
     skipped = str(sum(1 for _, check in cases if check.get("skipped")))
     failures = sum(1 for _, check in cases if not check["passed"] and check["check"] != LOAD_CHECK)
     errors = sum(1 for _, check in cases if not check["passed"] and check["check"] == LOAD_CHECK)

@@ -117,7 +117,10 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     run_dir = Path(options.run)
     budgets = resolve_budgets(options.device, options.max_flash_kib, options.max_ram_kib)
     plan = plan_parity(run_dir)
-    baseline = open_baseline(options, plan.manifest) if options.baseline else None
+    if not options.baseline and (options.max_accuracy_drop is not None or options.max_flips is not None):
+        raise UsageError("--max-accuracy-drop / --max-flips limit the drift against a previous release; expected "
+                         "--baseline OTHER_RUN with them")
+    baseline = check_baseline(options, plan.manifest) if options.baseline else None
     require_tflm(budgets, any(artifact.format == TFLM_FORMAT for artifact in plan.candidates), run_dir)
     policy = load_policy(run_dir, options.overrides)
     quiet_tensorflow()
@@ -178,12 +181,11 @@ def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: ToleranceP
     return section, files
 
 
-def open_baseline(options: ParityOptions, manifest: Manifest):
+def check_baseline(options: ParityOptions, manifest: Manifest):
     """The baseline bundle of `--baseline`, checked before anything runs (see drift.py)."""
-    from .drift import DriftPolicy, open_baseline as open_drift_baseline
+    from .drift import DriftPolicy, open_baseline
 
-    return open_drift_baseline(Path(options.baseline), manifest, DriftPolicy(options.max_accuracy_drop,
-                                                                              options.max_flips))
+    return open_baseline(Path(options.baseline), manifest, DriftPolicy(options.max_accuracy_drop, options.max_flips))
 
 
 def run_drift(baseline, run_dir: Path, manifest: Manifest, runner, *, console=None) -> tuple[dict, dict]:
@@ -301,10 +303,19 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
                 "seconds": round(time.perf_counter() - started, 3)}
     per_output, checks = judge(contract, tolerance, reference, outputs, data.targets)
     result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output)
+    result["histograms"] = error_histograms(reference, outputs)
     if sweep and artifact.format in RUNTIME_FORMATS:
         result["sweep"] = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def error_histograms(reference: Reference, outputs) -> dict[str, list[int]]:
+    """Per output, counts of |candidate - reference| on the eval inputs per half decade (report.html plots them)."""
+    from .html import error_histogram
+
+    return {name: error_histogram(expected, outputs.eval[name]) for name, expected in reference.outputs.eval.items()
+            if name in outputs.eval and outputs.eval[name].shape == expected.shape}
 
 
 def candidate_line(name: str, result: dict) -> str:

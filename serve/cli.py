@@ -23,7 +23,8 @@ def serve_command(
                                        "seed model under 150 MB RSS; 32 is ~15 % faster per image, +90 MB)."),
     max_delay_ms: float = typer.Option(0.0, "--max-delay-ms",
                                        help="Extra wait for more requests (0: greedy batching, no added latency)."),
-    threads: int = typer.Option(0, "--threads", help="Runtime intra-op threads (0: the runtime's default)."),
+    threads: int = typer.Option(0, "--threads", help="Runtime intra-op threads per worker (0: the runtime's "
+                                                     "default; with --workers N > 1, the cores split evenly)."),
     api_key: str = typer.Option(None, "--api-key", envvar="KERASPORT_API_KEY",
                                 help="Require 'Authorization: Bearer KEY' or 'X-API-Key' (health stays open)."),
     max_body_bytes: int = typer.Option(8 * 1024 * 1024, "--max-body-bytes"),

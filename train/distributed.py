@@ -124,7 +124,7 @@ def resolve_cluster(config: TrainConfig, environ=os.environ) -> Cluster:
                          '"index": 0}}') from error
     unsupported = sorted(set(cluster) - set(JOBS))
     if unsupported or task_type not in JOBS:
-        raise UsageError(f"TF_CONFIG has task type(s) {', '.join(unsupported or [task_type])}; "
+        raise UsageError(f"TF_CONFIG has task type(s) {', '.join(map(repr, unsupported or [task_type]))}; "
                          f"MultiWorkerMirroredStrategy trains only with 'chief' and 'worker' tasks")
     if len(cluster.get("chief", [])) > 1:
         raise UsageError(f"TF_CONFIG lists {len(cluster['chief'])} chief tasks; expected at most one")

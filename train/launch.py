@@ -77,7 +77,6 @@ def check_train_args(train_args: list[str]):
     Raises:
         UsageError: an option launch sets, or one `kerasport train` does not accept or whose value is bad.
     """
-    import click
     import typer
 
     from .cli import train_command
@@ -93,8 +92,9 @@ def check_train_args(train_args: list[str]):
     probe.command()(train_command)
     try:
         context = typer.main.get_command(probe).make_context("kerasport train", list(train_args))
-    except click.ClickException as error:
-        raise UsageError(f"train options: {error.format_message()}") from None
+    except typer.TyperException as error:  # typer's (vendored) click usage errors
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        raise UsageError(f"train options: {message}") from None
     values = {name: context.params[name] for name in TrainArgs.__dataclass_fields__}
     return TrainArgs(**{**values, "distributed": True}).config()  # value checks (one-line UsageError)
 

@@ -35,6 +35,7 @@ def _register_stages() -> None:
     from kerasport.export.cli import export_command
     from kerasport.export.package_cli import package_command
     from kerasport.parity.cli import parity_command
+    from kerasport.parity.report_cli import report_command
     from kerasport.serve.cli import predict_command, serve_command
     from kerasport.train.cli import train_command
     from kerasport.train.import_cli import import_command
@@ -53,6 +54,7 @@ def _register_stages() -> None:
     app.command("predict", help=predict_command.__doc__)(predict_command)
     app.command("package", help=package_command.__doc__)(package_command)
     app.add_typer(bundle_app, name="bundle")
+    app.command("report", help=report_command.__doc__)(report_command)
 
 
 _register_stages()
