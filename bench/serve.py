@@ -2,7 +2,7 @@
 connections, side by side with the same runtime called in-process — all in one run.
 
     python bench/serve.py [--run build] [--variants onnx-fp32,tflite-fp32,tflite-int8]
-                          [--scale-variants onnx-fp32,onnx-int8] [--sections basic,sweep,workers,health]
+                          [--scale-variants onnx-fp32,onnx-int8] [--sections basic,sweep,workers,health,grpc]
                           [--requests 400] [--seconds 4] [--rounds 2] [--json out.json]
 
 Sections:
@@ -13,6 +13,9 @@ Sections:
 - workers: `kerasport serve --workers N` (threads split so N x T ~ cores) at 32 and 64 clients, JSON and binary,
   as a ratio of the best in-process configuration; RSS of the supervisor and of each worker.
 - health: `/v2/health/live` latency from a separate prober while 8 clients send the largest allowed bodies.
+- grpc: one `kerasport serve --grpc-port` process, the same image over gRPC (ModelInfer, raw_input_contents), HTTP
+  JSON and HTTP binary, side by side with the runtime in-process: p50/p99 at 1 client, throughput at 32 clients
+  (each on its own connection).
 
 On a small machine the load generator shares the server's cores, so the ratios there understate the server; on
 a bigger one, run the whole benchmark under `taskset` on half the cores and nothing else there (the server's
@@ -116,6 +119,50 @@ def drive(url: str, path: str, body_file: Path | None, concurrency: int, request
           headers: dict | None = None) -> dict:
     output = subprocess.run(_load_command(url, path, body_file, concurrency, requests, seconds, headers),
                             capture_output=True, text=True, check=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+async def _grpc_load(address: str, payload: bytes, concurrency: int, requests: int, seconds: float,
+                     warmup: int = 3) -> dict:
+    """Like `_load`, over gRPC: `concurrency` clients, each on its own channel (connection), sending the same
+    serialized ModelInferRequest and reading the response bytes (no client-side tensor work, as the HTTP load)."""
+    import grpc
+
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds if seconds else None
+
+    async def client(count: int) -> None:
+        async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            infer = channel.unary_unary(GRPC_INFER)  # bytes in, bytes out
+            for _ in range(warmup):
+                await infer(payload)
+            done = 0
+            while (deadline is None and done < count) or (deadline is not None and time.perf_counter() < deadline):
+                started = time.perf_counter()
+                await infer(payload)
+                latencies.append(time.perf_counter() - started)
+                done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*[client(requests // concurrency) for _ in range(concurrency)])
+    return _summary(latencies, time.perf_counter() - started)
+
+
+def grpc_load_worker(arguments: list[str]) -> None:
+    spec = json.loads(arguments[0])
+    payload = Path(spec["request_file"]).read_bytes()
+    print(json.dumps(asyncio.run(_grpc_load(spec["address"], payload, spec["concurrency"], spec["requests"],
+                                            spec["seconds"]))))
+
+
+def drive_grpc(address: str, request_file: Path, concurrency: int, requests: int = 0, seconds: float = 0) -> dict:
+    spec = {"address": address, "request_file": str(request_file), "concurrency": concurrency, "requests": requests,
+            "seconds": seconds}
+    output = subprocess.run([sys.executable, __file__, "--grpc-load-worker", json.dumps(spec)], capture_output=True,
+                            text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -410,6 +457,55 @@ def health_section(run: Path, variant: str, bodies: Bodies, path: str, args) -> 
     return result
 
 
+def grpc_section(run: Path, variant: str, bodies: Bodies, path: str, model_name: str, args) -> dict:
+    """One server with --grpc-port: the same single image over gRPC, HTTP JSON and HTTP binary, and in-process."""
+    from tritonclient.grpc import service_pb2
+
+    from devtools.serving import ServerProcess
+
+    request = service_pb2.ModelInferRequest(model_name=model_name)
+    request.inputs.add(name=bodies.name, datatype="FP32", shape=bodies.image.shape)
+    request.raw_input_contents.append(bodies.image.astype("<f4").tobytes())
+    request_file = bodies.batch_file.with_name("one_image.grpc")
+    request_file.write_bytes(request.SerializeToString())
+    binary = {"headers": bodies.binary_headers}
+    server = ServerProcess(run, "--variant", variant, "--grpc-port", "0", "--no-access-log")
+    address = server.ready["grpc"]
+    runs = {
+        "http_json": (lambda c, **kw: drive(server.url, path, bodies.json, c, **kw)),
+        "http_binary": (lambda c, **kw: drive(server.url, path, bodies.binary, c, **kw, **binary)),
+        "grpc": (lambda c, **kw: drive_grpc(address, request_file, c, **kw)),
+    }
+    results: dict = {}
+    try:
+        # interleaved and best of `--rounds`, so a noisy neighbour does not favour one protocol
+        for _ in range(args.rounds):
+            for protocol, measure in runs.items():
+                single = measure(1, requests=args.requests)
+                crowd = measure(32, seconds=args.seconds)
+                best = results.setdefault(protocol, {"c1": single, "c32": crowd})
+                if single["p50_ms"] < best["c1"]["p50_ms"]:
+                    best["c1"] = single
+                if crowd["rps"] > best["c32"]["rps"]:
+                    best["c32"] = crowd
+        rss = rss_mb(server.pid)
+    finally:
+        server.stop()
+    local = min((in_process(run, variant, bodies.name, bodies.image, bodies.batch32, args.requests)
+                 for _ in range(args.rounds)), key=lambda r: r["p50_ms"])
+    print(f"\n== one image: gRPC vs HTTP JSON vs HTTP binary vs in-process ({variant}, one server process, RSS "
+          f"{rss:.0f} MB; the load generator shares the machine's cores)")
+    print(f"{'path':<13}{'c1 p50 ms':>11}{'c1 p99 ms':>11}{'added ms':>10}{'c32 img/s':>11}{'vs b32':>8}")
+    b32 = local["batch32_images_per_second"]
+    for protocol, r in results.items():
+        r["added_latency_ms"] = r["c1"]["p50_ms"] - local["p50_ms"]
+        r["throughput_ratio"] = r["c32"]["rps"] / b32
+        print(f"{protocol:<13}{r['c1']['p50_ms']:>11.3f}{r['c1']['p99_ms']:>11.3f}{r['added_latency_ms']:>10.3f}"
+              f"{r['c32']['rps']:>11.0f}{r['throughput_ratio']:>8.2f}")
+    print(f"{'in-process':<13}{local['p50_ms']:>11.3f}{'':>11}{'':>10}{b32:>11.0f}{'(b32)':>8}")
+    return {"variant": variant, "rss_mb": rss, "in_process": local, **results}
+
+
 def drive_probe(url: str, seconds: float) -> dict:
     command = _load_command(url, "/v2/health/live", None, 1, seconds=seconds, pause=0.01, warmup=1)
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
@@ -427,14 +523,16 @@ def build_bundle(run: Path, variants: list[str]) -> None:
 
 
 def main() -> None:
-    modes = {"--load-worker": load_worker, "--keras-server": keras_server, "--sweep-worker": sweep_worker}
+    modes = {"--load-worker": load_worker, "--keras-server": keras_server, "--sweep-worker": sweep_worker,
+             "--grpc-load-worker": grpc_load_worker}
     if len(sys.argv) > 1 and sys.argv[1] in modes:
         return modes[sys.argv[1]](sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run")
     parser.add_argument("--variants", default="onnx-fp32,tflite-fp32,tflite-int8")
     parser.add_argument("--scale-variants", default="onnx-fp32,onnx-int8", help="for the sweep and workers sections")
-    parser.add_argument("--sections", default="basic,sweep,workers,health")
+    parser.add_argument("--sections", default="basic,sweep,workers,health,grpc")
+    parser.add_argument("--grpc-variant", default="onnx-fp32", help="variant served in the grpc section")
     parser.add_argument("--health-variant", default="onnx-int8",
                         help="variant served while the health section sends the largest bodies")
     parser.add_argument("--worker-counts", help="comma-separated --workers values (default: 1 and the cores)")
@@ -472,6 +570,8 @@ def main() -> None:
         report["workers"] = workers_section(run, scale, bodies, path, args, cores, best)
     if "health" in sections:
         report["health"] = health_section(run, args.health_variant, bodies, path, args)
+    if "grpc" in sections:
+        report["grpc"] = grpc_section(run, args.grpc_variant, bodies, path, manifest.name, args)
     print("\ntargets: added ms <= 1; server/in-process ratio >= 0.8 (with the load generator on other cores); "
           "health p99 < 10 ms under the largest bodies")
     if args.json_path:

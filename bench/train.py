@@ -12,6 +12,12 @@ offline: `digits`, letters rendered with Pillow's bundled font into an images:DI
 classes), and digits re-drawn as noisy colour pictures in an NPZ (32x32 RGB, 10 classes).
 
     python bench/train.py --matrix [--matrix-epochs 5] [--width 0.25] [--seeds 0,1,2] [--json matrix.json]
+
+`--workers N` instead measures multi-worker training (issue 10): images/s and test accuracy of `kerasport launch
+--workers N` against single-process `kerasport train` and a 1-worker launch (the distributed loop without peers),
+all on the same global batch and seed, plus the time of one all-reduce of the model's gradients between N workers.
+
+    python bench/train.py --workers 2 [--epochs 3] [--global-batch 32] [--json workers.json]
 """
 
 from __future__ import annotations
@@ -43,9 +49,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default=",".join(MATRIX_DATASETS))
     parser.add_argument("--data-dir", help="where the generated datasets are kept (default: a temporary folder)")
+    parser.add_argument("--workers", type=int, default=0, help="measure N-worker training instead")
+    parser.add_argument("--global-batch", type=int, default=32, help="--workers: the global batch of every run")
+    parser.add_argument("--allreduce-probe", nargs=3, metavar=("FLOATS", "RANK", "ADDRESSES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.matrix:
         run_matrix(args)
+        return
+    if args.allreduce_probe:
+        allreduce_probe(int(args.allreduce_probe[0]), int(args.allreduce_probe[1]), args.allreduce_probe[2])
+        return
+    if args.workers:
+        run_workers(args)
         return
 
     import keras
@@ -246,6 +261,97 @@ def run_matrix(args) -> None:
             {"epochs": args.matrix_epochs, "arch": args.arch, "width": args.width, "seeds": seeds,
              "datasets": described, "runs": MATRIX_RUNS, "columns": {c: list(v) for c, v in MATRIX_COLUMNS.items()},
              "table": table, "raw": raw}, indent=2))
+
+
+# --- --workers N: multi-worker training vs one process, on the same global batch ------------------------------
+
+
+def run_workers(args) -> None:
+    """Single process, 1 worker and N workers on the same data, global batch and seed; one table and JSON."""
+    import subprocess
+
+    cli = [sys.executable, "-m", "kerasport.app.cli"]
+    n, batch = args.workers, args.global_batch
+    if batch % n:
+        raise SystemExit(f"--global-batch {batch} must be a multiple of --workers {n}")
+    common = ["--data", args.data, "--arch", args.arch, "--width", str(args.width), "--epochs", str(args.epochs),
+              "--json"]
+    variants = {"single process (model.fit)": ["train", "--batch-size", str(batch)],
+                "1 worker (distributed loop)": ["launch", "--workers", "1", "--batch-size", str(batch)],
+                f"{n} workers": ["launch", "--workers", str(n), "--batch-size", str(batch // n)]}
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            for name, words in variants.items():
+                run = str(Path(scratch) / f"run{repeat}-{len(results)}")
+                started = time.perf_counter()
+                done = subprocess.run([*cli, *words, *common, "--run", run], capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+                metrics = json.loads(done.stdout.strip().splitlines()[-1])
+                steps = -(-metrics["n_train"] // batch) * metrics["epochs_this_session"]
+                row = {"images_per_second": metrics["train_images_per_second"], "fit_seconds": metrics["fit_seconds"],
+                       "ms_per_step": round(1000 * metrics["fit_seconds"] / steps, 1),
+                       "test_accuracy": metrics["test_accuracy"], "wall_seconds": round(time.perf_counter() -
+                                                                                         started, 1),
+                       "parameters": metrics["parameters"]}
+                if name not in results or row["images_per_second"] > results[name]["images_per_second"]:
+                    results[name] = row
+                print(f"repeat {repeat + 1}: {name}: {row}")
+    parameters = next(iter(results.values()))["parameters"]
+    allreduce_ms = measure_allreduce(n, parameters) if n > 1 else 0.0
+    single, many = results["single process (model.fit)"], results[f"{n} workers"]
+    print(f"{'':30} {'images/s':>9} {'ms/step':>8} {'test acc':>9} {'wall s':>7}")
+    for name, row in results.items():
+        print(f"{name:30} {row['images_per_second']:9.1f} {row['ms_per_step']:8.1f} {row['test_accuracy']:9.4f} "
+              f"{row['wall_seconds']:7.1f}")
+    print(f"{n} workers / single process: {many['images_per_second'] / single['images_per_second']:.3f}x images/s; "
+          f"all-reduce of {parameters:,} gradients between {n} workers: {allreduce_ms:.1f} ms per step")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({
+            "data": args.data, "arch": args.arch, "width": args.width, "epochs": args.epochs, "global_batch": batch,
+            "workers": n, "runs": results, "allreduce_ms_per_step": round(allreduce_ms, 2),
+            "speedup_vs_single": round(many["images_per_second"] / single["images_per_second"], 3)}, indent=2))
+
+
+def measure_allreduce(workers: int, floats: int) -> float:
+    """Median time of one float32 all-reduce of `floats` values between `workers` local processes (ms)."""
+    import subprocess
+
+    from kerasport.train.launch import free_ports
+
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(workers))
+    probes = [subprocess.Popen([sys.executable, __file__, "--allreduce-probe", str(floats), str(rank), addresses],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+              for rank in range(workers)]
+    outputs = [probe.communicate(timeout=600)[0] for probe in probes]
+    return float(json.loads(outputs[0].strip().splitlines()[-1])["median_ms"])
+
+
+def allreduce_probe(floats: int, rank: int, addresses: str, repeats: int = 20) -> None:
+    import os
+
+    import numpy as np
+
+    from kerasport.train.distributed import local_cluster
+
+    os.environ["TF_CONFIG"] = local_cluster(addresses.split(","), rank).tf_config()
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    value = tf.ones([floats], tf.float32)
+
+    @tf.function
+    def reduce():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", value))
+
+    timings = []
+    for index in range(repeats + 3):
+        started = time.perf_counter()
+        strategy.experimental_local_results(reduce())[0].numpy()
+        if index >= 3:  # warm-up: tracing and the first connections
+            timings.append(1000 * (time.perf_counter() - started))
+    print(json.dumps({"median_ms": float(np.median(timings))}))
 
 
 if __name__ == "__main__":

@@ -370,8 +370,8 @@ def _candidate_markdown(name: str, result: dict) -> list[str]:
                   "local | within |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["layers"]:
         if row["status"] != COMPARED:
-            lines.append(f"| {row['depth']} | {row['layer']} | {row['type']} | {row['status']}: {row['note']} "
-                         f"| | | | | | | |")
+            lines.append(f"| {row['depth']} | {row['layer']} | {row['type']} | {row['status']}: {row['note']} | "
+                         + " | ".join(["–"] * 7) + " |")
             continue
         within = {True: "yes", False: "**no**", None: "–"}[row.get("within")]
         lines.append(f"| {row['depth']} | {row['layer']} | {row['type']} | `{_short(row['tensor'])}` | "

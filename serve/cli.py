@@ -37,20 +37,25 @@ def serve_command(
     max_image_pixels: int = typer.Option(0, "--max-image-pixels",
                                          help="Refuse larger pictures (413) from their header, before decoding "
                                               "(0: max(16 MP, 4 x the model's input))."),
+    grpc_port: int = typer.Option(None, "--grpc-port",
+                                  help="Also serve the Open Inference Protocol over gRPC on this port, in every "
+                                       "worker (0 picks a free port, printed on stdout when ready)."),
 ) -> None:
-    """Serve the bundle over HTTP (KServe V2 + TF Serving REST) with onnxruntime or LiteRT."""
+    """Serve the bundle over HTTP (KServe V2 + TF Serving REST), and gRPC with --grpc-port, with onnxruntime or
+    LiteRT."""
     if (max_batch < 1 or max_delay_ms < 0 or max_body_bytes < 1 or threads < 0 or not 0 <= port <= 65535
-            or workers < 0 or max_image_pixels < 0):
+            or workers < 0 or max_image_pixels < 0 or (grpc_port is not None and not 0 <= grpc_port <= 65535)):
         raise UsageError(f"--max-batch {max_batch} (>= 1), --max-delay-ms {max_delay_ms} (>= 0), --max-body-bytes "
                          f"{max_body_bytes} (>= 1), --threads {threads} (>= 0), --port {port} (0..65535), "
-                         f"--workers {workers} (>= 0), --max-image-pixels {max_image_pixels} (>= 0)")
+                         f"--workers {workers} (>= 0), --max-image-pixels {max_image_pixels} (>= 0), --grpc-port "
+                         f"{grpc_port} (0..65535)")
     from .server import serve
     from .workers import default_workers
 
     serve(run=run, variant=variant, model_name=model_name, host=host, port=port, max_batch=max_batch,
           max_delay_ms=max_delay_ms, threads=threads, api_key=api_key, max_body_bytes=max_body_bytes,
           allow_unverified=allow_unverified, access_log=access_log, workers=workers or default_workers(),
-          max_image_pixels=max_image_pixels or None)
+          max_image_pixels=max_image_pixels or None, grpc_port=grpc_port)
 
 
 @user_errors

@@ -13,6 +13,9 @@ return normally (exit 0). SIGINT keeps Python's default, KeyboardInterrupt, whic
 
 With `--workers N` > 1 the bundle is checked here, then `workers.py` supervises N worker processes on the same
 socket; the ready line comes once every worker serves, and names their pids.
+
+With `--grpc-port` the gRPC port is reserved here too, before the model loads (`grpc_server.reserve_port`), and
+every server process runs the gRPC service in its app's lifespan (`GrpcFrontEnd`); the ready line names it.
 """
 
 from __future__ import annotations
@@ -64,17 +67,25 @@ def url_of(sock: socket.socket) -> str:
 
 
 def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, threads, api_key, max_body_bytes,
-          allow_unverified, access_log, workers: int = 1, max_image_pixels: int | None = None) -> None:
-    """Bind, load, serve until SIGTERM (exit 0 after draining). Arguments are `kerasport serve`'s options."""
+          allow_unverified, access_log, workers: int = 1, max_image_pixels: int | None = None,
+          grpc_port: int | None = None) -> None:
+    """Bind, load, serve until SIGTERM (exit 0 after draining). Arguments are `kerasport serve`'s options
+    (`grpc_port` None: no gRPC)."""
     started = time.perf_counter()
     sock = bind_listening_socket(host, port)
-    with contextlib.closing(sock):
+    with contextlib.closing(sock), contextlib.ExitStack() as held:
+        grpc_address = None
+        if grpc_port is not None:
+            from .grpc_server import reserve_port
+
+            grpc_address = held.enter_context(contextlib.closing(reserve_port(host, grpc_port))).address
         tune_process()
         if workers > 1:
             return _serve_workers(sock, started, run=run, variant=variant, model_name=model_name,
                                   max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, api_key=api_key,
                                   max_body_bytes=max_body_bytes, allow_unverified=allow_unverified,
-                                  access_log=access_log, workers=workers, max_image_pixels=max_image_pixels)
+                                  access_log=access_log, workers=workers, max_image_pixels=max_image_pixels,
+                                  grpc_address=grpc_address)
         import uvicorn
 
         from .app import create_app
@@ -84,6 +95,11 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
                                   allow_unverified=allow_unverified)
         app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, api_key=api_key,
                          max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
+        if grpc_address is not None:
+            from .grpc_server import GrpcFrontEnd
+
+            GrpcFrontEnd(grpc_address, api_key=api_key, max_message_bytes=max_body_bytes,
+                         grace_seconds=GRACEFUL_SHUTDOWN_SECONDS).attach(app)
         configure_logs(access_log)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="auto", http="auto",
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
@@ -92,7 +108,7 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
         def announce() -> None:
             # One machine-readable line on stdout: clients and tests wait for it.
             print(json.dumps({"event": "ready", "url": url_of(sock), "model": model.name, "variant": model.variant,
-                              "runtime": model.entry["runtime"],
+                              "runtime": model.entry["runtime"], **({"grpc": grpc_address} if grpc_address else {}),
                               "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
         def stop(signum, frame) -> None:
@@ -109,7 +125,7 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
 
 
 def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_name, threads, workers,
-                   **settings) -> None:
+                   grpc_address: str | None = None, **settings) -> None:
     from kerasport.manifest import load_manifest, require_verified, verify_bundle
 
     from .model import choose_variant
@@ -131,10 +147,11 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
         print(json.dumps({"event": "ready", "url": url_of(sock), "model": model_name or manifest.name,
                           "variant": chosen, "runtime": artifact.runtime or artifact.format, "workers": workers,
                           "threads_per_worker": per_worker, "pids": pids,
+                          **({"grpc": grpc_address} if grpc_address else {}),
                           "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
     serve_workers(sock, WorkerSettings(run=str(run), variant=chosen, model_name=model_name, threads=per_worker,
-                                       workers=workers, **settings),
+                                       workers=workers, grpc_address=grpc_address, **settings),
                   announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
 
 

@@ -64,6 +64,7 @@ class WorkerSettings:
     allow_unverified: bool
     access_log: bool
     workers: int
+    grpc_address: str | None = None  # host:port every worker's gRPC server joins (SO_REUSEPORT); None: no gRPC
 
 
 def worker_app():
@@ -79,10 +80,17 @@ def worker_app():
     model = load_served_model(settings.run, variant=settings.variant, model_name=settings.model_name,
                               threads=settings.threads, allow_unverified=settings.allow_unverified)
     share = max(1, machine_cores() // settings.workers)
-    return create_app(model, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
-                      api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                      max_image_pixels=settings.max_image_pixels, workers=settings.workers,
-                      offload=Offload(threads=max(2, share), processes=share))
+    app = create_app(model, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
+                     api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                     max_image_pixels=settings.max_image_pixels, workers=settings.workers,
+                     offload=Offload(threads=max(2, share), processes=share))
+    if settings.grpc_address is not None:
+        from .grpc_server import GrpcFrontEnd
+        from .server import GRACEFUL_SHUTDOWN_SECONDS
+
+        GrpcFrontEnd(settings.grpc_address, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
+                     grace_seconds=GRACEFUL_SHUTDOWN_SECONDS).attach(app)
+    return app
 
 
 def _log(event: str, **fields) -> None:

@@ -29,31 +29,28 @@ def step_schedule(every: int, factor: float):
     return schedule
 
 
-def cosine_shape(epochs: int, warmup: int = 0, floor: float = 1e-3):
+def cosine_shape(epochs: int, floor: float = 1e-3):
     """The cosine schedule's rate per epoch as a fraction of the initial rate.
 
-    `warmup` epochs ramp linearly (1/(w+1), 2/(w+1), ...), then the rate follows half a cosine from 1 towards
-    `floor` over the remaining epochs, evaluated at each epoch's start: epoch e of E (after warm-up) trains at
-    0.5 * (1 + cos(pi * e / E)), so the last epoch still learns (at 0.095x for 5 epochs, 0.011x for 15).
+    Half a cosine from 1 towards `floor`, evaluated at each epoch's start: epoch e of E trains at
+    floor + (1 - floor) * 0.5 * (1 + cos(pi * e / E)), so the last epoch still learns (0.095x for 5 epochs, 0.011x
+    for 15).
     """
-    span = max(epochs - warmup, 1)
 
     def shape(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        progress = min(epoch - warmup, span) / span
+        progress = min(epoch, epochs) / max(epochs, 1)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return shape
 
 
-def cosine_schedule(epochs: int, floor: float = 1e-3, warmup: int = 0):
-    """Cosine decay over `epochs` (after `warmup` linear epochs), applied as a per-epoch ratio of the current rate."""
-    shape = cosine_shape(epochs, warmup, floor)
+def cosine_schedule(epochs: int, floor: float = 1e-3):
+    """Cosine decay over `epochs`, applied as a per-epoch ratio of the current rate (so it composes)."""
+    shape = cosine_shape(epochs, floor)
 
     def schedule(epoch: int, learning_rate: float) -> float:
         if epoch == 0:
-            return learning_rate * shape(0)
+            return learning_rate
         return learning_rate * shape(epoch) / shape(epoch - 1)
 
     return schedule
@@ -68,16 +65,36 @@ def best_logged(history: Path, key: str = "val_loss") -> float | None:
     return min(values) if values else None
 
 
-def warmup_schedule(warmup: int):
-    """`--lr-warmup` without cosine (step/none): ramp linearly over `warmup` epochs, then leave the rate alone."""
-    shape = cosine_shape(warmup + 1, warmup, floor=1.0)
+class LinearWarmup(keras.callbacks.Callback):
+    """`--lr-warmup N`: ramp the rate linearly, batch by batch, over the first N epochs' steps.
 
-    def schedule(epoch: int, learning_rate: float) -> float:
-        if epoch > warmup:
-            return learning_rate
-        return learning_rate * shape(epoch) / (shape(epoch - 1) if epoch else 1.0)
+    Step s of the S warm-up steps trains at (s + 1) / S of the rate the epoch's schedule set; at each epoch's end
+    the scheduled rate is put back, so ReduceLROnPlateau, the next epoch's schedule, BackupAndRestore and the
+    history's learning_rate column all see the schedule's rate, and a resumed run continues the ramp where the
+    epoch it resumes at begins. Runs after the schedulers and before ReduceLROnPlateau.
+    """
 
-    return schedule
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        super().__init__()
+        self.epochs, self.steps = epochs, max(steps_per_epoch, 1)
+        self._epoch, self._rate = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._rate = (float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                      if epoch < self.epochs else None)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._rate is not None:
+            step = self._epoch * self.steps + min(batch, self.steps - 1)
+            self.model.optimizer.learning_rate.assign(self._rate * (step + 1) / (self.epochs * self.steps))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._rate is not None:
+            self.model.optimizer.learning_rate.assign(self._rate)
+            if logs is not None:
+                logs["learning_rate"] = self._rate  # LearningRateScheduler logged the ramp's last step
+            self._rate = None
 
 
 class LearningRateRecorder(keras.callbacks.Callback):
@@ -138,10 +155,9 @@ def build_callbacks(config: TrainConfig, work_dir: Path, *, console, steps_per_e
         callbacks.append(keras.callbacks.LearningRateScheduler(
             step_schedule(config.lr_step_every, config.lr_step_factor)))
     elif config.lr_schedule == "cosine":
-        callbacks.append(keras.callbacks.LearningRateScheduler(
-            cosine_schedule(config.epochs, warmup=config.lr_warmup)))
-    if config.lr_warmup and config.lr_schedule != "cosine":
-        callbacks.append(keras.callbacks.LearningRateScheduler(warmup_schedule(config.lr_warmup)))
+        callbacks.append(keras.callbacks.LearningRateScheduler(cosine_schedule(config.epochs)))
+    if config.lr_warmup:
+        callbacks.append(LinearWarmup(config.lr_warmup, steps_per_epoch))
     # A resumed run's checkpoint must beat the best epoch before the interruption, so that best.weights.h5 holds
     # the weights of the best epoch in the whole history.csv (the one metrics.json reports and --restore-best ships).
     best_so_far = best_logged(work_dir / "history.csv") if resuming else None

@@ -67,6 +67,9 @@ BACKUP_WEIGHTS = "latest.weights.h5"  # the names Keras' BackupAndRestore uses, 
 BACKUP_METADATA = "training_metadata.json"
 CLUSTER_FILE = "cluster.json"
 EVAL_BATCH = 256
+# Measured (README-distributed.md): synchronized BatchNorm costs little per step here and keeps the workers'
+# moving statistics identical; unsynchronized, each worker normalizes by its own share of the batch.
+SYNC_BATCH_NORM = True
 # The line every worker prints on stderr when it finishes; `kerasport launch` reads it to compare the workers.
 FINISHED_PREFIX = "kerasport worker"
 
@@ -208,7 +211,7 @@ def train_distributed(config: TrainConfig, *, console=None, extra_callbacks: lis
     print(finished_line(cluster.rank, cluster.size, digest), file=sys.stderr, flush=True)
     record = {"strategy": "MultiWorkerMirroredStrategy", "workers": cluster.size, "per_worker_batch_size":
               config.batch_size, "global_batch_size": config.batch_size * cluster.size,
-              "synchronized_batch_norm": True, "collective_timeout_s": config.collective_timeout,
+              "synchronized_batch_norm": SYNC_BATCH_NORM, "collective_timeout_s": config.collective_timeout,
               "trained_weights_sha256": digest}
     if not cluster.is_chief:
         epochs = len(fitted.history.epoch)
@@ -240,13 +243,19 @@ def make_strategy(cluster: Cluster, timeout: float):
                             f"--collective-timeout {timeout:g} s; expected every one of "
                             f"{', '.join(_addresses(cluster))} to start", timeout)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except RuntimeError as error:
         raise UsageError(f"--distributed needs a fresh process: TensorFlow already ran in this one "
                          f"({str(error).splitlines()[0]}); run `kerasport train --distributed` as its own "
                          f"command") from None
     finally:
         disarm()
+    if strategy.num_replicas_in_sync != cluster.size:
+        # Each worker feeds one replica with its slice of the global batch (ShardPlan).
+        raise UsageError(f"worker {cluster.rank} has {strategy.num_replicas_in_sync // cluster.size} devices; "
+                         f"kerasport trains one replica per worker: make one GPU visible to each worker "
+                         f"(CUDA_VISIBLE_DEVICES) and start one worker per GPU")
+    return strategy
 
 
 def _join_watchdog(message: str, timeout: float):
@@ -327,7 +336,7 @@ class _Job:
             model = build_model(self.config, n_outputs)
             for layer in _all_layers(model):
                 if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.synchronized = True  # read at call time; the saved (plain) model keeps the default
+                    layer.synchronized = SYNC_BATCH_NORM  # read at call time; the saved (plain) model keeps False
             compile_model(model, self.config)
             model.optimizer.build(model.trainable_variables)
         steps = _Steps(model, self.strategy, self.config.task, x_fit, y_fit)

@@ -386,7 +386,7 @@ def reference_contract(config: TrainConfig, dataset: Dataset, n_outputs: int) ->
 
 
 def _best_epoch(rows: list[dict]) -> dict:
-    scored = [row for row in rows if "val_loss" in row]
+    scored = [row for row in rows if np.isfinite(row.get("val_loss", np.nan))]
     if not scored:
         return {}
     best = min(scored, key=lambda row: row["val_loss"])

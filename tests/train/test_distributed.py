@@ -145,6 +145,31 @@ def test_launch_checks_the_train_options_before_starting_workers(tmp_path, argum
     assert not run.exists()
 
 
+def interrupted_run(run: Path, workers: int) -> None:
+    """The files an interrupted 2-worker run leaves in its work directory (what --resume reads first)."""
+    work = run / ".train-work"
+    (work / "backup").mkdir(parents=True)
+    (work / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    (work / "config.json").write_text(json.dumps(TrainConfig(run=str(run), distributed=True).to_dict()))
+    (work / "cluster.json").write_text(json.dumps({"workers": workers, "global_batch_size": 32 * workers}))
+
+
+def test_resume_with_another_number_of_workers_is_a_usage_error(tmp_path):
+    run = tmp_path / "run"
+    interrupted_run(run, workers=2)
+    result = runner.invoke(app, ["train", "--run", str(run), "--resume", "--distributed", "--workers",
+                                 "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"])
+    assert result.exit_code == EXIT_USAGE
+    assert "--resume with 3 workers, but the interrupted run trained with 2" in result.output
+
+
+def test_a_worker_that_cannot_see_the_chief_backup_says_so(tmp_path):
+    result = runner.invoke(app, ["train", "--run", str(tmp_path / "elsewhere"), "--resume", "--distributed",
+                                 "--workers", "127.0.0.1:1,127.0.0.1:2", "--worker-index", "1"])
+    assert result.exit_code == EXIT_USAGE
+    assert "cannot see the chief's backup" in result.output and "filesystem every worker shares" in result.output
+
+
 # --- one 2-worker job, shared ----------------------------------------------------------------------------------
 
 
@@ -260,34 +285,34 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_stops_the_job_and_resume_finishes_it(data, tmp_path):
+def test_a_killed_worker_ends_the_job_within_the_timeout_and_resume_finishes_it(data, tmp_path):
+    # No launcher here: the chief itself must notice (as under Kubeflow's TFJob) and say how to continue.
     run = tmp_path / "run"
-    timeout = 60
-    log = tmp_path / "launch.log"
+    timeout = 30
     backup = run / ".train-work" / "backup" / "training_metadata.json"
-    with open(log, "w") as stderr:
-        launch = subprocess.Popen([*CLI, "launch", "--workers", str(WORKERS), "--data", f"idx:{data}", "--run",
-                                   str(run), "--epochs", "200", "--collective-timeout", str(timeout),
-                                   *TRAIN_OPTIONS], stdout=subprocess.DEVNULL, stderr=stderr, text=True)
-        try:
-            wait_for(lambda: "(pids " in log.read_text(), JOB_TIMEOUT, "the launch line")
-            pids = [int(pid) for pid in re.search(r"\(pids ([\d, ]+)\)", log.read_text()).group(1).split(", ")]
-            wait_for(backup.is_file, JOB_TIMEOUT, "the first finished epoch")
-            os.kill(pids[1], signal.SIGKILL)
-            killed_at = time.monotonic()
-            code = launch.wait(timeout=timeout)
-        finally:
-            launch.kill()
-    assert time.monotonic() - killed_at < timeout  # detected, not waited out
-    assert code == EXIT_RUNTIME
-    lines = log.read_text().splitlines()
-    assert f"error: worker 1 (pid {pids[1]}) was killed by SIGKILL; stopped the other 1 worker(s)" in lines
-    # the chief noticed on its own and says how to continue
-    assert any(line.startswith("error: distributed training stopped") and "--resume" in line for line in lines)
-    assert not any(alive(pid) for pid in pids)
+    ports = free_ports(WORKERS)
+    common = ["train", "--data", f"idx:{data}", "--run", str(run), "--epochs", "200", "--collective-timeout",
+              str(timeout), *TRAIN_OPTIONS]
+    workers = [subprocess.Popen([*CLI, *common, *cluster_options(ports, index)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for index in range(WORKERS)]
+    try:
+        wait_for(backup.is_file, JOB_TIMEOUT, "the first finished epoch")
+        workers[1].kill()
+        killed_at = time.monotonic()
+        _, chief_err = workers[0].communicate(timeout=timeout + 30)
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.communicate()
+    assert time.monotonic() - killed_at < timeout  # noticed, not waited out
+    assert workers[0].returncode == EXIT_RUNTIME
+    errors = [line for line in chief_err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: distributed training stopped in epoch "), chief_err
+    assert "start every worker again with --resume" in errors[0]
     assert not (run / "train").exists() and not (run / "manifest.json").exists()  # nothing looks complete
 
     finished = json.loads(backup.read_text())["epoch"]
+    assert f"{finished} epoch(s) are backed up" in errors[0]
     resumed = subprocess.run([*CLI, "launch", "--workers", str(WORKERS), "--run", str(run), "--resume",
                               "--epochs", str(finished + 1), "--json"], capture_output=True, text=True,
                              timeout=JOB_TIMEOUT)
@@ -296,6 +321,28 @@ def test_a_killed_worker_stops_the_job_and_resume_finishes_it(data, tmp_path):
     assert (metrics["epochs_this_session"], metrics["epochs_run"]) == (1, finished + 1)
     assert [int(row["epoch"]) for row in history(run)] == list(range(finished + 1))
     assert f"{WORKERS} worker(s) finished with identical trained weights" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_launch_stops_every_worker_when_one_dies(data, tmp_path):
+    log = tmp_path / "launch.log"
+    with open(log, "w") as stderr:
+        launch = subprocess.Popen([*CLI, "launch", "--workers", str(WORKERS), "--data", f"idx:{data}", "--run",
+                                   str(tmp_path / "run"), *TRAIN_OPTIONS], stdout=subprocess.DEVNULL,
+                                  stderr=stderr)
+        try:
+            wait_for(lambda: "(pids " in log.read_text(), JOB_TIMEOUT, "the launch line")
+            pids = [int(pid) for pid in re.search(r"\(pids ([\d, ]+)\)", log.read_text()).group(1).split(", ")]
+            os.kill(pids[1], signal.SIGKILL)  # the chief is starting up, waiting for it
+            killed_at = time.monotonic()
+            code = launch.wait(timeout=JOB_TIMEOUT)
+        finally:
+            launch.kill()
+    assert time.monotonic() - killed_at < 15  # the launcher's grace (3 s) and polling, not a timeout
+    assert code == EXIT_RUNTIME
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: worker 1 (pid {pids[1]}) was killed by SIGKILL; stopped the other 1 worker(s)"]
+    assert not any(alive(pid) for pid in pids)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 
 from kerasport.manifest import verify_bundle
 from kerasport.samples import load_samples
+from kerasport.train.callbacks import cosine_shape
 from kerasport.train.config import INPUT_NAME, TrainConfig
 from kerasport.train.fit import WORK_DIR_NAME, train
 
@@ -38,7 +39,10 @@ def test_bundle_outputs_metrics_and_manifest(tiny):
     best = min(rows, key=lambda row: float(row["val_loss"]))
     assert (metrics["best_epoch"], metrics["best_val_loss"]) == (int(best["epoch"]), pytest.approx(
         float(best["val_loss"])))
-    assert [float(row["learning_rate"]) for row in rows] == pytest.approx([1e-3] * 3)
+    # the default schedule: cosine over the run's epochs
+    shape = cosine_shape(3)
+    assert [float(row["learning_rate"]) for row in rows] == pytest.approx([1e-3 * shape(e) for e in range(3)],
+                                                                          rel=1e-5)
 
     config = json.loads((stage / "config.json").read_text())
     assert config["config"]["seed"] == 42 and config["config"]["resolved_initializer"] == "he_normal"
@@ -81,12 +85,18 @@ def test_step_schedule_changes_the_rate_at_the_right_epochs(tiny):
     assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
 
 
-def test_cosine_schedule_decays_to_about_zero(tiny):
+def test_cosine_schedule_decays_over_the_epochs(tiny):
     train(make(tiny, epochs=4, lr_schedule="cosine", plateau=False))
     rates = [float(row["learning_rate"]) for row in history(tiny["run"])]
     assert rates[0] == pytest.approx(1e-3)
     assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
-    assert rates[-1] < 1e-5
+    # epoch e of E trains at 0.5 * (1 + cos(pi * e / E)) of the rate: the last one still learns
+    assert rates[-1] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)), rel=1e-2)
+
+
+def test_constant_rate_with_lr_schedule_none(tiny):
+    train(make(tiny, epochs=3, lr_schedule="none"))
+    assert [float(row["learning_rate"]) for row in history(tiny["run"])] == pytest.approx([1e-3] * 3)
 
 
 def test_callbacks_are_configured_as_asked(tmp_path):
@@ -107,7 +117,7 @@ def test_callbacks_are_configured_as_asked(tmp_path):
     assert kinds.index(keras.callbacks.LearningRateScheduler) < kinds.index(keras.callbacks.ReduceLROnPlateau) \
         < kinds.index(keras.callbacks.BackupAndRestore)
 
-    plain = build_callbacks(TrainConfig(plateau=False, early_stopping=0), tmp_path, console=None,
+    plain = build_callbacks(TrainConfig(plateau=False, early_stopping=0, lr_schedule="none"), tmp_path, console=None,
                             steps_per_epoch=1, resuming=False)
     assert not {keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping,
                 keras.callbacks.LearningRateScheduler} & {type(callback) for callback in plain}
@@ -183,3 +193,51 @@ def test_rerun_replaces_the_previous_bundle(tiny):
     old_hash = verify_bundle(tiny["run"]).artifact("keras").sha256
     train(make(tiny, epochs=1, seed=3))
     assert verify_bundle(tiny["run"]).artifact("keras").sha256 != old_hash
+
+
+USER_BUILDER = '''
+import keras
+
+
+def small_cnn(input_shape, n_outputs, activation, kernel_initializer, bias_initializer, output_activation):
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation=activation, kernel_initializer=kernel_initializer,
+                            bias_initializer=bias_initializer)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_outputs, activation=output_activation)(x))
+'''
+
+
+def test_a_user_builder_trains_and_is_recorded(tiny, tmp_path, monkeypatch):
+    import hashlib
+
+    source = tmp_path / "kerasport_test_user_models.py"
+    source.write_text(USER_BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = train(make(tiny, epochs=1, arch="kerasport_test_user_models:small_cnn"))
+    stage = Path(tiny["run"]) / "train"
+    record = {"builder": "kerasport_test_user_models:small_cnn", "module": "kerasport_test_user_models",
+              "function": "small_cnn", "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    assert json.loads((stage / "config.json").read_text())["config"]["builder"] == record
+    manifest = verify_bundle(tiny["run"])
+    assert manifest.data["model"]["builder"] == record and manifest.name == "kerasport-small_cnn"
+    assert result.metrics["parameters"] == keras.saving.load_model(stage / "model.keras").count_params()
+    # the SavedModel serves the contract's names whatever the builder called its tensors
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(stage / "saved_model")).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == [INPUT_NAME]
+
+
+def test_a_bad_builder_is_exit_2_in_one_line_before_anything_is_written(tiny):
+    from typer.testing import CliRunner
+
+    from kerasport.app.cli import app
+    from kerasport.errors import EXIT_USAGE
+
+    result = CliRunner().invoke(app, ["train", "--data", tiny["data"], "--run", tiny["run"],
+                                      "--arch", "kerasport_no_such_module:build"])
+    assert result.exit_code == EXIT_USAGE
+    assert "module 'kerasport_no_such_module' does not import (ModuleNotFoundError" in result.output
+    assert "Traceback" not in result.output and not Path(tiny["run"]).exists()
