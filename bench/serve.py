@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -238,6 +239,21 @@ def rss_mb(pid: int) -> float:
     except FileNotFoundError:
         pass
     return float("nan")
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(examples, runtime calls) the server has run so far, from its /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    values = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("kerasport_batch_size_"))
+    return float(values.get("kerasport_batch_size_sum", 0)), float(values.get("kerasport_batch_size_count", 0))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def child_pids(pid: int) -> list[int]:
@@ -482,7 +498,13 @@ def grpc_section(run: Path, variant: str, bodies: Bodies, path: str, model_name:
         for _ in range(args.rounds):
             for protocol, measure in runs.items():
                 single = measure(1, requests=args.requests)
+                cpu, (examples, calls) = cpu_seconds(server.pid), batch_totals(server.url)
                 crowd = measure(32, seconds=args.seconds)
+                # the server's own CPU per request (warm-up requests included), whatever the client costs, and
+                # how well the requests coalesced
+                crowd["server_cpu_ms"] = (cpu_seconds(server.pid) - cpu) * 1e3 / (crowd["requests"] + 32 * 3)
+                after = batch_totals(server.url)
+                crowd["mean_batch"] = (after[0] - examples) / max(1.0, after[1] - calls)
                 best = results.setdefault(protocol, {"c1": single, "c32": crowd})
                 if single["p50_ms"] < best["c1"]["p50_ms"]:
                     best["c1"] = single
@@ -495,13 +517,15 @@ def grpc_section(run: Path, variant: str, bodies: Bodies, path: str, model_name:
                  for _ in range(args.rounds)), key=lambda r: r["p50_ms"])
     print(f"\n== one image: gRPC vs HTTP JSON vs HTTP binary vs in-process ({variant}, one server process, RSS "
           f"{rss:.0f} MB; the load generator shares the machine's cores)")
-    print(f"{'path':<13}{'c1 p50 ms':>11}{'c1 p99 ms':>11}{'added ms':>10}{'c32 img/s':>11}{'vs b32':>8}")
+    print(f"{'path':<13}{'c1 p50 ms':>11}{'c1 p99 ms':>11}{'added ms':>10}{'c32 img/s':>11}{'vs b32':>8}"
+          f"{'server CPU ms/req':>19}{'mean batch':>12}")
     b32 = local["batch32_images_per_second"]
     for protocol, r in results.items():
         r["added_latency_ms"] = r["c1"]["p50_ms"] - local["p50_ms"]
         r["throughput_ratio"] = r["c32"]["rps"] / b32
         print(f"{protocol:<13}{r['c1']['p50_ms']:>11.3f}{r['c1']['p99_ms']:>11.3f}{r['added_latency_ms']:>10.3f}"
-              f"{r['c32']['rps']:>11.0f}{r['throughput_ratio']:>8.2f}")
+              f"{r['c32']['rps']:>11.0f}{r['throughput_ratio']:>8.2f}{r['c32']['server_cpu_ms']:>19.3f}"
+              f"{r['c32']['mean_batch']:>12.1f}")
     print(f"{'in-process':<13}{local['p50_ms']:>11.3f}{'':>11}{'':>10}{b32:>11.0f}{'(b32)':>8}")
     return {"variant": variant, "rss_mb": rss, "in_process": local, **results}
 

@@ -39,19 +39,29 @@ MARKDOWN_SECTIONS = (("Runtime settings sweep", "sweep"), ("Microcontroller", "b
 
 CSS = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg:#fff;--soft:#f6f8fa;--ok:#1a7f37;--bad:#cf222e}
-*{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-color:var(--fg);background:var(--bg)}main{max-width:1100px;margin:0 auto;padding:12px 16px 48px}
-h1{font-size:1.5em;margin:.4em 0}h2{font-size:1.25em;border-bottom:1px solid var(--line);padding-bottom:.2em;
-margin-top:1.6em}h3{font-size:1.05em;margin:1.2em 0 .4em}h4{font-size:1em;margin:1em 0 .3em}
-nav{display:flex;flex-wrap:wrap;gap:6px;margin:8px 0}nav a{padding:2px 8px;border:1px solid var(--line);
-border-radius:12px;text-decoration:none;color:var(--fg);font-size:.85em;background:var(--soft)}
-.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;margin:.5em 0}table{border-collapse:collapse;
-font-size:.85em;min-width:60%}th,td{border:1px solid var(--line);padding:3px 7px;text-align:left;min-width:4.5em;max-width:28em;
-vertical-align:top}th{background:var(--soft)}td code{word-break:break-all}img{max-width:100%;height:auto;
-display:block;margin:.5em 0}pre{background:var(--soft);padding:8px;overflow-x:auto;font-size:.8em}
-code{font-size:.9em}.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-weight:600}
-.pass{background:var(--ok)}.fail{background:var(--bad)}.muted{color:var(--muted)}blockquote{margin:.5em 0;
-padding:4px 12px;border-left:4px solid var(--line);color:var(--muted)}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1100px;margin:0 auto;padding:12px 16px 48px}
+h1{font-size:1.5em;margin:.4em 0}
+h2{font-size:1.25em;border-bottom:1px solid var(--line);padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.05em;margin:1.2em 0 .4em}
+h4{font-size:1em;margin:1em 0 .3em}
+nav{display:flex;flex-wrap:wrap;gap:6px;margin:8px 0}
+nav a{padding:2px 8px;border:1px solid var(--line);border-radius:12px;text-decoration:none;color:var(--fg);
+font-size:.85em;background:var(--soft)}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em;min-width:60%}
+th,td{border:1px solid var(--line);padding:3px 7px;text-align:left;min-width:4.5em;max-width:28em;vertical-align:top}
+th{background:var(--soft)}
+td code{word-break:break-all}
+img{max-width:100%;height:auto;display:block;margin:.5em 0}
+pre{background:var(--soft);padding:8px;overflow-x:auto;font-size:.8em}
+code{font-size:.9em}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-weight:600}
+.pass{background:var(--ok)}
+.fail{background:var(--bad)}
+.muted{color:var(--muted)}
+blockquote{margin:.5em 0;padding:4px 12px;border-left:4px solid var(--line);color:var(--muted)}
 @media (max-width:600px){body{font-size:14px}main{padding:8px}table{font-size:.78em}}
 """
 

@@ -10,7 +10,8 @@ worker, with a dead worker's live gauges dropped.
 
 Each worker is a fresh interpreter (spawned, so no runtime threads are forked) that loads its own runtime session
 with `threads` intra-op threads: by default the cores split evenly, so N x threads ~ cores. Worker settings
-travel in one environment variable, read by the app factory `worker_app`.
+travel in one environment variable, read by the app factory `worker_app`. With `--grpc-port` every worker also
+runs the gRPC service in its app's lifespan, all listening on the one port (SO_REUSEPORT; the parent holds it).
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def test_a_serve_install_runs_without_tensorflow(wheel, tmp_path):
     installed = run(str(python), "-m", "pip", "install", "-q", f"{wheel}[serve]", timeout=600)
     assert installed.returncode == 0, installed.stderr[-3000:]
 
-    imported = run(str(python), "-c", "import kerasport.serve.app, kerasport.serve.model, kerasport.serve.server")
+    imported = run(str(python), "-c", "import kerasport.serve.app, kerasport.serve.model, kerasport.serve.server, "
+                   "kerasport.serve.grpc_server")
     assert imported.returncode == 0, imported.stderr[-3000:]
     for arguments in (["--help"], ["serve", "--help"], ["predict", "--help"]):
         shown = run(str(script), *arguments)

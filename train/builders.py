@@ -174,7 +174,7 @@ def _check_probabilities(spec: str, model, input_shape: tuple) -> None:
 
 
 def _source_sha256(module) -> str:
-    """sha256 of the module's source file (what the builder and its helpers are), or of the function's code."""
+    """sha256 of the module's source file (the builder and the helpers it uses); "unavailable" without one."""
     try:
         path = inspect.getsourcefile(module)
     except TypeError:

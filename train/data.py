@@ -156,15 +156,14 @@ def _item_shape(x: np.ndarray) -> tuple[int, int, int] | None:
 
 def _validate(dataset: Dataset, task: str) -> None:
     origin = dataset.source.get("path", dataset.name)
-    train_shape = _item_shape(dataset.x_train)
-    for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
-        shape = _item_shape(x)
-        if shape is None:
+    for split, x in (("train", dataset.x_train), ("test", dataset.x_test)):
+        if _item_shape(x) is None:
             raise DataError(f"{origin}: x_{split} has shape {x.shape}; expected images shaped (n, height, width) "
                             f"or (n, height, width, 1|3) (grayscale or RGB)")
-        if split == "test" and train_shape is not None and shape != train_shape:
-            raise DataError(f"{origin}: x_train has shape {dataset.x_train.shape}; expected the same image size "
-                            f"and channels as x_test {x.shape}")
+    if _item_shape(dataset.x_train) != _item_shape(dataset.x_test):
+        raise DataError(f"{origin}: x_train has shape {dataset.x_train.shape}; expected the same image size and "
+                        f"channels as x_test {dataset.x_test.shape}")
+    for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
         if len(x) == 0:
             raise DataError(f"{origin}: the {split} split is empty; expected at least one image")
         if len(x) != len(y):

@@ -49,7 +49,8 @@ def write(run, model, labels=CLASSES, side=SIDE):
     eval_images = images(EXAMPLES, 1)
     targets = release().predict(eval_images, verbose=0).argmax(axis=1)  # the first release is right by construction
     contract = contract_from_keras(model, ContractHints(labels=labels), {"image": (0, 255)})
-    write_imported_bundle(run, model, contract, eval_samples=Samples({"image": eval_images}, {"probabilities": targets}),
+    eval_samples = Samples({"image": eval_images}, {"probabilities": targets})
+    write_imported_bundle(run, model, contract, eval_samples=eval_samples,
                           calibration=Samples({"image": images(16, 2)}), name="drift", version=str(side),
                           source={"kind": "test"})
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32"]))
