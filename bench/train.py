@@ -11,7 +11,8 @@ validation epoch's weights restored), plus the ablations (each change alone, a 1
 offline: `digits`, letters rendered with Pillow's bundled font into an images:DIR tree (32x32 grayscale, 26
 classes), and digits re-drawn as noisy colour pictures in an NPZ (32x32 RGB, 10 classes).
 
-    python bench/train.py --matrix [--matrix-epochs 5] [--width 0.25] [--seeds 0,1,2] [--json matrix.json]
+    python bench/train.py --matrix [--matrix-epochs 5] [--matrix-limit 1000] [--width 1.0] [--seeds 0,1,2]
+                          [--datasets digits,glyphs,color-digits] [--data-dir DIR] [--json matrix.json]
 
 `--workers N` instead measures multi-worker training (issue 10): images/s and test accuracy of `kerasport launch
 --workers N` against single-process `kerasport train` and a 1-worker launch (the distributed loop without peers),
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--matrix", action="store_true", help="measure old vs new training defaults instead")
     parser.add_argument("--matrix-epochs", type=int, default=5)
+    parser.add_argument("--matrix-limit", type=int, default=0, help="training samples per dataset (0 = all)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default=",".join(MATRIX_DATASETS))
     parser.add_argument("--data-dir", help="where the generated datasets are kept (default: a temporary folder)")
@@ -236,7 +238,8 @@ def run_matrix(args) -> None:
                 for run, options in MATRIX_RUNS.items():
                     keras.backend.clear_session()
                     config = TrainConfig(**source, **options, arch=args.arch, width=args.width, seed=seed,
-                                         epochs=args.matrix_epochs, run=str(Path(scratch) / "run"))
+                                         epochs=args.matrix_epochs, limit=args.matrix_limit,
+                                         run=str(Path(scratch) / "run"))
                     metrics = train(config).metrics
                     kept = {key: metrics[key] for key in ("test_accuracy", "final_epoch_test_accuracy",
                                                           "best_epoch_test_accuracy", "best_epoch", "fit_seconds",
@@ -248,7 +251,7 @@ def run_matrix(args) -> None:
     table = {name: {column: _spread([r[f"{side}_epoch_test_accuracy"] for r in raw[name][run]])
                     for column, (run, side) in MATRIX_COLUMNS.items()} for name in names}
     show = Table(title=f"test accuracy, mean ± std over seeds {seeds} ({args.matrix_epochs} epochs, "
-                       f"{args.arch} width {args.width})")
+                       f"{args.arch} width {args.width}, limit {args.matrix_limit or 'none'})")
     show.add_column("dataset")
     for column in MATRIX_COLUMNS:
         show.add_column(column, justify="right")
@@ -259,6 +262,7 @@ def run_matrix(args) -> None:
         described = {name: {key: source for key, source in sources[name].items()} for name in names}
         Path(args.json_path).write_text(json.dumps(
             {"epochs": args.matrix_epochs, "arch": args.arch, "width": args.width, "seeds": seeds,
+             "limit": args.matrix_limit,
              "datasets": described, "runs": MATRIX_RUNS, "columns": {c: list(v) for c, v in MATRIX_COLUMNS.items()},
              "table": table, "raw": raw}, indent=2))
 

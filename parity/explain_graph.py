@@ -15,6 +15,8 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 
+TRACE_DYNAMIC_SIZE = 8  # a dynamic dimension's size in the zeros the graph is traced with
+
 
 class ExplainUnavailable(Exception):
     """Per-layer comparison is impossible for this reference (a subclassed model, no Keras model)."""
@@ -54,12 +56,12 @@ def _numpy(value):
 class KerasGraph:
     """A functional Keras model's layers, run on named inputs with every layer's output recorded."""
 
-    def __init__(self, model, contract: ModelContract):
+    def __init__(self, model, contract: ModelContract, example: Mapping[str, np.ndarray] | None = None):
         self.model = model
         self.contract = contract
         self._graph = _functional(model)
         self.nodes: list[LayerNode] = []
-        self._trace()
+        self._trace(example)
 
     # -- the walk ---------------------------------------------------------------------------------------------
     def _walk(self, inputs: Mapping[str, np.ndarray], visit: Callable) -> list:
@@ -80,10 +82,13 @@ class KerasGraph:
         outputs = self._graph._run_through_graph(arrays, operation_fn=operation_fn)
         return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
-    def _trace(self) -> None:
-        """Name the nodes and find which node feeds which, from one call on the input spec's zeros."""
-        example = {spec.name: np.zeros(spec.example_shape(1, 1), dtype=spec.dtype)
-                   for spec in self.contract.input_specs()}
+    def _trace(self, example: Mapping[str, np.ndarray] | None) -> None:
+        """Name the nodes and find which node feeds which, from one call on one example (default: zeros)."""
+        if example is None:
+            example = {spec.name: np.zeros(spec.example_shape(1, TRACE_DYNAMIC_SIZE), dtype=spec.dtype)
+                       for spec in self.contract.input_specs()}
+        else:
+            example = {name: np.asarray(array[:1]) for name, array in example.items()}
         produced: dict[int, int] = {}  # id(value) -> node index
         calls: dict[str, int] = {}
         records = []

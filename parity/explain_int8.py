@@ -6,8 +6,8 @@ uint8 activations, MinMax; the TFLite MLIR quantizer, full integer, per-channel)
 slice against the reference like the gate's candidates do. Trials, per int8 artifact:
 
 - `control`: re-quantized exactly as exported (the baseline every fix is measured against);
-- `keep <layer> in float`: the costliest layers (explain's ranking) excluded from quantization (ORT
-  `nodes_to_exclude`; TFLite `denylisted_nodes`), one at a time;
+- `keep <layer> in float`: the costliest layer (explain's ranking), then it with the layers reading its output,
+  excluded from quantization (ORT `nodes_to_exclude`; TFLite `denylisted_nodes`);
 - `per-channel`: only when the artifact was quantized per-tensor (export quantizes weights per channel);
 - calibration data: all of the bundle's calibration sample when export used fewer examples; when it used all, the
   first half instead — a calibration that barely changes with half the data will not improve with more.
@@ -31,7 +31,7 @@ from .compare import accuracy_statistics, agreement_statistics, class_scores, er
 from .explain_match import ScopeIndex
 from .runners import SIGNATURE, run_batched
 
-FIX_LAYERS = 2  # the costliest layers each tried in float
+FIX_LAYERS = 1  # the costliest layers each tried in float alone (then the costliest with its consumers)
 ONNX_FP32 = "onnx-fp32"
 
 

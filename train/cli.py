@@ -34,6 +34,9 @@ def train_command(
 def print_train_summary(out, result) -> None:
     from rich.table import Table
 
+    if result.manifest is None:
+        out.print(f"kerasport train: worker done; the chief writes the bundle to {result.run_dir}")
+        return
     metrics = result.metrics
     table = Table(title=f"kerasport train → {result.run_dir}/train")
     table.add_column("metric")

@@ -40,6 +40,10 @@ def run_command(
     out = console()
     trained = train(config, console=out)
     print_train_summary(out, trained)
+    if trained.manifest is None:
+        # A non-chief worker of a distributed run: the chief alone writes the bundle, so it alone exports and
+        # runs the gate; this worker's job ends with training.
+        return
     exported = export_bundle(export_options, console=out)
     print_export_table(out, exported)
     checked = run_parity(ParityOptions(run=config.run), console=out)

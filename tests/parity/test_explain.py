@@ -184,3 +184,17 @@ def test_align_transposes_channels_first_and_refuses_other_shapes():
     assert layout == "same" and np.array_equal(aligned, keras_layout.reshape(2, 90))
     assert align(keras_layout, rng.normal(size=(2, 5, 6, 4))) is None
     assert align(keras_layout, keras_layout[:1]) is None
+
+
+def test_a_subclassed_model_is_reported_as_not_explainable():
+    import keras
+
+    from kerasport.contract import ModelContract
+    from kerasport.parity.explain_graph import ExplainUnavailable, KerasGraph
+
+    class Subclassed(keras.Model):
+        def call(self, inputs):
+            return inputs
+
+    with pytest.raises(ExplainUnavailable, match="not a functional Keras model"):
+        KerasGraph(Subclassed(), ModelContract.__new__(ModelContract))

@@ -293,8 +293,10 @@ def test_a_killed_worker_ends_the_job_within_the_timeout_and_resume_finishes_it(
     ports = free_ports(WORKERS)
     common = ["train", "--data", f"idx:{data}", "--run", str(run), "--epochs", "200", "--collective-timeout",
               str(timeout), *TRAIN_OPTIONS]
+    # TMPDIR: the killed worker cannot remove its private directory; keep it inside the test's own tmp_path
     workers = [subprocess.Popen([*CLI, *common, *cluster_options(ports, index)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True) for index in range(WORKERS)]
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+               for index in range(WORKERS)]
     try:
         wait_for(backup.is_file, JOB_TIMEOUT, "the first finished epoch")
         workers[1].kill()
