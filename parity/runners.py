@@ -48,6 +48,11 @@ class KerasRunner:
         self._keras, self._contract = keras, contract
         self.description = f"keras {keras.__version__} (training=False)"
 
+    @property
+    def model(self):
+        """The loaded Keras model (read-only use: per-layer explanations)."""
+        return self._model
+
     def fp16_weight_twin(self) -> KerasRunner:
         """The same model with every float weight rounded to float16 and back: what fp16 weight storage alone does.
 

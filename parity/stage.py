@@ -175,7 +175,7 @@ def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: ToleranceP
                 "candidates": {}}, {}
     fixes = Int8Fixer(run_dir, plan.manifest, data.inputs, reference.outputs.eval, data.targets) if everything \
         else None
-    section, files = explain_candidates(run_dir, plan.manifest, runner._model, policy, data.inputs, data.edges,
+    section, files = explain_candidates(run_dir, plan.manifest, runner.model, policy, data.inputs, data.edges,
                                         artifacts, fixes=fixes, console=console)
     section["trigger"] = "--explain" if everything else "automatic: the candidates that failed the gate"
     return section, files
