@@ -150,7 +150,8 @@ def make_glyphs(root: Path, per_class: int = 80, seed: int = 0) -> Path:
 
 
 def make_color_digits(path: Path, variants: int = 2, seed: int = 0) -> Path:
-    """sklearn's digits re-drawn at 32x32 RGB: random size, place, foreground/background colours and noise.
+    """sklearn's digits re-drawn at 32x32 RGB: random size and place, a bright random colour on a dark random
+    colour, noise.
 
     Split by source image first (the fixed split `digits` uses), so no drawing of a test digit is trained on.
     """
@@ -166,16 +167,14 @@ def make_color_digits(path: Path, variants: int = 2, seed: int = 0) -> Path:
     train_ids, _, test_ids, _ = _split(ids, digits.target)
 
     def draw(source: int):
-        box = int(rng.integers(14, 27))
-        top, left = (int(v) for v in rng.integers(0, 33 - box, 2))
+        box = int(rng.integers(18, 25))
+        top, left = (int(v) + (32 - box) // 2 for v in rng.integers(-3, 4, 2))
         glyph = np.asarray(Image.fromarray(digits.images[source].astype(np.float32) / 16.0).resize(
             (box, box), Image.BILINEAR))
         mask = np.zeros((32, 32), np.float32)
         mask[top:top + box, left:left + box] = np.clip(glyph, 0, 1)
-        background, foreground = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        while np.abs(foreground - background).sum() < 200:  # keep the digit visible
-            foreground = rng.uniform(0, 255, 3)
-        picture = background + mask[..., None] * (foreground - background) + rng.normal(0, 20, (32, 32, 3))
+        background, foreground = rng.uniform(0, 90, 3), rng.uniform(120, 255, 3)
+        picture = background + mask[..., None] * (foreground - background) + rng.normal(0, 15, (32, 32, 3))
         return np.clip(picture, 0, 255).astype(np.uint8)
 
     arrays = {}
