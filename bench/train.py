@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--matrix-limit", type=int, default=0, help="training samples per dataset (0 = all)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default=",".join(MATRIX_DATASETS))
+    parser.add_argument("--runs", default=",".join(MATRIX_RUNS), help="which trained variants (MATRIX_RUNS)")
     parser.add_argument("--data-dir", help="where the generated datasets are kept (default: a temporary folder)")
     parser.add_argument("--workers", type=int, default=0, help="measure N-worker training instead")
     parser.add_argument("--global-batch", type=int, default=32, help="--workers: the global batch of every run")
@@ -116,16 +117,17 @@ def main() -> None:
 
 MATRIX_DATASETS = ("digits", "glyphs", "color-digits")
 # Each trained variant: (label, options). One run gives both the last epoch's and the best epoch's metrics
-# (metrics.json reports the weights not shipped too), so three runs per dataset and seed cover five columns.
-MATRIX_RUNS = {"constant": {"lr_schedule": "none", "restore_best": False},
-               "cosine": {"lr_schedule": "cosine", "restore_best": True},
+# (metrics.json reports the weights not shipped too), so three runs per dataset and seed cover six columns.
+MATRIX_RUNS = {"constant": {"lr_schedule": "none", "restore_best": False, "lr_warmup": 0},
+               "cosine": {"lr_schedule": "cosine", "restore_best": True, "lr_warmup": 0},
                "cosine+warmup": {"lr_schedule": "cosine", "restore_best": True, "lr_warmup": 1}}
 # Columns of the table: (run, which weights) -> headline.
-MATRIX_COLUMNS = {"old defaults (constant, last epoch)": ("constant", "final"),
+MATRIX_COLUMNS = {"old defaults (constant rate, last epoch)": ("constant", "final"),
                   "constant + restore best": ("constant", "best"),
                   "cosine, last epoch": ("cosine", "final"),
-                  "new defaults (cosine + restore best)": ("cosine", "best"),
-                  "cosine + 1 warm-up epoch + restore best": ("cosine+warmup", "best")}
+                  "cosine + restore best": ("cosine", "best"),
+                  "cosine + warm-up, last epoch": ("cosine+warmup", "final"),
+                  "new defaults (cosine + 1-epoch warm-up + restore best)": ("cosine+warmup", "best")}
 GLYPH_CLASSES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -227,14 +229,16 @@ def run_matrix(args) -> None:
 
     seeds = [int(seed) for seed in args.seeds.split(",")]
     names = [name for name in args.datasets.split(",") if name]
+    runs = {run: MATRIX_RUNS[run] for run in args.runs.split(",")}
+    columns = {column: (run, side) for column, (run, side) in MATRIX_COLUMNS.items() if run in runs}
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(args.data_dir or scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
         sources = matrix_sources(names, data_dir)
-        raw: dict = {name: {run: [] for run in MATRIX_RUNS} for name in names}
+        raw: dict = {name: {run: [] for run in runs} for name in names}
         for name, source in sources.items():
             for seed in seeds:
-                for run, options in MATRIX_RUNS.items():
+                for run, options in runs.items():
                     keras.backend.clear_session()
                     config = TrainConfig(**source, **options, arch=args.arch, width=args.width, seed=seed,
                                          epochs=args.matrix_epochs, limit=args.matrix_limit,
@@ -248,11 +252,11 @@ def run_matrix(args) -> None:
                           f"best {kept['best_epoch_test_accuracy']:.4f} (epoch {kept['best_epoch']}) "
                           f"{kept['fit_seconds']:.0f}s", flush=True)
     table = {name: {column: _spread([r[f"{side}_epoch_test_accuracy"] for r in raw[name][run]])
-                    for column, (run, side) in MATRIX_COLUMNS.items()} for name in names}
+                    for column, (run, side) in columns.items()} for name in names}
     show = Table(title=f"test accuracy, mean ± std over seeds {seeds} ({args.matrix_epochs} epochs, "
                        f"{args.arch} width {args.width}, limit {args.matrix_limit or 'none'})")
     show.add_column("dataset")
-    for column in MATRIX_COLUMNS:
+    for column in columns:
         show.add_column(column, justify="right")
     for name in names:
         show.add_row(name, *(f"{cell['mean']:.4f} ± {cell['std']:.4f}" for cell in table[name].values()))
@@ -262,7 +266,7 @@ def run_matrix(args) -> None:
         Path(args.json_path).write_text(json.dumps(
             {"epochs": args.matrix_epochs, "arch": args.arch, "width": args.width, "seeds": seeds,
              "limit": args.matrix_limit,
-             "datasets": described, "runs": MATRIX_RUNS, "columns": {c: list(v) for c, v in MATRIX_COLUMNS.items()},
+             "datasets": described, "runs": runs, "columns": {c: list(v) for c, v in columns.items()},
              "table": table, "raw": raw}, indent=2))
 
 

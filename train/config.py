@@ -37,7 +37,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     lr_step_every: int = 100
     lr_step_factor: float = 0.1
-    lr_warmup: int = 0
+    lr_warmup: int = 1
     plateau: bool = True
     plateau_patience: int = 10
     plateau_factor: float = 0.1
@@ -106,8 +106,8 @@ class TrainConfig:
                              f"(a model builder, e.g. mymodels.cnn:build)")
         if self.image_size != "auto":
             self.image_shape()
-        if not 0 <= self.lr_warmup < self.epochs:
-            raise UsageError(f"--lr-warmup {self.lr_warmup} must be in [0, --epochs {self.epochs})")
+        if self.lr_warmup < 0:
+            raise UsageError(f"--lr-warmup {self.lr_warmup} must be >= 0 epochs (0 = no warm-up)")
 
     def image_shape(self) -> tuple[int, int] | None:
         """`--image-size HxW` as (height, width); None for auto (the data source's own size)."""

@@ -252,7 +252,8 @@ def _write_train_stage(train_dir: Path, work_dir: Path, fitted: _Fitted, dataset
         picks = np.random.default_rng(config.seed).permutation(len(fitted.x_fit))[:config.calibration_samples]
         write_samples(staging, eval_samples, Samples({input_name: fitted.x_fit[picks]},
                                                      {output_name: fitted.y_fit[picks]}))
-        plot_curves(_read_history(work_dir / "history.csv"), config.task, staging / "curves.png")
+        plot_curves(_read_history(work_dir / "history.csv"), config.task, staging / "curves.png",
+                    shipped_epoch=metrics.get("shipped_epoch"))
         if config.task == "classification":
             plot_confusion(np.asarray(metrics["confusion_matrix"]), dataset.labels, staging / "confusion.png")
 

@@ -49,7 +49,8 @@ class TrainArgs:
     lr_step_factor: Annotated[float, typer.Option(
         "--lr-step-factor", help="step schedule: multiply the rate by F.")] = _DEFAULT.lr_step_factor
     lr_warmup: Annotated[int, typer.Option(
-        "--lr-warmup", help="Epochs of linear warm-up before the schedule (0 = none).")] = _DEFAULT.lr_warmup
+        "--lr-warmup", help="Epochs over which the rate ramps up linearly, step by step, at the start (0 = none).")
+    ] = _DEFAULT.lr_warmup
     plateau: Annotated[bool, typer.Option(
         "--plateau/--no-plateau", help="ReduceLROnPlateau on val_loss.")] = _DEFAULT.plateau
     plateau_patience: Annotated[int, typer.Option("--plateau-patience")] = _DEFAULT.plateau_patience

@@ -18,7 +18,9 @@ def _pyplot():
     return plt
 
 
-def plot_curves(rows: list[dict], task: str, destination: Path) -> None:
+def plot_curves(rows: list[dict], task: str, destination: Path, shipped_epoch: int | None = None) -> None:
+    """Loss, the task's metric and the learning rate per epoch; a dashed line marks the epoch whose weights
+    shipped (`shipped_epoch`, 0-based) when that is not the last one (`--restore-best`)."""
     plt = _pyplot()
     metric = "accuracy" if task == "classification" else "mae"
     epochs = [int(row.get("epoch", index)) + 1 for index, row in enumerate(rows)]
@@ -29,6 +31,8 @@ def plot_curves(rows: list[dict], task: str, destination: Path) -> None:
         axis.set(title=title, xlabel="epoch")
         if key == "loss" and all(row.get("loss", 0) > 0 for row in rows):
             axis.set_yscale("log")  # the first epoch's loss would otherwise flatten the rest
+        if shipped_epoch is not None and epochs and shipped_epoch + 1 != epochs[-1]:
+            axis.axvline(shipped_epoch + 1, color="gray", linestyle="--", label=f"shipped (epoch {shipped_epoch + 1})")
         axis.legend()
         axis.grid(alpha=0.3)
     axes[2].plot(epochs, [row.get("learning_rate", np.nan) for row in rows], marker="o", color="tab:green")

@@ -30,7 +30,7 @@ VALUES = {
     "lr_schedule": (["--lr-schedule", "step"], "step"),
     "lr_step_every": (["--lr-step-every", "4"], 4),
     "lr_step_factor": (["--lr-step-factor", "0.5"], 0.5),
-    "lr_warmup": (["--lr-warmup", "1"], 1),
+    "lr_warmup": (["--lr-warmup", "0"], 0),
     "restore_best": (["--no-restore-best"], False),
     "image_size": (["--image-size", "32x48"], "32x48"),
     "color": (["--color", "rgb"], "rgb"),
@@ -75,7 +75,8 @@ def received(monkeypatch):
 
     def train(config, console=None):
         calls["train"] = config
-        return SimpleNamespace(metrics={"test_accuracy": 0.5}, run_dir=config.run)
+        # A chief's (or a single process's) result: it wrote a bundle, so run goes on to export and parity.
+        return SimpleNamespace(metrics={"test_accuracy": 0.5}, run_dir=config.run, manifest=SimpleNamespace())
 
     def export_bundle(options, console=None):
         calls["export"] = options

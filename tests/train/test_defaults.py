@@ -53,7 +53,8 @@ def test_default_cli_run_decays_the_rate_and_reports_best_and_final(tiny):
                                  "--batch-size", "16", "--json"])
     assert result.exit_code == EXIT_OK, result.output
     learning_rate = TrainConfig().learning_rate
-    # cosine over --epochs by default, composed with ReduceLROnPlateau (still in the stack, patience 10)
+    # cosine over --epochs by default, composed with ReduceLROnPlateau (still in the stack, patience 10); the
+    # history logs each epoch's scheduled rate (the warm-up ramps within the first epoch)
     shape = cosine_shape(3)
     assert rates(run) == pytest.approx([learning_rate * shape(epoch) for epoch in range(3)], rel=1e-5)
     metrics = json.loads((Path(run) / "train" / "metrics.json").read_text())
@@ -64,11 +65,16 @@ def test_default_cli_run_decays_the_rate_and_reports_best_and_final(tiny):
     assert metrics["best_epoch_test_accuracy"] == metrics["test_accuracy"]
 
 
-def test_the_default_stack_has_the_schedule_before_the_plateau(tmp_path):
+def test_the_default_stack_warms_up_then_follows_the_schedule_and_the_plateau(tmp_path):
     stack = build_callbacks(TrainConfig(), tmp_path, console=None, steps_per_epoch=4, resuming=False)
     kinds = [type(callback) for callback in stack]
-    assert kinds.index(keras.callbacks.LearningRateScheduler) < kinds.index(keras.callbacks.ReduceLROnPlateau)
-    assert LinearWarmup not in kinds  # no warm-up by default (README-training.md: it did not help)
+    # the warm-up scales the rate the schedule set, and puts it back before ReduceLROnPlateau reads it
+    assert kinds.index(keras.callbacks.LearningRateScheduler) < kinds.index(LinearWarmup) \
+        < kinds.index(keras.callbacks.ReduceLROnPlateau) < kinds.index(keras.callbacks.BackupAndRestore)
+    (warmup,) = [callback for callback in stack if isinstance(callback, LinearWarmup)]
+    assert (warmup.epochs, warmup.steps) == (TrainConfig().lr_warmup, 4)
+    no_warmup = build_callbacks(TrainConfig(lr_warmup=0), tmp_path, console=None, steps_per_epoch=4, resuming=False)
+    assert LinearWarmup not in {type(callback) for callback in no_warmup}
 
 
 def test_restore_best_ships_the_best_epoch_and_reports_the_last(tiny):
@@ -136,5 +142,5 @@ def test_a_resumed_checkpoint_must_beat_the_best_epoch_before_the_interruption(t
 def test_bad_warmup_is_a_usage_error():
     from kerasport.errors import UsageError
 
-    with pytest.raises(UsageError, match="--lr-warmup 3 must be in"):
-        TrainConfig(epochs=3, lr_warmup=3)
+    with pytest.raises(UsageError, match="--lr-warmup -1 must be >= 0"):
+        TrainConfig(lr_warmup=-1)
