@@ -417,8 +417,12 @@ def _load_image_folders(directory: str, spec: ImageSpec = REFERENCE_IMAGE) -> Da
     else:
         x, y, labels = _read_class_folders(root, None, spec)
         x_train, y_train, x_test, y_test = _split(x, y)
-    return Dataset(f"images:{directory}", x_train, y_train, x_test, y_test, labels,
-                   source={"kind": "images", "path": str(root)}, image=UNKNOWN_FOREGROUND)
+    # Folders are read class by class; a fixed shuffle keeps `--limit N` and the first --eval-samples test images
+    # from covering only the first classes.
+    train_order = np.random.default_rng(SPLIT_SEED).permutation(len(y_train))
+    test_order = np.random.default_rng(SPLIT_SEED + 1).permutation(len(y_test))
+    return Dataset(f"images:{directory}", x_train[train_order], y_train[train_order], x_test[test_order],
+                   y_test[test_order], labels, source={"kind": "images", "path": str(root)}, image=UNKNOWN_FOREGROUND)
 
 
 def _read_class_folders(root: Path, labels: list[str] | None,

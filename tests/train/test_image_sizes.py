@@ -120,3 +120,10 @@ def test_rgb_20x24_through_train_export_and_parity(tmp_path):
     assert result.exit_code == EXIT_OK, result.failures
     manifest = load_manifest(run)
     assert manifest.parity_verdict("onnx-fp32") == "pass" and manifest.parity_verdict("tflite-fp32") == "pass"
+
+
+def test_image_folders_mix_the_classes_so_limit_keeps_every_class(tmp_path):
+    root = write_colour_tree(tmp_path / "pictures", per_class=10)
+    data = load_dataset(f"images:{root}", limit=9)
+    assert set(data.y_train) == {0, 1, 2}  # read class by class, the first 9 would all be "blue"
+    assert list(data.y_test) != sorted(data.y_test)  # nor is the held-out split (eval_sample takes its head)
