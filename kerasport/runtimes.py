@@ -141,13 +141,14 @@ class LiteRtRuntime:
                 interpreter.allocate_tensors()
                 self._shapes = shapes
             for name, value in inputs.items():
-                interpreter.set_tensor(self._inputs[name]["index"], _quantize(value, self._inputs[name]))
+                interpreter.set_tensor(self._inputs[name]["index"], quantize_input(value, self._inputs[name]))
             interpreter.invoke()
-            return {name: _dequantize(interpreter.get_tensor(detail["index"]), detail)
+            return {name: dequantize_output(interpreter.get_tensor(detail["index"]), detail)
                     for name, detail in self._outputs.items()}
 
 
-def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
+def quantize_input(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A float array as a TFLite input tensor wants it: quantized with its scale/zero point, else just cast."""
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
     if scale and dtype.kind in "iu":
@@ -157,7 +158,8 @@ def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=dtype)
 
 
-def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+def dequantize_output(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A TFLite output tensor as float32 when it is quantized (a copy otherwise)."""
     scale, zero_point = detail["quantization"]
     if scale and np.dtype(detail["dtype"]).kind in "iu":
         return (value.astype(np.float32) - zero_point) * scale

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasport.contract import ModelContract
+from kerasport.runtimes import quantize_input
 
 SIGNATURE = "serving_default"
 ONNX_SETTINGS = "onnxruntime, graph optimizations disabled, every kept tensor marked as an output"
@@ -101,7 +102,7 @@ def tflite_tensors(path: Path, inputs: Mapping[str, np.ndarray], contract: Model
         interpreter.allocate_tensors()
         details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
         for name, index in input_index.items():
-            interpreter.set_tensor(index, _quantize(inputs[name][example:example + 1], details[index]))
+            interpreter.set_tensor(index, quantize_input(inputs[name][example:example + 1], details[index]))
         interpreter.invoke()
         for position, op in enumerate(interpreter._get_ops_details()):
             for index in op["outputs"]:
@@ -126,16 +127,6 @@ def tflite_tensors(path: Path, inputs: Mapping[str, np.ndarray], contract: Model
 def _tflite_scopes(name: str) -> list[str]:
     # A fused op's output is named after every TF op it replaced: "m/conv/Relu;m/conv/BiasAdd;m/bn/mul_1".
     return [part for part in name.split(";") if part]
-
-
-def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero_point = detail["quantization"]
-    if scale and dtype.kind in "iu":
-        limits = np.iinfo(dtype)
-        quantized = np.round(np.asarray(value, dtype=np.float32) / scale + zero_point)
-        return np.ascontiguousarray(np.clip(quantized, limits.min, limits.max), dtype=dtype)
-    return np.ascontiguousarray(value, dtype=dtype)
 
 
 def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray | None:
