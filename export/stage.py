@@ -20,9 +20,9 @@ from kerasport.fsutil import atomic_path
 from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import Samples, load_samples
 
-from .builders import BuildContext, Built
 from .messages import first_line
 from .smoke import smoke_run
+from .variant import BuildContext, Built
 from .variants import DEFAULT_OPSET, MIN_OPSET, VARIANTS, Variant, build_order
 
 STAGE_DIR_NAME = "export"

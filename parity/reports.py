@@ -11,7 +11,7 @@ import numpy as np
 from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import ERROR, LOAD_CHECK
 from .drift import DRIFT_CLASS, drift_markdown, drift_summary
-from .explain import explain_markdown, explain_summary
+from .explain.layers import explain_markdown, explain_summary
 
 VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skipped": "⏭ skipped"}
 

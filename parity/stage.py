@@ -163,8 +163,8 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
 def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: TolerancePolicy, reference: Reference,
                      data: EvalData, results: dict[str, dict], *, everything: bool, console=None) -> tuple[dict, dict]:
     """The explain section (and its plot) for every candidate (`--explain`) or for each one that failed."""
-    from .explain import explain_candidates
-    from .explain_int8 import Int8Fixer
+    from .explain.int8 import Int8Fixer
+    from .explain.layers import explain_candidates
 
     failed = {name for name, result in results.items() if result["verdict"] == "fail"}
     artifacts = [artifact for artifact in plan.candidates if everything or artifact.name in failed]

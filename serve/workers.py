@@ -73,7 +73,7 @@ def worker_app():
     from .app import create_app
     from .model import load_served_model
     from .offload import Offload
-    from .server import configure_logs, tune_process
+    from .process import configure_logs, tune_process
 
     settings = WorkerSettings(**json.loads(os.environ[WORKER_ENV]))
     tune_process()
@@ -87,7 +87,7 @@ def worker_app():
                      offload=Offload(threads=max(2, share), processes=share))
     if settings.grpc_address is not None:
         from .grpc_server import GrpcFrontEnd
-        from .server import GRACEFUL_SHUTDOWN_SECONDS
+        from .process import GRACEFUL_SHUTDOWN_SECONDS
 
         GrpcFrontEnd(settings.grpc_address, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
                      grace_seconds=GRACEFUL_SHUTDOWN_SECONDS).attach(app)

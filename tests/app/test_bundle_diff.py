@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
+from kerasport.bundle_diff import DIFFERS, EQUIVALENT, ONLY_A, SAME
 from kerasport.errors import EXIT_OK, EXIT_USAGE
 from kerasport.export.stage import ExportOptions, export_bundle
+from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 from kerasport.manifest import artifact_entry, load_manifest
 from kerasport.samples import Samples
-from kerasport.train.diff import DIFFERS, EQUIVALENT, ONLY_A, SAME
-from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
 
 runner = CliRunner()
 FORMATS = ["onnx-fp32", "tflite-fp32"]

@@ -21,10 +21,13 @@ from typer.testing import CliRunner
 
 from kerasport.app.cli import app
 from kerasport.contract import DYNAMIC, InputSpec, ModelContract, OutputSpec, image_input_spec
+from kerasport.deploy import container as package_container
+from kerasport.deploy import kserve as package_kserve
+from kerasport.deploy import triton as package_triton
+from kerasport.deploy.base import DEFAULT_MAX_BATCH
+from kerasport.deploy.rss import memory_request_mib, read_status_mib, warmup_body
+from kerasport.deploy.stage import DEPLOY_NAME, TARGET_NAMES, targets
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_RUNTIME, EXIT_USAGE
-from kerasport.export import package_container, package_kserve, package_triton
-from kerasport.export.package import DEFAULT_MAX_BATCH, DEPLOY_NAME, TARGET_NAMES, targets
-from kerasport.export.package_rss import memory_request_mib, read_status_mib, warmup_body
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import load_manifest
 
@@ -418,7 +421,7 @@ def test_package_help_runs_without_tensorflow():
                         "sys.argv = ['kerasport', 'package', '--help']",
                         "try:", "    app()", "except SystemExit:", "    pass",
                         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'",
-                        "assert 'kerasport.export.package_container' not in sys.modules, 'targets were imported'"])
+                        "assert 'kerasport.deploy.container' not in sys.modules, 'targets were imported'"])
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            cwd=Path(sys.executable).anchor, timeout=120)
     assert shown.returncode == 0 and "--target" in shown.stdout, shown.stderr[-2000:]

@@ -36,7 +36,7 @@ from kerasport.errors import ConversionError, UsageError
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import verify_bundle
 
-from .package import PackageContext, TargetOutput, copy_verified
+from .base import PackageContext, TargetOutput, copy_verified
 
 WHEEL_DIR, BUNDLE_DIR, CONSTRAINTS, DOCKERFILE = "wheels", "bundle", "constraints.txt", "Dockerfile"
 BUNDLE_MOUNT, PORT, USER_ID = "/bundle", 8080, 10001

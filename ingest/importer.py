@@ -22,10 +22,7 @@ from kerasport.contract import (
 )
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
-from kerasport.manifest import Manifest, artifact_entry, new_manifest, utc_now
-from kerasport.samples import Samples
-
-from .bundle import (
+from kerasport.keras_bundle import (
     CALIBRATION_SAMPLE,
     EVAL_SAMPLE,
     SIGNATURE,
@@ -34,6 +31,8 @@ from .bundle import (
     save_keras_model,
     write_samples,
 )
+from kerasport.manifest import Manifest, artifact_entry, new_manifest, utc_now
+from kerasport.samples import Samples
 
 STAGE_DIR_NAME = "model"
 TASKS = ("auto", "classification", "regression")
