@@ -9,9 +9,9 @@ from pathlib import Path
 
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import Artifact, Manifest, hash_artifact, manifest_path
+from kerasport.verdict import Verdict
 
 DEFAULT_MAX_BATCH = 8
-PARITY_PASSED = ("pass", "reference")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class PackageContext:
     version: int
     chosen: list[Artifact]
 
-    def parity(self, artifact: Artifact) -> str:
+    def parity(self, artifact: Artifact) -> Verdict:
         """'pass', 'reference' (the artifact parity compared against), the failed verdict, or 'unchecked'."""
         return parity_state(self.manifest, artifact)
 
@@ -55,7 +55,7 @@ class PackageContext:
 
     @property
     def unverified(self) -> list[str]:
-        return [artifact.name for artifact in self.chosen if self.parity(artifact) not in PARITY_PASSED]
+        return [artifact.name for artifact in self.chosen if not self.parity(artifact).shippable]
 
 
 @dataclass
@@ -67,13 +67,13 @@ class TargetOutput:
     record: dict = field(default_factory=dict)
 
 
-def parity_state(manifest: Manifest, artifact: Artifact) -> str:
+def parity_state(manifest: Manifest, artifact: Artifact) -> Verdict:
     """'pass', 'reference' (parity's own reference), the failed verdict, or 'unchecked'."""
     if artifact.passed_parity:
-        return "pass"
+        return Verdict.PASS
     if manifest.stage("parity").get("reference") == artifact.name:
-        return "reference"
-    return artifact.verdict or "unchecked"
+        return Verdict.REFERENCE
+    return Verdict(artifact.verdict) if artifact.verdict else Verdict.UNCHECKED
 
 
 def copy_verified(context: PackageContext, artifact: Artifact, destination: Path) -> None:

@@ -25,8 +25,9 @@ from kerasport import __version__
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, sha256_file, write_text_atomic
 from kerasport.manifest import Artifact, Manifest, load_manifest, utc_now, verify_bundle
+from kerasport.verdict import Verdict
 
-from .base import PARITY_PASSED, PackageContext, PackageOptions, TargetOutput, parity_state
+from .base import PackageContext, PackageOptions, TargetOutput, parity_state
 
 DEPLOY_NAME = "DEPLOY.md"
 STAGE = "package"
@@ -178,7 +179,7 @@ def select_variants(manifest: Manifest, target: Target, requested: list[str] | N
     usable = [artifact for artifact in manifest.artifacts()
               if artifact.format in target.formats and artifact.status == "ok"]
     chosen = [artifact for artifact in usable
-              if allow_unverified or parity_state(manifest, artifact) in PARITY_PASSED]
+              if allow_unverified or parity_state(manifest, artifact).shippable]
     if not chosen and target.needs_variants:
         have = ", ".join(f"{a.name} ({parity_state(manifest, a)})" for a in usable) or "none"
         raise UsageError(f"no {'/'.join(target.formats)} artifact of this bundle passed parity (it has: {have}); "
@@ -196,8 +197,8 @@ def _requested_variant(manifest: Manifest, target: Target, name: str, allow_unve
     if artifact.status != "ok":
         raise UsageError(f"--variants {name}: export recorded it as {artifact.status}; expected a built artifact")
     state = parity_state(manifest, artifact)
-    if state not in PARITY_PASSED and not allow_unverified:
-        detail = ("has no parity verdict (run `kerasport parity`)" if state == "unchecked"
+    if not state.shippable and not allow_unverified:
+        detail = ("has no parity verdict (run `kerasport parity`)" if state == Verdict.UNCHECKED
                   else f"failed parity ({state})")
         raise UsageError(f"--variants {name}: the artifact {detail}; refusing to package it without "
                          f"--allow-unverified")

@@ -24,6 +24,7 @@ import numpy as np
 
 from kerasport.fsutil import atomic_path
 from kerasport.manifest import Manifest, load_manifest
+from kerasport.verdict import Verdict
 
 REPORT_NAME = "report.html"
 PARITY_DIR = "parity"
@@ -167,7 +168,8 @@ def _summary(manifest: Manifest, report: dict | None) -> list[str]:
     else:
         drift = report.get("drift")
         passed = report["passed"] and (drift is None or drift["passed"])
-        parts.append(f'<p><span class="badge {"pass" if passed else "fail"}">{"PASSED" if passed else "FAILED"}'
+        verdict = Verdict.of_checks([passed])
+        parts.append(f'<p><span class="badge {verdict}">{"PASSED" if passed else "FAILED"}'
                      f'</span> parity finished {html.escape(report["finished"])} in {report["seconds"]} s; '
                      f'{len(report["candidates"])} candidates against {html.escape(report["reference"]["artifact"])}'
                      f'.</p>')

@@ -25,10 +25,11 @@ from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
+from kerasport.verdict import Verdict
 
 from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
-from .checks import ERROR, judge, load_error
+from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
 from .runners import (
     EDGE_BATCH_SIZES,
@@ -153,7 +154,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     record_verdicts(run_dir, report)
     write_report_html(run_dir, console)
     failures = report["failures"] + (drifted["failures"] if drifted else [])
-    if any(result["verdict"] == ERROR for result in results.values()):
+    if any(result["verdict"] == Verdict.ERROR for result in results.values()):
         exit_code = EXIT_RUNTIME
     else:
         exit_code = EXIT_OK if not failures else EXIT_CHECK_FAILED
@@ -166,7 +167,7 @@ def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: ToleranceP
     from .explain.int8 import Int8Fixer
     from .explain.layers import explain_candidates
 
-    failed = {name for name, result in results.items() if result["verdict"] == "fail"}
+    failed = {name for name, result in results.items() if result["verdict"] == Verdict.FAIL}
     artifacts = [artifact for artifact in plan.candidates if everything or artifact.name in failed]
     if not artifacts:
         return {}, {}
@@ -299,7 +300,7 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     try:
         outputs = run_everything(open_candidate(run_dir, artifact, contract), data.inputs, data.edges.inputs)
     except ConversionError as error:
-        return {**result, "verdict": ERROR, "checks": load_error(str(error)),
+        return {**result, "verdict": Verdict.ERROR, "checks": load_error(str(error)),
                 "seconds": round(time.perf_counter() - started, 3)}
     per_output, checks = judge(contract, tolerance, reference, outputs, data.targets)
     result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output)

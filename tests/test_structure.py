@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kerasport.verdict import Verdict
+
 ROOT = Path(__file__).resolve().parents[1]
 # The stage folders sit at the top of the repository but install as kerasport.<folder> (pyproject's package-dir).
 STAGE_FOLDERS = ("train", "ingest", "export", "deploy", "parity", "serve")
@@ -132,3 +134,52 @@ def test_the_checks_see_a_planted_circle_and_a_private_import(tmp_path, monkeypa
     monkeypatch.setitem(MODULES, "kerasport.second", second)
     assert ["kerasport.first", "kerasport.second"] in _cycles()
     assert ("kerasport.second", ["_hidden"]) in _imports("kerasport.first")
+
+
+# The words a verdict is spelled with; outside kerasport/verdict.py they may appear only as other vocabularies'
+# names, each listed with its reason (as JUnit's own tag names are).
+VERDICT_WORDS = {str(verdict) for verdict in Verdict}
+OTHER_VOCABULARIES = {
+    "kerasport.serve.metrics": "Triton's own inference-phase label names ('success', 'fail', ...)",
+    "kerasport.serve.openapi": "Triton's own inference-phase label names, documented for /metrics",
+}
+# Keys of report records that happen to share a verdict's word: they name a field, not a verdict. JUnit's own tag
+# names (the second argument of ElementTree's SubElement) are JUnit's vocabulary.
+FIELD_NAMES = {"reference", "skipped", "error"}
+
+
+def _verdict_literals(module: str) -> list[str]:
+    tree = ast.parse(MODULES[module].read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    keys = {id(key) for node in ast.walk(tree) if isinstance(node, ast.Dict) for key in node.keys if key is not None}
+    keys |= {id(node.slice) for node in ast.walk(tree) if isinstance(node, ast.Subscript)}
+    keys |= {id(node.args[0]) for node in ast.walk(tree) if isinstance(node, ast.Call) and node.args
+             and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop", "setdefault")}
+    keys |= {id(node.left) for node in ast.walk(tree) if isinstance(node, ast.Compare)
+             and isinstance(node.ops[0], (ast.In, ast.NotIn))}
+    junit_tags = {id(constant) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and isinstance(node.func, ast.Attribute) and node.func.attr == "SubElement" and len(node.args) > 1
+                  for constant in ast.walk(node.args[1])}
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in VERDICT_WORDS
+                and id(node) not in docstrings and id(node) not in junit_tags
+                and not (id(node) in keys and node.value in FIELD_NAMES)):
+            found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"kerasport.verdict"} - set(OTHER_VOCABULARIES)))
+def test_verdicts_are_spelled_only_by_the_core(module):
+    literals = _verdict_literals(module)
+    assert not literals, f"{module} spells verdicts as string literals {literals}; use kerasport.verdict.Verdict"
+
+
+def test_the_verdict_rule_sees_a_literal(tmp_path, monkeypatch):
+    planted = tmp_path / "planted.py"
+    planted.write_text('"""pass is fine in a docstring."""\nSTATE = {"reference": 1}\nOK = "pass"\n')
+    monkeypatch.setitem(MODULES, "kerasport.planted", planted)
+    assert _verdict_literals("kerasport.planted") == ["line 3: 'pass'"]

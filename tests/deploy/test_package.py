@@ -30,6 +30,7 @@ from kerasport.deploy.stage import DEPLOY_NAME, TARGET_NAMES, targets
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_RUNTIME, EXIT_USAGE
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import load_manifest
+from kerasport.verdict import Verdict
 
 runner = CliRunner()
 ONNX_VARIANTS = ("onnx-fp32", "onnx-int8")
@@ -398,7 +399,7 @@ def test_unknown_target_missing_bundle_and_bad_names_exit_2_with_one_line(bundle
 
 def test_a_variant_that_failed_parity_is_refused_unless_allowed(bundle, tmp_path):
     manifest = load_manifest(bundle)
-    manifest.set_parity("onnx-int8", {**manifest.artifact("onnx-int8").parity, "verdict": "fail"})
+    manifest.set_parity("onnx-int8", {**manifest.artifact("onnx-int8").parity, "verdict": Verdict.FAIL})
     manifest.save(bundle)
     assert_one_line_error(package(bundle, "triton", tmp_path / "o", "--variants", "onnx-int8"), EXIT_USAGE,
                           "onnx-int8", "failed parity", "--allow-unverified")
