@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerasport.bundle import Stage
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import Artifact, Manifest, hash_artifact, manifest_path
 from kerasport.verdict import Verdict
@@ -71,7 +72,7 @@ def parity_state(manifest: Manifest, artifact: Artifact) -> Verdict:
     """'pass', 'reference' (parity's own reference), the failed verdict, or 'unchecked'."""
     if artifact.passed_parity:
         return Verdict.PASS
-    if manifest.stage("parity").get("reference") == artifact.name:
+    if manifest.stage(Stage.PARITY).get("reference") == artifact.name:
         return Verdict.REFERENCE
     return Verdict(artifact.verdict) if artifact.verdict else Verdict.UNCHECKED
 

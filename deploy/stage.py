@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kerasport import __version__
+from kerasport.bundle import Stage
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, sha256_file, write_text_atomic
 from kerasport.manifest import Artifact, Manifest, load_manifest, utc_now, verify_bundle
@@ -30,7 +31,7 @@ from kerasport.verdict import Verdict
 from .base import PackageContext, PackageOptions, TargetOutput, parity_state
 
 DEPLOY_NAME = "DEPLOY.md"
-STAGE = "package"
+STAGE = Stage.PACKAGE
 # A name every target accepts: a DNS-1035 label (KServe's InferenceService names), which Triton and TF Serving
 # model names and directory names take too. Short enough for the derived names ("-triton", "-int8") to stay < 64.
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.bundle import Stage, forget_invalidated, remove_invalidated_folders
 from kerasport.contract import (
     COLOR_MODES,
     DYNAMIC,
@@ -34,7 +35,7 @@ from kerasport.keras_bundle import (
 from kerasport.manifest import Manifest, artifact_entry, new_manifest, utc_now
 from kerasport.samples import Samples
 
-STAGE_DIR_NAME = "model"
+STAGE_DIR_NAME = Stage.IMPORT.folder
 TASKS = ("auto", "classification", "regression")
 INPUT_KINDS = ("auto", "image", "tensor")
 
@@ -268,12 +269,12 @@ def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval
         parameters = int(model.count_params()) if model is not None else 0
     manifest = new_manifest(
         model={"name": name, "version": version, "task": contract.task, "source": source, "parameters": parameters},
-        contract=contract, stages={"import": {"finished": utc_now(), "config": f"{STAGE_DIR_NAME}/config.json",
+        contract=contract, stages={Stage.IMPORT: {"finished": utc_now(), "config": f"{STAGE_DIR_NAME}/config.json",
                                               "labelled_eval_data": eval_samples.labelled}},
         artifacts=artifacts)
+    forget_invalidated(manifest, Stage.IMPORT)
     manifest.save(run_dir)
-    for stale in ("export", "parity", "train"):
-        remove_path(run_dir / stale)
+    remove_invalidated_folders(run_dir, Stage.IMPORT)
     return manifest
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.bundle import Stage
 from kerasport.contract import ModelContract
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
@@ -45,7 +46,7 @@ from .runners import (
 from .tflm import TFLM_FORMAT, check_tflm, record_microcontroller
 from .tolerances import TolerancePolicy, load_policy
 
-STAGE_DIR_NAME = "parity"
+STAGE_DIR_NAME = Stage.PARITY.folder
 REPORT_ARTIFACT = "parity-report"
 REPORT_PATH = f"{STAGE_DIR_NAME}/report.json"
 NO_LABELS = "no labelled data was given: agreement only, no accuracy"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasport import __version__
+from kerasport.bundle import Stage, forget_invalidated, remove_invalidated_folders
 from kerasport.contract import DYNAMIC, ModelContract, OutputSpec, image_input_spec
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
@@ -29,7 +30,7 @@ from .data import Dataset
 WORK_DIR_NAME = ".train-work"
 
 
-STAGE_DIR_NAME = "train"
+STAGE_DIR_NAME = Stage.TRAIN.folder
 
 
 @dataclass
@@ -78,11 +79,10 @@ def finish_run(run_dir: Path, work_dir: Path, config: TrainConfig, dataset: Data
     manifest = _build_manifest(run_dir, config, dataset, contract, environment, metrics)
     if distributed is not None:
         manifest.set_stage(STAGE_DIR_NAME, {**manifest.stage(STAGE_DIR_NAME), "distributed": distributed})
+    forget_invalidated(manifest, Stage.TRAIN)
     manifest.save(run_dir)
     remove_path(work_dir)
-    # Later stages' outputs (and an imported model) describe another model; the new manifest no longer lists them.
-    for stale in ("export", "parity", "model"):
-        remove_path(run_dir / stale)
+    remove_invalidated_folders(run_dir, Stage.TRAIN)
     return manifest
 
 
