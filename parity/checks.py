@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from kerasport.contract import ModelContract, OutputSpec
+from kerasport.tolerances import Tolerance, bound_excess, noise_floors
 
 from .compare import (
     accuracy_statistics,
@@ -23,7 +24,6 @@ from .compare import (
     regression_statistics,
 )
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
-from .tolerances import Tolerance, bound_excess, noise_floors
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
 LOAD_CHECK = "loads_and_runs"

@@ -27,11 +27,11 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 from kerasport.manifest import Artifact, Manifest
+from kerasport.tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
 
 from .explain_graph import ExplainUnavailable, KerasGraph, batch_order_noise, fp16_twin
 from .explain_match import COMPARED, Match, ScopeIndex, match_layers
 from .explain_runtime import ONNX_SETTINGS, TFLITE_SETTINGS, onnx_tensors, tflite_tensors
-from .tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
 
 EXPLAIN_EVAL = 8
 EXPLAIN_EDGE = 4

@@ -25,6 +25,7 @@ from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
+from kerasport.tolerances import TolerancePolicy, load_policy
 
 from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
@@ -42,7 +43,6 @@ from .runners import (
     run_everything,
 )
 from .tflm import TFLM_FORMAT, check_tflm, record_microcontroller
-from .tolerances import TolerancePolicy, load_policy
 
 STAGE_DIR_NAME = "parity"
 REPORT_ARTIFACT = "parity-report"

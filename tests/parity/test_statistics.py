@@ -13,7 +13,7 @@ from kerasport.parity.compare import (
     wilson_interval,
 )
 from kerasport.parity.edges import DEFAULT_NORMAL_SPREAD, EDGE_EXAMPLES, edge_inputs, input_range
-from kerasport.parity.tolerances import Tolerance, allowed_difference, bound_excess
+from kerasport.tolerances import Tolerance, allowed_difference, bound_excess
 
 
 @pytest.mark.parametrize("successes, total, expected", [
