@@ -13,16 +13,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from kerasport.contract import ModelContract, OutputSpec
-from kerasport.tolerances import Tolerance, bound_excess, noise_floors
-
-from .compare import (
+from kerasport.compare import (
     accuracy_statistics,
     agreement_statistics,
     class_scores,
     error_statistics,
     regression_statistics,
 )
+from kerasport.contract import ModelContract, OutputSpec
+from kerasport.tolerances import Tolerance, bound_excess, noise_floors
+
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
 
 PASS, FAIL, ERROR = "pass", "fail", "error"

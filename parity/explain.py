@@ -218,7 +218,7 @@ def rank_int8_layers(context: ExplainContext, matches: list[Match], local: dict[
 
 def _output_change(contract: ModelContract, base: list[np.ndarray], moved: list[np.ndarray]) -> tuple[float, int]:
     """Mean |output change| (over the output's scale, averaged over outputs) and top-1 flips of classification."""
-    from .compare import class_scores
+    from kerasport.compare import class_scores
 
     changes, flips = [], 0
     for spec, before, after in zip(contract.output_specs(), base, moved, strict=False):

@@ -22,12 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.compare import (
+    accuracy_statistics,
+    agreement_statistics,
+    class_scores,
+    error_statistics,
+    regression_statistics,
+)
 from kerasport.contract import ModelContract
 from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import Samples, load_samples
 
-from .compare import accuracy_statistics, agreement_statistics, class_scores, error_statistics, regression_statistics
 from .explain_match import ScopeIndex
 from .runners import SIGNATURE, run_batched
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.compare import agreement_statistics, class_scores, error_statistics
 from kerasport.contract import ModelContract
 from kerasport.devices import (
     device_fit,
@@ -35,7 +36,6 @@ from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.tolerances import TolerancePolicy
 
 from .checks import ERROR, Checks, judge, load_error
-from .compare import agreement_statistics, class_scores, error_statistics
 from .runners import Reference, run_batched, run_everything
 
 TFLM_FORMAT = "c-array"
