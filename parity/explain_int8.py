@@ -30,11 +30,11 @@ from kerasport.compare import (
     regression_statistics,
 )
 from kerasport.contract import ModelContract
+from kerasport.layer_scopes import ScopeIndex
 from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import Samples, load_samples
 
-from .explain_match import ScopeIndex
 from .runners import SIGNATURE, run_batched
 
 FIX_LAYERS = 1  # the costliest layers each tried in float alone (then the costliest with its consumers)
