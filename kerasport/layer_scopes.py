@@ -9,8 +9,13 @@ search (which keeps layers in float): both map Keras layers to graph nodes the s
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
 
 _SCOPE_NUMBER = re.compile(r"_\d+$")
 
@@ -88,3 +93,26 @@ class ScopeIndex:
         """The nodes that read node `name`'s output."""
         index = next((node.index for node in self.nodes if node.name == name), None)
         return [node.name for node in self.nodes if index is not None and index in node.producers]
+
+
+def keras_archive_layers(path: Path) -> tuple[list[LayerNode], str]:
+    """The top-level layers of a `.keras` archive (its `config.json`; no Keras needed) and the model's name.
+
+    Input layers are left out (they own no op). Producers are not recorded: callers that need the graph's edges
+    trace the model itself (parity's KerasGraph).
+
+    Raises:
+        UsageError: the file is not a Keras archive with a functional or sequential model config.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        layers = config["config"]["layers"]
+        model_name = str(config["config"].get("name") or "")
+        names = [(str(layer["config"]["name"]), str(layer["class_name"])) for layer in layers
+                 if layer.get("class_name") != "InputLayer"]
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
+        raise UsageError(f"{path}: not a Keras archive with a layer list in config.json ({error}); expected a "
+                         f"functional or sequential model saved by Keras 3") from None
+    nodes = [LayerNode(index, name, name, kind) for index, (name, kind) in enumerate(names)]
+    return nodes, model_name

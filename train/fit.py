@@ -51,6 +51,7 @@ class _Fitted:
     x_val: np.ndarray
     history: object
     fit_seconds: float
+    y_val: np.ndarray | None = None  # the validation labels: the int8 recipe search's tuning sample
 
 
 def train(config: TrainConfig, *, console=None, extra_callbacks: list | None = None) -> TrainResult:
@@ -154,7 +155,7 @@ def _fit(config: TrainConfig, dataset: Dataset, n_outputs: int, work_dir: Path, 
     history = model.fit(*_fit_inputs(x_fit, y_fit, config), batch_size=None if config.augment else config.batch_size,
                         epochs=config.epochs, validation_data=(x_val, y_val), callbacks=callbacks,
                         shuffle=True, verbose=0)
-    return _Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
+    return _Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started, y_val)
 
 
 def check_arch(config: TrainConfig) -> None:
@@ -250,8 +251,11 @@ def _write_train_stage(train_dir: Path, work_dir: Path, fitted: _Fitted, dataset
                                {output_name: dataset.y_test[:config.eval_samples]})
         # Training images (never the held-out slice) for int8 calibration in the export stage.
         picks = np.random.default_rng(config.seed).permutation(len(fitted.x_fit))[:config.calibration_samples]
+        # The validation split (never the eval slice) for the int8 recipe search in the export stage.
+        tuning = (Samples({input_name: fitted.x_val}, {output_name: fitted.y_val}) if fitted.y_val is not None
+                  else None)
         write_samples(staging, eval_samples, Samples({input_name: fitted.x_fit[picks]},
-                                                     {output_name: fitted.y_fit[picks]}))
+                                                     {output_name: fitted.y_fit[picks]}), tuning)
         plot_curves(_read_history(work_dir / "history.csv"), config.task, staging / "curves.png",
                     shipped_epoch=metrics.get("shipped_epoch"))
         if config.task == "classification":
@@ -430,7 +434,8 @@ def _build_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset, contra
     classification = config.task == "classification"
     stage = STAGE_DIR_NAME
     artifacts = model_artifacts(run_dir, stage, eval_role="held-out parity and evaluation slice",
-                                calibration_role="training images for int8 calibration")
+                                calibration_role="training images for int8 calibration",
+                                tuning_role="the validation split: int8 recipe search")
     headline = ({"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]} if classification
                 else {"test_mae": metrics["test_mae"], "test_mse": metrics["test_mse"]})
     return new_manifest(
