@@ -329,12 +329,23 @@ def apply_recipe(backend, variant_name: str, path: Path, request: RecipeRequest)
     full = Candidate(Int8Recipe(), path, backend.judge(path))
     ladder = Ladder(backend, variant_name, len(backend.calibration(Int8Recipe())), len(request.calibration))
     chosen = ladder.climb(full)
+    cost = None
     if chosen is not full:
+        cost = recipe_cost(path, chosen.path, backend.format, request.tuning)
         path.unlink(missing_ok=True)
         shutil.copyfile(chosen.path, path)
         details = backend.details[chosen.path]
     search = search_summary(chosen, full, ladder.rungs, request.tuning, time.perf_counter() - started)
-    return {**details, "int8_recipe": record_recipe(path, variant_name, chosen.recipe, mode, search)}
+    return {**details, "int8_recipe": record_recipe(path, variant_name, chosen.recipe, mode,
+                                                    {**search, "cost": cost})}
+
+
+def recipe_cost(full: Path, chosen: Path, artifact_format: str, tuning: TuningSet) -> dict:
+    """What the recipe costs against the full-integer model: bytes and batch-1 milliseconds, measured side by side
+    on this machine (the gate's performance section measures the shipped variants properly)."""
+    return {"bytes_full": full.stat().st_size, "bytes": chosen.stat().st_size,
+            "batch1_ms_full": round(batch1_seconds(full, artifact_format, tuning) * 1e3, 3),
+            "batch1_ms": round(batch1_seconds(chosen, artifact_format, tuning) * 1e3, 3)}
 
 
 def tflm_recipe(int8_record: dict, int8_path: Path, c_array: Path, variant_name: str) -> dict:

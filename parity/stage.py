@@ -31,6 +31,7 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import ERROR, judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
+from .recipes import recipe_section
 from .runners import (
     EDGE_BATCH_SIZES,
     EVAL_BATCH,
@@ -368,6 +369,7 @@ def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference
         "not_built": plan.not_built,
         "versions": manifest.versions,
         "candidates": results, "findings": findings, "failures": failures,
+        "int8_recipes": recipe_section(manifest, results),
     }
 
 
