@@ -99,7 +99,7 @@ class RecipeRequest:
             else:
                 try:
                     nodes, model_name = keras_archive_layers(self.manifest.artifact(KERAS_ARTIFACT).resolve(
-                        self.run_dir))
+                        self.run_dir), self.manifest.contract.output_names)
                     self._layers = (ScopeIndex(nodes, model_name), "")
                 except UsageError as error:
                     self._layers = (None, str(error))

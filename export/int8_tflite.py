@@ -107,11 +107,18 @@ class TfliteRecipes:
     def _nodes_of(self, model: bytes, layers: set[str]) -> list[str]:
         """Every tensor name (and each `;`-joined part) the float layers own in the calibrated model."""
         names = []
-        for name in _tensor_names(model):
-            parts = [part for part in name.split(";") if part]
-            if self.request.layers.owner(parts) in layers:
-                names += [name, *parts]
+        for name, owner in self._owners(model).items():
+            if owner in layers:
+                names += [name, *[part for part in name.split(";") if part]]
         return list(dict.fromkeys(names))
+
+    def _owners(self, model: bytes) -> dict[str, str | None]:
+        """Each tensor's Keras layer: by its name scopes, and a signature output by the layer producing it (the
+        converter names the model's outputs after the signature, not after a scope)."""
+        index = self.request.layers
+        outputs = _signature_outputs(model)
+        return {name: (index.output_layer(outputs[name]) if name in outputs
+                       else index.owner([part for part in name.split(";") if part])) for name in _tensor_names(model)}
 
     # -- what the ladder asks ------------------------------------------------------------------------------------
     def layer_candidates(self) -> tuple[list[str], str]:
@@ -122,9 +129,8 @@ class TfliteRecipes:
                         "int8 edges allow no float layers")
         model = self._debugger(self.context.calibration).calibrated_model
         index = self.request.layers
-        scopes = [[part for part in name.split(";") if part] for name in _tensor_names(model)]
-        index.calibrate(scopes)
-        owners = {index.owner(parts) for parts in scopes} - {None}
+        index.calibrate([[part for part in name.split(";") if part] for name in _tensor_names(model)])
+        owners = set(self._owners(model).values()) - {None}
         return [node.name for node in index.nodes if node.name in owners], ""
 
     def int16_unavailable(self) -> str:
@@ -178,6 +184,14 @@ def _tensor_names(model: bytes) -> list[str]:
         warnings.filterwarnings("ignore")
         interpreter = Interpreter(model_content=model)
     return [detail["name"] for detail in interpreter.get_tensor_details() if detail["name"]]
+
+
+def _signature_outputs(model: bytes) -> dict[str, str]:
+    """The signature's output tensor names -> contract output names."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=model).get_signature_runner(SIGNATURE)
+    return {detail["name"]: name for name, detail in runner.get_output_details().items()}
 
 
 def tflm_outputs(model: bytes, contract: ModelContract, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -89,17 +89,22 @@ class ScopeIndex:
         nodes = self.nodes_in(scopes)
         return max(nodes, key=lambda node: node.index).name if nodes else None
 
+    def output_layer(self, output: str) -> str | None:
+        """The node that produces the contract output `output` (when the nodes record it)."""
+        return next((node.name for node in self.nodes if node.output == output), None)
+
     def consumers(self, name: str) -> list[str]:
         """The nodes that read node `name`'s output."""
         index = next((node.index for node in self.nodes if node.name == name), None)
         return [node.name for node in self.nodes if index is not None and index in node.producers]
 
 
-def keras_archive_layers(path: Path) -> tuple[list[LayerNode], str]:
+def keras_archive_layers(path: Path, output_names: list[str] | tuple[str, ...] = ()) -> tuple[list[LayerNode], str]:
     """The top-level layers of a `.keras` archive (its `config.json`; no Keras needed) and the model's name.
 
     Input layers are left out (they own no op). Producers are not recorded: callers that need the graph's edges
-    trace the model itself (parity's KerasGraph).
+    trace the model itself (parity's KerasGraph). The layers named by the config's `output_layers` (a Sequential
+    model: its last layer) get `output` set to `output_names`, in order (the contract's outputs).
 
     Raises:
         UsageError: the file is not a Keras archive with a functional or sequential model config.
@@ -111,8 +116,19 @@ def keras_archive_layers(path: Path) -> tuple[list[LayerNode], str]:
         model_name = str(config["config"].get("name") or "")
         names = [(str(layer["config"]["name"]), str(layer["class_name"])) for layer in layers
                  if layer.get("class_name") != "InputLayer"]
+        outputs = _output_layers(config["config"].get("output_layers")) or [names[-1][0]]
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
         raise UsageError(f"{path}: not a Keras archive with a layer list in config.json ({error}); expected a "
                          f"functional or sequential model saved by Keras 3") from None
-    nodes = [LayerNode(index, name, name, kind) for index, (name, kind) in enumerate(names)]
+    produces = dict(zip(outputs, output_names, strict=False))
+    nodes = [LayerNode(index, name, name, kind, output=produces.get(name)) for index, (name, kind) in enumerate(names)]
     return nodes, model_name
+
+
+def _output_layers(entries) -> list[str]:
+    """Keras writes one output as `[name, node, tensor]` and several as a list of those."""
+    if not entries:
+        return []
+    if isinstance(entries[0], str):
+        return [entries[0]]
+    return [str(entry[0]) for entry in entries]

@@ -132,7 +132,7 @@ def test_layers_are_named_from_the_keras_archive_and_mapped_by_scope(tmp_path):
     nodes, model_name = keras_archive_layers(archive)
     assert [node.name for node in nodes] == ["conv1", "dense"] and model_name == "net"
     index = ScopeIndex(nodes, model_name)
-    assert index.owner("net_1/dense_1/MatMul;net_1/conv1_1/Relu".split(";")) == "dense"
+    assert index.owner(["net_1/dense_1/MatMul", "net_1/conv1_1/Relu"]) == "dense"
     assert index.owner(["StatefulPartitionedCall/net_1/conv1_1/BiasAdd"]) == "conv1"
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(UsageError, match="not a Keras archive"):
