@@ -16,6 +16,11 @@ from kerasport.fsutil import sha256_file
 from .variant import BuildContext, Variant
 
 
+def recipe_scratch(context: BuildContext, variant: Variant, path: Path) -> Path:
+    """Where the int8 recipe search writes its candidates (the export's scratch, removed when it finishes)."""
+    return (context.scratch or path.parent) / f"{variant.name}-recipes"
+
+
 def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:
     from .to_onnx import convert_saved_model_to_onnx, onnx_io_details
 
@@ -26,6 +31,12 @@ def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:
 def build_onnx_int8(context: BuildContext, variant: Variant, path: Path) -> dict:
     from .to_onnx import onnx_io_details, quantize_onnx_static
 
+    if context.int8_recipe is not None:
+        from .int8_onnx import OnnxRecipes
+        from .int8_recipe import apply_recipe
+
+        backend = OnnxRecipes(context, context.int8_recipe, recipe_scratch(context, variant, path))
+        return {**apply_recipe(backend, variant.name, path, context.int8_recipe), **onnx_io_details(path)}
     (fp32,) = (context.prerequisite(name).path for name in variant.requires)
     details = quantize_onnx_static(fp32, path, context.calibration, contract=context.contract,
                                    scratch=context.scratch or path.parent)
@@ -35,6 +46,13 @@ def build_onnx_int8(context: BuildContext, variant: Variant, path: Path) -> dict
 def build_tflite(context: BuildContext, variant: Variant, path: Path) -> dict:
     from .to_tflite import convert_saved_model_to_tflite, tflite_io_details
 
+    if variant.precision == "int8" and context.int8_recipe is not None:
+        from .int8_recipe import apply_recipe
+        from .int8_tflite import TfliteRecipes
+
+        backend = TfliteRecipes(context, context.int8_recipe, recipe_scratch(context, variant, path))
+        return {**apply_recipe(backend, variant.name, path, context.int8_recipe),
+                **tflite_io_details(path, context.contract)}
     details = convert_saved_model_to_tflite(
         context.saved_model, path, precision=variant.precision, contract=context.contract,
         calibration=context.calibration, int8_io=context.int8_io and variant.precision == "int8",
@@ -44,6 +62,7 @@ def build_tflite(context: BuildContext, variant: Variant, path: Path) -> dict:
 
 def build_tflm(context: BuildContext, variant: Variant, path: Path) -> dict:
     """The int8 TFLite model as a C array (+ header): ops, flash, measured arena, MACs and the fit per device."""
+    from .int8_recipe import tflm_recipe
     from .tflm import tflm_details, write_c_array
 
     (int8,) = (context.prerequisite(name) for name in variant.requires)
@@ -55,5 +74,7 @@ def build_tflm(context: BuildContext, variant: Variant, path: Path) -> dict:
     sha256 = sha256_file(int8.path)
     write_c_array(int8.path, path, header, sha256=sha256, ops=details["ops"], arena=details["arena"])
     io = {key: int8.details[key] for key in ("inputs", "outputs") if key in int8.details}
+    if "int8_recipe" in int8.details:
+        details["int8_recipe"] = tflm_recipe(int8.details["int8_recipe"], int8.path, path, variant.name)
     return {**details, **io, "source_model": int8.path.name, "source_sha256": sha256,
             "op_resolver": {**details["op_resolver"], "file": header.name}}

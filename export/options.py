@@ -31,6 +31,10 @@ class ExportArgs:
         "--int8-io", help="tflite-int8/tflm take and return int8 tensors (microcontrollers).")] = False
     allow_select_tf_ops: Annotated[bool, typer.Option(
         "--allow-select-tf-ops", help="Allow TensorFlow ops outside the TFLite built-ins.")] = False
+    int8_recipe: Annotated[str, typer.Option(
+        "--int8-recipe", help="onnx-int8/tflite-int8/tflm: auto (full int8, or the fewest float layers that pass "
+                              "the gate's int8 bounds on the tuning sample), full, or a recipe JSON file "
+                              "(export writes export/<variant>.recipe.json).")] = "auto"
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Keep the variants that convert; record the others as failed in the manifest.")] = False
 

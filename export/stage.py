@@ -18,9 +18,11 @@ from pathlib import Path
 from kerasport.bundle import Stage, forget_invalidated
 from kerasport.errors import CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path
+from kerasport.int8_recipe import AUTO, parse_recipe_option
 from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import Samples, load_samples
 
+from .int8_recipe import RecipeRequest
 from .messages import first_line
 from .smoke import smoke_run
 from .variant import BuildContext, Built
@@ -43,6 +45,7 @@ class ExportOptions:
     int8_io: bool = False
     allow_select_tf_ops: bool = False
     keep_going: bool = False
+    int8_recipe: str = AUTO  # auto, full or a recipe file (kerasport.int8_recipe)
 
 
 @dataclass
@@ -106,8 +109,9 @@ def export_bundle(options: ExportOptions, *, console=None) -> ExportResult:
             manifest changes; with it, only when every requested variant failed.
     """
     _check_options(options)
+    recipe_mode = parse_recipe_option(options.int8_recipe)
     sources = _load_sources(Path(options.run), options.calibration_samples)
-    outcome = _build_variants(sources, options, console)
+    outcome = _build_variants(sources, options, console, recipe_mode)
     rows = [_row(name, outcome) for name in options.formats]
     manifest = _record(sources, options, outcome, rows)
     return ExportResult(run_dir=sources.run_dir, rows=rows, manifest=manifest, failures=dict(outcome.failures))
@@ -159,7 +163,7 @@ def _check_saved_model(saved_model: Path, manifest: Manifest) -> None:
                          f"the manifest's contract names {contract.input_names} and {contract.output_names}")
 
 
-def _build_variants(sources: _Sources, options: ExportOptions, console) -> _Outcome:
+def _build_variants(sources: _Sources, options: ExportOptions, console, recipe_mode) -> _Outcome:
     """Build every requested variant (and its prerequisites) in a staging copy of `export/`, then swap it in."""
     outcome = _Outcome()
     export_dir = sources.run_dir / STAGE_DIR_NAME
@@ -169,7 +173,10 @@ def _build_variants(sources: _Sources, options: ExportOptions, console) -> _Outc
         scratch.mkdir(exist_ok=True)
         context = BuildContext(saved_model=sources.saved_model, contract=sources.manifest.contract,
                                calibration=sources.calibration, opset=options.opset, int8_io=options.int8_io,
-                               allow_select_tf_ops=options.allow_select_tf_ops, built=outcome.built, scratch=scratch)
+                               allow_select_tf_ops=options.allow_select_tf_ops, built=outcome.built, scratch=scratch,
+                               int8_recipe=RecipeRequest(recipe_mode, run_dir=sources.run_dir,
+                                                         manifest=sources.manifest, saved_model=sources.saved_model,
+                                                         formats=tuple(options.formats)))
         for name in build_order(options.formats):
             # Prerequisites that were not requested are built in scratch and not kept.
             folder = staging if name in options.formats else scratch
@@ -255,13 +262,17 @@ def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome, rows: 
     manifest.set_stage(Stage.EXPORT, {
         "finished": utc_now(), "opset": options.opset, "tools": versions,
         "calibration_samples": len(sources.calibration), "int8_io": options.int8_io,
-        "keep_going": options.keep_going,
+        "keep_going": options.keep_going, "int8_recipe": _recipe_option(options.int8_recipe),
         "variants": {**previous, **{row["variant"]: {key: row[key] for key in ("seconds", "bytes", "status")}
                                     for row in rows}}})
     # A re-export changes artifacts, so earlier parity verdicts no longer apply to them.
     forget_invalidated(manifest, Stage.EXPORT)
     manifest.save(run_dir)
     return manifest
+
+
+def _recipe_option(value: str) -> str:
+    return value if value in ("auto", "full") else f"file: {Path(value).name}"
 
 
 def _row(name: str, outcome: _Outcome) -> dict:

@@ -35,6 +35,7 @@ class BuildContext:
     allow_select_tf_ops: bool = False
     built: dict[str, Built] = field(default_factory=dict)
     scratch: Path | None = None
+    int8_recipe: object = None  # export.int8_recipe.RecipeRequest; None: full-integer, no recipe recorded
 
     def prerequisite(self, name: str) -> Built:
         """The built prerequisite `name` (the registry builds every `requires` entry first)."""

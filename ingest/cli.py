@@ -24,6 +24,10 @@ class ImportArgs:
     ] = None
     calibration_data: Annotated[str | None, typer.Option(
         "--calibration-data", help="Representative inputs for int8, same forms. Default: the eval inputs.")] = None
+    tuning_data: Annotated[str | None, typer.Option(
+        "--tuning-data", help="Inputs (and targets) the int8 recipe search judges on, same forms; keep them apart "
+                              "from --eval-data. Default: the calibration inputs, the model's answers as targets "
+                              "(agreement only).")] = None
     labels: Annotated[str | None, typer.Option(
         "--labels", help="Class names: FILE (one per line) or a,b,c.")] = None
     task: Annotated[str, typer.Option(

@@ -23,6 +23,7 @@ from kerasport.contract import (
 )
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
+from kerasport.int8_recipe import TUNING_ARTIFACT, TUNING_SAMPLE_FILE
 from kerasport.keras_bundle import (
     CALIBRATION_SAMPLE,
     EVAL_SAMPLE,
@@ -219,7 +220,7 @@ def contract_from_signature(input_specs: dict, output_specs: dict, hints: Contra
 
 
 def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval_samples: Samples,
-                          calibration: Samples, name: str, version: str, source: dict,
+                          calibration: Samples, name: str, version: str, source: dict, tuning: Samples | None = None,
                           stage_record: dict | None = None, artifact_details: dict[str, dict] | None = None,
                           saved_model_source: Path | None = None, parameters: int | None = None) -> Manifest:
     """Write `<run>/model/` (model.keras, saved_model/, samples, config.json) and a fresh manifest, atomically.
@@ -232,6 +233,8 @@ def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval
         contract: the model's contract; the written SavedModel's signature uses its names.
         eval_samples: the pinned held-out slice (targets optional).
         calibration: representative inputs for int8 calibration.
+        tuning: what the int8 recipe search judges on (`--tuning-data`), or None (export then tunes on the
+            calibration inputs, agreement only).
         name: model name.
         version: model version.
         source: where the model came from, recorded as `model.source`.
@@ -255,7 +258,7 @@ def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval
                 shutil.copytree(saved_model_source, staging / "saved_model")
             else:
                 export_saved_model(model, staging / "saved_model", contract)
-            write_samples(staging, eval_samples, calibration)
+            write_samples(staging, eval_samples, calibration, tuning)
             write_json_atomic(staging / "config.json", {"source": source, "finished": utc_now(),
                                                         **(stage_record or {})})
     except BaseException:
@@ -281,8 +284,9 @@ def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval
 def _bundle_artifacts(run_dir: Path, *, keras: bool) -> dict:
     roles = {"eval_role": "held-out parity and evaluation slice",
              "calibration_role": "representative inputs for int8 calibration"}
+    tuning_role = "--tuning-data: int8 recipe search"
     if keras:
-        return model_artifacts(run_dir, STAGE_DIR_NAME, **roles)
+        return model_artifacts(run_dir, STAGE_DIR_NAME, **roles, tuning_role=tuning_role)
     # A SavedModel source: the SavedModel itself is the reference, there is no model.keras.
     stage = STAGE_DIR_NAME
     return {"saved_model": artifact_entry(run_dir, f"{stage}/saved_model", format="tf_saved_model", precision="fp32",
@@ -290,4 +294,7 @@ def _bundle_artifacts(run_dir: Path, *, keras: bool) -> dict:
             "eval_sample": artifact_entry(run_dir, f"{stage}/{EVAL_SAMPLE}", format="npz", precision="fp32",
                                           role=roles["eval_role"]),
             "calibration_sample": artifact_entry(run_dir, f"{stage}/{CALIBRATION_SAMPLE}", format="npz",
-                                                 precision="fp32", role=roles["calibration_role"])}
+                                                 precision="fp32", role=roles["calibration_role"]),
+            **({TUNING_ARTIFACT: artifact_entry(run_dir, f"{stage}/{TUNING_SAMPLE_FILE}", format="npz",
+                                                precision="fp32", role=tuning_role)}
+               if (run_dir / stage / TUNING_SAMPLE_FILE).is_file() else {})}

@@ -29,6 +29,7 @@ class ImportOptions:
     run: str = "build"
     eval_data: str | None = None
     calibration_data: str | None = None
+    tuning_data: str | None = None
     labels: str | None = None
     task: str = "auto"
     name: str | None = None
@@ -147,6 +148,7 @@ def import_model(options: ImportOptions) -> ImportResult:
     eval_raw = _read(options.eval_data, draft, "--eval-data", options.eval_samples, options.seed)
     calibration_raw = _read(options.calibration_data, draft, "--calibration-data", options.calibration_samples,
                             options.seed)
+    tuning_raw = _read(options.tuning_data, draft, "--tuning-data", options.eval_samples, options.seed)
     given = [raw for raw in (eval_raw, calibration_raw) if raw is not None]
     ranges = {} if hints.input_range else infer_ranges(given, draft)
     synthetic = None
@@ -157,7 +159,8 @@ def import_model(options: ImportOptions) -> ImportResult:
     eval_samples = to_samples(eval_raw, contract, with_targets=True) if eval_raw is not None else synthetic
     calibration = (to_samples(calibration_raw, contract, with_targets=False) if calibration_raw is not None
                    else Samples(eval_samples.inputs).take(options.calibration_samples))
-    manifest = _write(run_dir, source, contract, eval_samples, calibration, options, synthetic is not None)
+    tuning = to_samples(tuning_raw, contract, with_targets=True) if tuning_raw is not None else None
+    manifest = _write(run_dir, source, contract, eval_samples, calibration, options, synthetic is not None, tuning)
     return ImportResult(run_dir=run_dir, manifest=manifest, eval_examples=len(eval_samples),
                         calibration_examples=len(calibration), labelled=eval_samples.labelled,
                         synthetic=synthetic is not None, seconds=time.perf_counter() - started)
@@ -186,7 +189,7 @@ def _final_contract(source: LoadedSource, hints: ContractHints, ranges: dict, ev
 
 
 def _write(run_dir: Path, source: LoadedSource, contract: ModelContract, eval_samples: Samples,
-           calibration: Samples, options: ImportOptions, synthetic: bool) -> Manifest:
+           calibration: Samples, options: ImportOptions, synthetic: bool, tuning: Samples | None) -> Manifest:
     record = source.record()
     if options.custom_objects:
         record["custom_objects"] = options.custom_objects
@@ -194,7 +197,7 @@ def _write(run_dir: Path, source: LoadedSource, contract: ModelContract, eval_sa
                "calibration_sample": {"synthetic": synthetic and options.calibration_data is None}}
     stage_record = {"options": asdict(options), "seed": options.seed}
     return write_imported_bundle(
-        run_dir, source.model, contract, eval_samples=eval_samples, calibration=calibration,
+        run_dir, source.model, contract, eval_samples=eval_samples, calibration=calibration, tuning=tuning,
         name=options.name or source.default_name, version=options.version, source=record,
         stage_record=stage_record, artifact_details=details, saved_model_source=source.saved_model_dir,
         parameters=source.parameters)

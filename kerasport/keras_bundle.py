@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kerasport.canonical import canonicalize_saved_model, normalize_keras_archive
 from kerasport.contract import DYNAMIC, ModelContract
+from kerasport.int8_recipe import TUNING_ARTIFACT, TUNING_SAMPLE_FILE
 from kerasport.manifest import artifact_entry
 from kerasport.samples import Samples, save_samples
 
@@ -93,14 +94,16 @@ def _track_variables_in_model_order(archive, model) -> None:
     archive._filter_and_track_resources = collect_in_model_order
 
 
-def write_samples(staging: Path, eval_samples: Samples, calibration: Samples) -> None:
+def write_samples(staging: Path, eval_samples: Samples, calibration: Samples, tuning: Samples | None = None) -> None:
     save_samples(staging / EVAL_SAMPLE, eval_samples)
     save_samples(staging / CALIBRATION_SAMPLE, calibration)
+    if tuning is not None:
+        save_samples(staging / TUNING_SAMPLE_FILE, tuning)
 
 
 def model_artifacts(run_dir: Path, stage: str, *, eval_role: str, calibration_role: str,
-                    saved_model: bool = True) -> dict:
-    """Manifest entries for what `stage/` holds: model.keras, saved_model/, the two samples."""
+                    saved_model: bool = True, tuning_role: str | None = None) -> dict:
+    """Manifest entries for what `stage/` holds: model.keras, saved_model/, the samples (tuning when written)."""
     artifacts = {"keras": artifact_entry(run_dir, f"{stage}/model.keras", format="keras", precision="fp32",
                                          runtime="keras")}
     if saved_model:
@@ -110,4 +113,7 @@ def model_artifacts(run_dir: Path, stage: str, *, eval_role: str, calibration_ro
                                               role=eval_role)
     artifacts["calibration_sample"] = artifact_entry(run_dir, f"{stage}/{CALIBRATION_SAMPLE}", format="npz",
                                                      precision="fp32", role=calibration_role)
+    if tuning_role is not None and (run_dir / stage / TUNING_SAMPLE_FILE).is_file():
+        artifacts[TUNING_ARTIFACT] = artifact_entry(run_dir, f"{stage}/{TUNING_SAMPLE_FILE}", format="npz",
+                                                    precision="fp32", role=tuning_role)
     return artifacts

@@ -13,18 +13,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from kerasport.contract import ModelContract, OutputSpec
-from kerasport.verdict import Verdict
-
-from .compare import (
+from kerasport.compare import (
     accuracy_statistics,
     agreement_statistics,
     class_scores,
     error_statistics,
     regression_statistics,
 )
+from kerasport.contract import ModelContract, OutputSpec
+from kerasport.tolerances import Tolerance, bound_excess, noise_floors
+from kerasport.verdict import Verdict
+
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
-from .tolerances import Tolerance, bound_excess, noise_floors
 
 LOAD_CHECK = "loads_and_runs"
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.compare import accuracy_statistics, agreement_statistics, class_scores, regression_statistics
 from kerasport.contract import ModelContract
 from kerasport.errors import UsageError
 from kerasport.manifest import Manifest, load_manifest, verify_bundle
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import load_samples
 
-from .compare import accuracy_statistics, agreement_statistics, class_scores, regression_statistics
 from .runners import RUNTIME_FORMATS, KerasRunner, SavedModelRunner, run_batched
 
 DRIFT_CLASS = "drift"

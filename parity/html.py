@@ -33,12 +33,13 @@ TRAIN_DIR = Stage.TRAIN.folder
 HISTOGRAM_LOG10_EDGES = tuple(np.arange(-12.0, 1.5, 0.5).round(1))  # |diff| from 1e-12 to 10, half decades
 HISTOGRAM_FLOOR = 1e-12
 SECTIONS = (("summary", "Summary"), ("training", "Training"), ("confusion", "Confusion matrix"),
-            ("parity", "Parity"), ("histograms", "Error histograms"), ("sweep", "Runtime settings sweep"),
+            ("parity", "Parity"), ("recipes", "int8 recipes"), ("histograms", "Error histograms"),
+            ("sweep", "Runtime settings sweep"),
             ("explain", "Layer by layer"), ("drift", "Drift against the last release"),
             ("budgets", "Microcontroller budgets"), ("versions", "Versions and hashes"))
 # report.md's level-2 headings, by the page section they belong to
 MARKDOWN_SECTIONS = (("Runtime settings sweep", "sweep"), ("Microcontroller", "budgets"), ("Explain", "explain"),
-                     ("Drift", "drift"))
+                     ("Drift", "drift"), ("int8 recipes", "recipes"))
 
 CSS = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg:#fff;--soft:#f6f8fa;--ok:#1a7f37;--bad:#cf222e}
@@ -113,7 +114,8 @@ def render_html(run_dir: Path) -> str:
                 "explain": "not run: `kerasport parity --explain` compares every candidate layer by layer (a "
                            "failing candidate is explained automatically)",
                 "drift": "no baseline compared: `kerasport parity --baseline OTHER_RUN`",
-                "budgets": "no tflm artifact in this bundle"}
+                "budgets": "no tflm artifact in this bundle",
+                "recipes": "no int8 recipe recorded (re-export the bundle: `kerasport export --int8-recipe auto`)"}
     for key, missing in defaults.items():
         body[key] = [_markdown_html(part, parity_dir) for part in markdown_parts.get(key, [])] or [_missing(missing)]
     body["versions"] = _versions(manifest, report)

@@ -14,6 +14,7 @@ from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import LOAD_CHECK
 from .drift import DRIFT_CLASS, drift_markdown, drift_summary
 from .explain.layers import explain_markdown, explain_summary
+from .recipes import recipes_markdown
 
 VERDICT_MARKS = {Verdict.PASS: "✅ pass", Verdict.FAIL: "❌ fail", Verdict.ERROR: "💥 error",
                  Verdict.SKIPPED: "⏭ skipped"}
@@ -116,6 +117,7 @@ def markdown(report: dict) -> str:
     if report["failures"]:
         lines += ["## Failures", ""] + [f"- {failure}" for failure in report["failures"]] + [""]
     lines += _sweep_table(report)
+    lines += recipes_markdown(report)
     lines += fit_markdown(report)
     lines += explain_markdown(report) + drift_markdown(report)
     lines += ["## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])

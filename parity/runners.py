@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.compare import error_statistics
 from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings, open_runtime
-
-from .compare import error_statistics
 
 EVAL_BATCH = 64
 EDGE_BATCH_SIZES = (1, 7, 64)

@@ -26,12 +26,14 @@ from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
+from kerasport.tolerances import TolerancePolicy, load_policy
 from kerasport.verdict import Verdict
 
 from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
+from .recipes import recipe_section
 from .runners import (
     EDGE_BATCH_SIZES,
     EVAL_BATCH,
@@ -44,7 +46,6 @@ from .runners import (
     run_everything,
 )
 from .tflm import TFLM_FORMAT, check_tflm, record_microcontroller
-from .tolerances import TolerancePolicy, load_policy
 
 STAGE_DIR_NAME = Stage.PARITY.folder
 REPORT_ARTIFACT = "parity-report"
@@ -370,6 +371,7 @@ def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference
         "not_built": plan.not_built,
         "versions": manifest.versions,
         "candidates": results, "findings": findings, "failures": failures,
+        "int8_recipes": recipe_section(manifest, results),
     }
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.compare import agreement_statistics, class_scores, error_statistics
 from kerasport.contract import ModelContract
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings
+from kerasport.tolerances import PRECISION_CLASS, Tolerance, bound_excess, noise_floors
 
-from .compare import agreement_statistics, class_scores, error_statistics
 from .runners import Reference, open_candidate, run_batched
-from .tolerances import PRECISION_CLASS, Tolerance, bound_excess, noise_floors
 
 ORT_SWEEP_LEVELS = ("disabled", "basic", "all")
 SWEEP_THREADS = (1, 2)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.compare import agreement_statistics, class_scores, error_statistics
 from kerasport.contract import ModelContract
 from kerasport.devices import (
     device_fit,
@@ -32,12 +33,11 @@ from kerasport.devices import (
 from kerasport.errors import ConversionError
 from kerasport.manifest import Artifact, Manifest, load_manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
+from kerasport.tolerances import TolerancePolicy
 from kerasport.verdict import Verdict
 
 from .checks import Checks, judge, load_error
-from .compare import agreement_statistics, class_scores, error_statistics
 from .runners import Reference, run_batched, run_everything
-from .tolerances import TolerancePolicy
 
 TFLM_FORMAT = "c-array"
 TFLM_ARTIFACT = "tflm"

@@ -360,7 +360,7 @@ class _Job:
                 break
         callbacks.on_train_end(logs)
         history = next(cb for cb in callbacks.callbacks if isinstance(cb, keras.callbacks.History))
-        return Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
+        return Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started, y_val)
 
     def _train_epoch(self, steps: _Steps, plan: ShardPlan, epoch: int, x, y, callbacks, augment) -> dict:
         totals = np.zeros(2)

@@ -88,7 +88,7 @@ def _fit(config: TrainConfig, dataset: Dataset, n_outputs: int, work_dir: Path, 
     history = model.fit(*_fit_inputs(x_fit, y_fit, config), batch_size=None if config.augment else config.batch_size,
                         epochs=config.epochs, validation_data=(x_val, y_val), callbacks=callbacks,
                         shuffle=True, verbose=0)
-    return Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
+    return Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started, y_val)
 
 
 def _fit_inputs(x, y, config: TrainConfig):

@@ -9,30 +9,17 @@ candidate's own inputs to it, against the candidate's output — the error that 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from kerasport.contract import ModelContract
+from kerasport.layer_scopes import LayerNode
 
 TRACE_DYNAMIC_SIZE = 8  # a dynamic dimension's size in the zeros the graph is traced with
 
 
 class ExplainUnavailable(Exception):
     """Per-layer comparison is impossible for this reference (a subclassed model, no Keras model)."""
-
-
-@dataclass
-class LayerNode:
-    """One call of a layer (an operation) in the model's graph, in execution order."""
-
-    index: int
-    name: str  # the layer's name; `name#k` for the k-th call of a shared layer
-    layer_name: str
-    kind: str  # the layer's class name
-    producers: list[int] = field(default_factory=list)  # indices of the nodes whose outputs it reads (-1: input)
-    output: str | None = None  # the contract output it produces, if any
-    multiple_outputs: bool = False
 
 
 def _functional(model):

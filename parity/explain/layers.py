@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from kerasport.contract import ModelContract
+from kerasport.layer_scopes import ScopeIndex
 from kerasport.manifest import Artifact, Manifest
+from kerasport.tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
 
-from ..tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
 from .graph import ExplainUnavailable, KerasGraph, batch_order_noise, fp16_twin
-from .match import COMPARED, Match, ScopeIndex, match_layers
+from .match import COMPARED, Match, match_layers
 from .runtime import ONNX_SETTINGS, TFLITE_SETTINGS, onnx_tensors, tflite_tensors
 
 EXPLAIN_EVAL = 8
@@ -98,7 +99,7 @@ def explain_candidate(run_dir: Path, artifact: Artifact, context: ExplainContext
                       tolerance: Tolerance) -> tuple[dict, ScopeIndex]:
     """The per-layer table of one candidate, its first layer beyond tolerance (or int8 ranking), and its scopes."""
     started = time.perf_counter()
-    index = ScopeIndex(context.graph)
+    index = ScopeIndex(context.graph.nodes, getattr(context.graph.model, "name", ""))
     tensors = candidate_tensors(run_dir, artifact, context, index)
     index.calibrate([tensor.scopes for tensor in tensors])
     matches = match_layers(context.graph, index, tensors, context.reference)
@@ -218,7 +219,7 @@ def rank_int8_layers(context: ExplainContext, matches: list[Match], local: dict[
 
 def _output_change(contract: ModelContract, base: list[np.ndarray], moved: list[np.ndarray]) -> tuple[float, int]:
     """Mean |output change| (over the output's scale, averaged over outputs) and top-1 flips of classification."""
-    from ..compare import class_scores
+    from kerasport.compare import class_scores
 
     changes, flips = [], 0
     for spec, before, after in zip(contract.output_specs(), base, moved, strict=False):

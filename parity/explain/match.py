@@ -18,79 +18,17 @@ op it replaced, joined by `;` (`<model>_1/act1_1/Relu;<model>_1/bn1_1/...;<model
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import KerasGraph, LayerNode
+from kerasport.layer_scopes import LayerNode, ScopeIndex
+
+from .graph import KerasGraph
 from .runtime import Tensor
 
-_SCOPE_NUMBER = re.compile(r"_\d+$")
 MAX_PERMUTED_AXES = 5
 COMPARED, FUSED, IDENTITY, NONE, SKIPPED = "compared", "fused", "identity", "no counterpart", "not compared"
-
-
-class ScopeIndex:
-    """Maps TF name-scope strings to the graph's nodes by the layer names they contain."""
-
-    def __init__(self, graph: KerasGraph):
-        self.graph = graph
-        self._nodes: dict[str, LayerNode] = {}
-        for node in graph.nodes:
-            self._nodes.setdefault(node.layer_name, node)  # a shared layer's scope is its first call's
-        self._model = getattr(graph.model, "name", "") or ""
-        self._suffix = "_1"
-
-    def calibrate(self, scope_lists: list[list[str]]) -> None:
-        """Learn the suffix the trace gave every scope (`_1` for Keras 3 SavedModels) from the names seen."""
-        votes: dict[str, int] = {}
-        for scopes in scope_lists:
-            for segment in {segment for scope in scopes for segment in self._segments(scope)}:
-                for name in self._nodes:
-                    rest = segment[len(name):] if segment.startswith(name) else None
-                    if rest is not None and (rest == "" or _SCOPE_NUMBER.fullmatch(rest)):
-                        votes[rest] = votes.get(rest, 0) + 1
-        if votes:
-            self._suffix = max(votes, key=lambda rest: (votes[rest], rest == "_1"))
-
-    def _segments(self, scope: str) -> list[str]:
-        parts = scope.split("/")
-        for position, part in enumerate(parts[:-1]):
-            if self._model and (part == self._model or _SCOPE_NUMBER.sub("", part) == self._model):
-                return [parts[position + 1]]
-        return parts[:-1]
-
-    def node_of(self, segment: str) -> LayerNode | None:
-        if self._suffix and segment.endswith(self._suffix) and segment[:-len(self._suffix)] in self._nodes:
-            return self._nodes[segment[:-len(self._suffix)]]
-        if segment in self._nodes:
-            return self._nodes[segment]
-        return self._nodes.get(_SCOPE_NUMBER.sub("", segment))
-
-    def nodes_in(self, scopes: list[str]) -> list[LayerNode]:
-        """The nodes the scope strings name, each scope contributing its first layer segment."""
-        found = {}
-        for scope in scopes:
-            for segment in self._segments(scope):
-                node = self.node_of(segment)
-                if node is not None:
-                    found[node.index] = node
-                    break
-        return list(found.values())
-
-    def names_a_layer(self, scopes: list[str]) -> bool:
-        return bool(self.nodes_in(scopes))
-
-    def owner(self, scopes: list[str]) -> str | None:
-        """The deepest node the scopes name (a fused op's output is its last layer's), or None."""
-        nodes = self.nodes_in(scopes)
-        return max(nodes, key=lambda node: node.index).name if nodes else None
-
-    def consumers(self, name: str) -> list[str]:
-        """The nodes that read node `name`'s output."""
-        index = next((node.index for node in self.graph.nodes if node.name == name), None)
-        return [node.name for node in self.graph.nodes if index is not None and index in node.producers]
 
 
 @dataclass

@@ -24,7 +24,7 @@ from devtools.imported_models import MOBILENET_LABELS, mobilenet_v2, noise_pictu
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK
 from kerasport.export.variants import VARIANTS
 from kerasport.manifest import load_manifest, verify_bundle
-from kerasport.parity.tolerances import PRECISION_CLASS, TolerancePolicy
+from kerasport.tolerances import PRECISION_CLASS, TolerancePolicy
 from kerasport.verdict import Verdict
 
 FP32_ATOL = TolerancePolicy().fp32.atol

@@ -18,7 +18,7 @@ from kerasport.parity.edges import EDGE_EXAMPLES
 from kerasport.parity.runners import EDGE_BATCH_SIZES
 from kerasport.parity.stage import ParityOptions, run_parity
 from kerasport.parity.sweep import ORT_SWEEP_LEVELS, SWEEP_THREADS
-from kerasport.parity.tolerances import TolerancePolicy
+from kerasport.tolerances import TolerancePolicy
 from kerasport.verdict import Verdict
 
 runner = CliRunner()

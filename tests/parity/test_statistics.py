@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from kerasport.contract import InputSpec, ModelContract, OutputSpec, image_input_spec
-from kerasport.parity.compare import (
+from kerasport.compare import (
     accuracy_statistics,
     agreement_statistics,
     class_scores,
@@ -12,8 +11,9 @@ from kerasport.parity.compare import (
     regression_statistics,
     wilson_interval,
 )
+from kerasport.contract import InputSpec, ModelContract, OutputSpec, image_input_spec
 from kerasport.parity.edges import DEFAULT_NORMAL_SPREAD, EDGE_EXAMPLES, edge_inputs, input_range
-from kerasport.parity.tolerances import Tolerance, allowed_difference, bound_excess
+from kerasport.tolerances import Tolerance, allowed_difference, bound_excess
 
 
 @pytest.mark.parametrize("successes, total, expected", [

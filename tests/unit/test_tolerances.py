@@ -3,7 +3,7 @@
 import pytest
 
 from kerasport.errors import UsageError
-from kerasport.parity.tolerances import TOLERANCE_FILE, TolerancePolicy, load_policy
+from kerasport.tolerances import TOLERANCE_FILE, TolerancePolicy, load_policy
 
 
 def write_toml(tmp_path, text: str):
