@@ -2,7 +2,7 @@
 
 A one-byte change to any signed file (the manifest or any file of any artifact) fails verification naming that file,
 as does a signature made with another key; a key that cannot be read is a usage error (exit 2). The bundle is a tiny
-imported regressor exported to ONNX (tests/serve/serve_bundles.py)."""
+imported regressor exported to ONNX (devtools/repository_bundles.py)."""
 
 import shutil
 from pathlib import Path
@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from devtools.keys import write_key_pair
+from devtools.repository_bundles import write_version
 from kerasport.app.cli import app
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CheckFailed
 from kerasport.manifest import MANIFEST_NAME
 from kerasport.signing import SIGNATURE_NAME, is_signed, signed_roots, verify_signature
-from tests.serve.serve_bundles import regressor_bundle
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory, keys) -> Path:
-    run = regressor_bundle(tmp_path_factory.mktemp("signed") / "run")
+    run = write_version(tmp_path_factory.mktemp("signed") / "run", seed=1)
     result = runner.invoke(app, ["bundle", "sign", "--run", str(run), "--key", str(keys["alice"].private)])
     assert result.exit_code == EXIT_OK, result.output
     return run
