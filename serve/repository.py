@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from kerasport.manifest import MANIFEST_NAME, load_manifest
 
 from .errors import BadRequest, NotFound, NotReady
 from .model import ServedModel, load_served_model
+from .repository_control import SharedControl
 from .state import ServingState
 
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
@@ -54,7 +56,7 @@ repository_log = logging.getLogger("kerasport.repository")
 
 def log_event(event: str, **fields) -> None:
     """One JSON line on the repository log (stderr)."""
-    repository_log.warning(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}))
+    repository_log.warning(json.dumps({"ts": round(time.time(), 3), "event": event, **fields, "pid": os.getpid()}))
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class LoadSettings:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     control: str = "poll"
     poll_seconds: float = DEFAULT_POLL_SECONDS
+    policy_text: str = "latest:1"  # as given, for the worker processes
 
 
 def folder_fingerprint(path: Path) -> str:
@@ -219,6 +222,8 @@ class ModelRepository:
         self.models: dict[str, ModelEntry] = {}
         self.lock = asyncio.Lock()  # one change at a time: a poll, a load or an unload
         self.poller: asyncio.Task | None = None
+        self.follower: asyncio.Task | None = None
+        self.shared = SharedControl.from_environment()  # --workers N: loads and unloads apply to every worker
         self.releasing: set[asyncio.Task] = set()
 
     # --- requests -----------------------------------------------------------------------------------------------
@@ -285,12 +290,15 @@ class ModelRepository:
         await self.refresh()
         if self.settings.control == "poll":
             self.poller = asyncio.create_task(self._poll(), name="kerasport-repository-poll")
+        if self.shared is not None:
+            self.follower = asyncio.create_task(self.shared.follow(self._apply_shared), name="kerasport-control")
 
     async def stop(self) -> None:
-        if self.poller is not None:
-            self.poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.poller
+        for task in (self.poller, self.follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for entry in self.models.values():
             for state in entry.versions.values():
                 await state.batcher.stop()
@@ -311,8 +319,9 @@ class ModelRepository:
                 if not entry.records and name not in scanned:
                     del self.models[name]
 
-    async def load(self, name: str) -> None:
-        """The repository extension's load: (re)read the model's folder and serve what its policy selects.
+    async def load(self, name: str, *, publish: bool = True) -> None:
+        """The repository extension's load: (re)read the model's folder and serve what its policy selects; with
+        workers, every worker does the same.
 
         Raises:
             NotFound: no such model folder. BadRequest: no version of it could be loaded (the reasons).
@@ -322,16 +331,35 @@ class ModelRepository:
             raise NotFound(f"no model {name!r} in the repository; it holds {sorted(scanned)}")
         self.models.setdefault(name, ModelEntry()).unloaded = False
         await self.refresh(only=name)
+        if publish and self.shared is not None:
+            await asyncio.to_thread(self.shared.publish, name, False)
         entry = self.models[name]
         if not entry.versions:
             raise BadRequest(f"failed to load {name!r}: {self._reasons(entry)}")
 
-    async def unload(self, name: str) -> None:
-        """The repository extension's unload: stop serving every version of the model (in-flight ones finish).
+    async def unload(self, name: str, *, publish: bool = True) -> None:
+        """The repository extension's unload: stop serving every version of the model (in-flight ones finish);
+        with workers, in every worker.
 
         Raises:
             NotFound: an unknown model.
         """
+        await self._unload(name)
+        if publish and self.shared is not None:
+            await asyncio.to_thread(self.shared.publish, name, True)
+
+    async def _apply_shared(self, states: dict[str, bool]) -> None:
+        for name, unloaded in states.items():
+            entry = self.models.get(name)
+            try:
+                if unloaded and entry is not None and not entry.unloaded:
+                    await self.unload(name, publish=False)
+                elif not unloaded and (entry is None or entry.unloaded):
+                    await self.load(name, publish=False)
+            except KerasportError as error:
+                log_event("shared_control_failed", model=name, unloaded=unloaded, reason=str(error))
+
+    async def _unload(self, name: str) -> None:
         async with self.lock:
             entry = self.models.get(name)
             if entry is None:

@@ -43,7 +43,7 @@ def repository_config(*, run: str, repository: str | None, model_name: str | Non
         raise UsageError(f"--poll-seconds {poll_seconds}; expected a positive number of seconds")
     settings = LoadSettings(variant=variant, threads=threads, allow_unverified=allow_unverified,
                             trusted_key=trusted_key, policy=VersionPolicy.parse(version_policy), control=model_control,
-                            poll_seconds=poll_seconds)
+                            poll_seconds=poll_seconds, policy_text=version_policy)
     if repository is None:
         return RepositoryConfig(RepositorySource(run=Path(run), model_name=model_name), settings)
     if model_name is not None:

@@ -133,12 +133,36 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
 
 def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_name, threads, workers,
                    grpc_address: str | None = None, repository_args=None, **settings) -> None:
+    from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
+
+    source, load = repository_args.source, repository_args.settings
+    repository_options = {"version_policy": load.policy_text, "model_control": load.control,
+                          "poll_seconds": load.poll_seconds, "trusted_key": load.trusted_key}
+    if source.root is not None:
+        configure_logs(settings["access_log"])
+        log_to_stderr()
+        per_worker = threads_per_worker(workers, threads)
+
+        def announce_repository(pids: list[int]) -> None:
+            print(json.dumps({"event": "ready", "url": url_of(sock), "repository": str(source.root),
+                              "workers": workers, "threads_per_worker": per_worker, "pids": pids,
+                              **({"grpc": grpc_address} if grpc_address else {}),
+                              "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
+
+        return serve_workers(sock, WorkerSettings(run=str(run), variant=variant, model_name=None,
+                                                  threads=per_worker, workers=workers, grpc_address=grpc_address,
+                                                  repository=str(source.root), **repository_options, **settings),
+                             announce=announce_repository, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS,
+                             backlog=BACKLOG)
     from kerasport.manifest import load_manifest, require_verified, verify_bundle
 
     from .model import choose_variant
-    from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
 
     # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
+    if load.trusted_key is not None:
+        from kerasport.signing import verify_signature
+
+        verify_signature(run, load.trusted_key)
     manifest = load_manifest(run)
     chosen = choose_variant(manifest, variant, settings["allow_unverified"])
     artifact = require_verified(manifest, chosen, allow_unverified=settings["allow_unverified"])
@@ -158,7 +182,8 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
                           "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
     serve_workers(sock, WorkerSettings(run=str(run), variant=chosen, model_name=model_name, threads=per_worker,
-                                       workers=workers, grpc_address=grpc_address, **settings),
+                                       workers=workers, grpc_address=grpc_address, **repository_options,
+                                       **settings),
                   announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
 
 

@@ -17,7 +17,7 @@ from helpers import ServerProcess
 from devtools.keys import write_key_pair
 from devtools.repository_bundles import MODEL_NAME, PROBE, drop_in, expected_output, flip_byte, write_version
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, UsageError
-from kerasport.serve.repository import NOT_IN_POLICY_REASON, READY, UNAVAILABLE, VersionPolicy
+from kerasport.serve.repository import NOT_IN_POLICY_REASON, READY, UNAVAILABLE, UNLOADED_REASON, VersionPolicy
 
 POLL_SECONDS = 0.5
 SWAP_DEADLINE = POLL_SECONDS + 5  # the bar: a new version serves within --poll-seconds + 5 s
@@ -241,3 +241,39 @@ def test_run_with_a_trusted_key_refuses_unsigned_and_other_keys(tmp_path, versio
     result = runner.invoke(app, ["serve", "--run", str(versions["runs"][1]), "--port", "0", "--trusted-key",
                                  str(tmp_path / "absent.pub")])
     assert result.exit_code == EXIT_USAGE
+
+
+def test_workers_share_one_repository_state(versions, tmp_path):
+    """With --workers 2, an unload or load reaching one worker applies to both: indices from many connections
+    (answered by both workers, per the access log's pids) agree."""
+    import json
+
+    repository = tmp_path / "repository"
+    drop_in(versions["runs"][1], repository, MODEL_NAME, 1)
+    server = ServerProcess(repository, "--repository", str(repository), "--model-control", "explicit",
+                           "--workers", "2")
+
+    def indices() -> list[list[dict]]:
+        answers = []
+        for _ in range(12):
+            with httpx.Client(timeout=10) as client:  # a new connection each time: the kernel spreads them
+                answers.append(client.post(server.url + "/v2/repository/index").json())
+        return answers
+
+    try:
+        with httpx.Client(timeout=10) as client:
+            assert client.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/unload").status_code == 200
+        time.sleep(1)
+        unloaded = indices()
+        with httpx.Client(timeout=10) as client:
+            assert client.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load").status_code == 200
+        time.sleep(1)
+        loaded = indices()
+    finally:
+        assert server.stop() == EXIT_OK
+    assert all(rows == [{"name": MODEL_NAME, "version": "1", "state": UNAVAILABLE, "reason": UNLOADED_REASON}]
+               for rows in unloaded), unloaded
+    assert all(rows == [{"name": MODEL_NAME, "version": "1", "state": READY, "reason": ""}] for rows in loaded)
+    pids = {json.loads(line)["pid"] for line in server.logs().splitlines()
+            if line.startswith("{") and '"path": "/v2/repository/index"' in line}
+    assert pids == set(server.ready["pids"])
