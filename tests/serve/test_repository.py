@@ -134,6 +134,8 @@ def test_hot_swap_under_load_refuses_tampered_and_unsigned(versions, tmp_path):
     assert metadata["versions"] == ["2"]
     logs = server.logs()
     assert logs.count('"event": "version_refused"') == 2 and "changed since signing" in logs
+    # Every copy's manifest says version 1: the folder's number is what serves, and the difference is logged.
+    assert '"event": "folder_name_wins", "model": "prices", "version": 2' in logs
 
 
 @pytest.fixture(scope="module")
