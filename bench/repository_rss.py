@@ -50,10 +50,10 @@ def build_imported(run: Path, variant: str, seed: int) -> None:
     from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     model = mobilenet_v2(seed=seed)
-    pictures = noise_pictures(16, seed=seed)
+    contract = contract_from_keras(model, ContractHints(labels=MOBILENET_LABELS), {})
+    (picture,), (label,) = contract.input_names, contract.output_names
     labels = (seed + np.arange(16)) % len(MOBILENET_LABELS)
-    samples = Samples({model.input.name: pictures}, {model.output.name: labels})
-    contract = contract_from_keras(model, ContractHints(labels=MOBILENET_LABELS), {model.input.name: (0.0, 255.0)})
+    samples = Samples({picture: noise_pictures(16, seed=seed)}, {label: labels})
     write_imported_bundle(run, model, contract, eval_samples=samples, calibration=samples.take(8), name="mobilenet",
                           version=str(seed), source={"kind": "bench", "seed": seed})
     finish(run, variant)
