@@ -2,6 +2,10 @@
 
     python bench/soak.py [--run build] [--variant V] [--workers N] [--seconds 60] [--clients 32]
                          [--good-share 0.4] [--json out.json]
+    python bench/soak.py --swap [--poll-seconds 1] [--seconds 60] [--clients 32] [--json out.json]
+
+`--swap` is the hot-swap soak instead (bench/soak_swap.py: a model repository with signed versions, a valid, a
+tampered and an unsigned one dropped in under load, with --workers 1 and 2).
 
 Hostile requests come from devtools/hostile.py (decompression bombs, truncated pictures, lying binary headers,
 deep nesting, wrong shapes and dtypes, bodies over the limit, random bytes to every endpoint). Pass when:
@@ -172,7 +176,13 @@ def main() -> int:
     parser.add_argument("--good-share", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--swap", action="store_true", help="the hot-swap soak (bench/soak_swap.py)")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="--swap: the server's --poll-seconds")
     args = parser.parse_args()
+    if args.swap:
+        from soak_swap import main as swap_main
+
+        return swap_main(args)
 
     from devtools.serving import ServerProcess
     from kerasport.manifest import load_manifest

@@ -9,9 +9,15 @@ The context (`--out`) holds:
   recorded in `stages.package.container.trimmed`), so `kerasport bundle verify --run /bundle` checks exactly what
   the image holds. This is cleaner than a verify option that skips missing files: nothing in the image refers to
   a file the image does not have;
-- `Dockerfile`: `python:3.11-slim`, `pip install kerasport[serve]` from the wheel, the bundle copied in and verified
-  at build time, a non-root user, a HEALTHCHECK on `/v2/health/ready`, and `kerasport serve` on 0.0.0.0:8080 as
-  the entry point (arguments after the image name reach `kerasport serve`, e.g. `--variant onnx-fp32`).
+  A signed bundle (`kerasport bundle sign`) is copied whole instead — manifest.json unchanged, every artifact it
+  lists and `bundle.sig` — since the signature covers exactly those bytes: the image carries the producer's
+  signature, and the bundle's own manifest is not touched by packaging (no stage record: it would break it);
+- `entrypoint.sh`: `kerasport serve` on 0.0.0.0:8080; when a public key is mounted (`/keys/trusted.pub`, or the
+  path in `KERASPORT_TRUSTED_KEY`), with `--trusted-key`, so an unsigned or altered bundle is refused (exit 1)
+  before anything serves;
+- `Dockerfile`: `python:3.11-slim`, `pip install kerasport[serve]` from the wheel (`[serve,signing]` for a signed
+  bundle), the bundle copied in and verified at build time, a non-root user, a HEALTHCHECK on `/v2/health/ready`,
+  and the entry point script (arguments after the image name reach `kerasport serve`, e.g. `--variant onnx-fp32`).
   Only plain Dockerfile instructions: Docker, BuildKit, Buildah/Podman and Kaniko all build it.
 
 With `check_install`, the wheel is installed with its `[serve]` extra into a fresh virtual environment (exactly the
@@ -41,7 +47,25 @@ from .base import PackageContext, TargetOutput, copy_verified
 
 WHEEL_DIR, BUNDLE_DIR, CONSTRAINTS, DOCKERFILE = "wheels", "bundle", "constraints.txt", "Dockerfile"
 BUNDLE_MOUNT, PORT, USER_ID = "/bundle", 8080, 10001
-ENTRYPOINT = ["kerasport", "serve", "--run", BUNDLE_MOUNT, "--host", "0.0.0.0", "--port", str(PORT)]
+ENTRYPOINT_SCRIPT, ENTRYPOINT_PATH = "entrypoint.sh", "/usr/local/bin/kerasport-entrypoint"
+KEY_MOUNT, KEY_ENV, BUNDLE_ENV = "/keys/trusted.pub", "KERASPORT_TRUSTED_KEY", "KERASPORT_BUNDLE"
+ENTRYPOINT = [ENTRYPOINT_PATH]
+# POSIX sh, so the slim image needs nothing more. An explicitly named key that is missing is kerasport's exit 2, not
+# a silent skip; the default mount point is used only when something is mounted there.
+ENTRYPOINT_TEXT = f"""#!/bin/sh
+# Written by `kerasport package --target container`: serve the bundle, and with a public key mounted at {KEY_MOUNT}
+# (or named by {KEY_ENV}) refuse it unless its signature verifies (kerasport serve --trusted-key).
+set -eu
+bundle="${{{BUNDLE_ENV}:-{BUNDLE_MOUNT}}}"
+key="${{{KEY_ENV}:-}}"
+if [ -z "$key" ] && [ -f {KEY_MOUNT} ]; then
+    key={KEY_MOUNT}
+fi
+if [ -n "$key" ]; then
+    exec kerasport serve --run "$bundle" --host 0.0.0.0 --port {PORT} --trusted-key "$key" "$@"
+fi
+exec kerasport serve --run "$bundle" --host 0.0.0.0 --port {PORT} "$@"
+"""
 HEALTH_CHECK = ("import sys, urllib.request; "
                 f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{PORT}/v2/health/ready', timeout=2).status != 200)")
 LICENSE_GLOBS = ("LICEN[CS]E*", "COPYING*", "NOTICE*", "AUTHORS*")
@@ -149,8 +173,32 @@ def write_trimmed_bundle(context: PackageContext, dest: Path) -> dict:
     return {"kept": kept, "dropped": dropped, "bytes": sum(a.bytes for a in context.chosen)}
 
 
+def write_signed_bundle(context: PackageContext, dest: Path) -> dict:
+    """Copy a signed bundle whole into `dest`: manifest.json and bundle.sig byte for byte, every artifact it lists
+    (each re-hashed after copying), then verify it.
+
+    Returns:
+        {"kept": the chosen variants, "dropped": [], "bytes": total copied, "signed": True} for the record.
+
+    Raises:
+        CheckFailed: a copy does not hash to the manifest's sha256.
+    """
+    from kerasport.manifest import manifest_path
+    from kerasport.signing import SIGNATURE_NAME
+
+    dest.mkdir(parents=True)
+    copied = [artifact for artifact in context.manifest.artifacts() if artifact.status == "ok"]
+    for artifact in copied:
+        copy_verified(context, artifact, dest / artifact.path)
+    shutil.copyfile(manifest_path(context.run_dir), manifest_path(dest))
+    shutil.copyfile(context.run_dir / SIGNATURE_NAME, dest / SIGNATURE_NAME)
+    verify_bundle(dest)
+    return {"kept": [artifact.name for artifact in context.chosen], "dropped": [],
+            "bytes": sum(artifact.bytes for artifact in copied), "signed": True}
+
+
 def render_dockerfile(*, base_image: str, wheel: str, constraints: bool, labels: dict[str, str],
-                      serve_args: list[str]) -> str:
+                      serve_args: list[str], signed: bool = False) -> str:
     """The Dockerfile text.
 
     Args:
@@ -159,11 +207,13 @@ def render_dockerfile(*, base_image: str, wheel: str, constraints: bool, labels:
         constraints: whether constraints.txt (measured versions) pins the install.
         labels: OCI image labels.
         serve_args: extra `kerasport serve` arguments appended to the entry point.
+        signed: the bundle carries a signature (installs the `[signing]` extra the entry point's check needs).
 
     Returns:
         The Dockerfile, one instruction per logical line (continuations with a trailing backslash).
     """
     pin = f" -c /tmp/{CONSTRAINTS}" if constraints else ""
+    extras = "serve,signing" if signed else "serve"
     label_lines = " \\\n      ".join(f"{key}={json.dumps(value)}" for key, value in labels.items())
     lines = [
         "# Written by `kerasport package --target container`; see DEPLOY.md.",
@@ -173,13 +223,14 @@ def render_dockerfile(*, base_image: str, wheel: str, constraints: bool, labels:
         "    PIP_DISABLE_PIP_VERSION_CHECK=1",
         f"COPY {WHEEL_DIR}/ /tmp/{WHEEL_DIR}/",
         *([f"COPY {CONSTRAINTS} /tmp/{CONSTRAINTS}"] if constraints else []),
-        f'RUN pip install "/tmp/{WHEEL_DIR}/{wheel}[serve]"{pin} \\\n'
+        f'RUN pip install "/tmp/{WHEEL_DIR}/{wheel}[{extras}]"{pin} \\\n'
         f" && rm -rf /tmp/{WHEEL_DIR}{f' /tmp/{CONSTRAINTS}' if constraints else ''}",
         f"RUN groupadd --system --gid {USER_ID} kerasport \\\n"
         f" && useradd --system --uid {USER_ID} --gid {USER_ID} --no-create-home --home-dir /nonexistent "
         f"--shell /usr/sbin/nologin kerasport",
         "# The bundle stays owned by root: the server reads it and cannot change it.",
         f"COPY {BUNDLE_DIR}/ {BUNDLE_MOUNT}/",
+        f"COPY {ENTRYPOINT_SCRIPT} {ENTRYPOINT_PATH}",
         f"RUN kerasport bundle verify --run {BUNDLE_MOUNT}",
         f"USER {USER_ID}:{USER_ID}",
         f"EXPOSE {PORT}",
@@ -262,9 +313,15 @@ def write_container(context: PackageContext, staging: Path) -> TargetOutput:
         UsageError: a bad --wheel, or no source tree to build one from.
         ConversionError: the wheel build or the install check failed.
     """
+    from kerasport.signing import is_signed
+
     options = context.options
     wheel = place_wheel(options.wheel, staging / WHEEL_DIR)
-    bundle = write_trimmed_bundle(context, staging / BUNDLE_DIR)
+    signed = is_signed(context.run_dir)
+    bundle = (write_signed_bundle if signed else write_trimmed_bundle)(context, staging / BUNDLE_DIR)
+    entrypoint = staging / ENTRYPOINT_SCRIPT
+    entrypoint.write_text(ENTRYPOINT_TEXT)
+    entrypoint.chmod(0o755)  # COPY keeps the mode: no BuildKit-only --chmod needed
     installed = None
     if options.check_install:
         with tempfile.TemporaryDirectory(prefix="kerasport-install-") as scratch:
@@ -276,9 +333,11 @@ def write_container(context: PackageContext, staging: Path) -> TargetOutput:
               "dev.kerasport.manifest-sha256": context.manifest_sha256,
               "dev.kerasport.variants": ",".join(bundle["kept"])}
     serve_args = ["--allow-unverified"] if context.unverified else []
+    if signed and len(bundle["kept"]) == 1:  # the whole signed bundle is there: serve the variant chosen
+        serve_args += ["--variant", bundle["kept"][0]]
     (staging / DOCKERFILE).write_text(render_dockerfile(base_image=options.base_image, wheel=wheel.name,
                                                         constraints=installed is not None, labels=labels,
-                                                        serve_args=serve_args))
+                                                        serve_args=serve_args, signed=signed))
     (staging / ".dockerignore").write_text("DEPLOY.md\n")
     tag = f"{context.model_name}:{context.version}"
     command = f"docker build -t {tag} \"{Path(options.out).resolve()}\" && docker run --rm -p {PORT}:{PORT} {tag}"
@@ -298,6 +357,10 @@ def _container_notes(context: PackageContext, wheel: Path, bundle: dict, install
              f"{BUNDLE_MOUNT}` (every copied artifact's sha256), then the server runs as user {USER_ID} on "
              f"0.0.0.0:{PORT}; HEALTHCHECK polls `/v2/health/ready`. Arguments after the image name go to "
              f"`kerasport serve` (e.g. `docker run {tag} --variant {bundle['kept'][-1]}`).", "",
+             *([f"The bundle is signed: it is copied whole (manifest.json unchanged, `bundle.sig` beside it), and "
+                f"`docker run -v /path/to/public.pem:{KEY_MOUNT}:ro {tag}` serves it only if the signature "
+                f"verifies with that key (or name the key with `-e {KEY_ENV}=...`).", ""] if bundle.get("signed")
+               else []),
              "### Installed size", ""]
     if installed is None:
         lines.append("Not measured: re-run with `--check-install` to install the wheel with its `[serve]` extra into "

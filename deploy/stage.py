@@ -115,7 +115,10 @@ def package_bundle(options: PackageOptions) -> PackageResult:
               "variants": {artifact.name: {"sha256": artifact.sha256, "parity": context.parity(artifact)}
                            for artifact in context.chosen},
               **output.record, "files": files}
-    _record_stage(run_dir, target.name, record)
+    from kerasport.signing import is_signed
+
+    if not is_signed(run_dir):  # a signed manifest stays as signed: the record is in DEPLOY.md and returned
+        _record_stage(run_dir, target.name, record)
     return PackageResult(target=target.name, out=out, record=record)
 
 

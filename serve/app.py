@@ -24,7 +24,9 @@ from .metrics import Metrics
 from .model import ServedModel
 from .offload import Offload
 from .openapi import OpenApiEndpoint
+from .repository import ModelRepository, RepositoryConfig, RepositoryMetrics
 from .routes_images import ImageEndpoints
+from .routes_repository import RepositoryEndpoints
 from .routes_tfs import TfServingEndpoints
 from .routes_v2 import V2Endpoints
 from .state import ServeSettings, ServingState
@@ -42,13 +44,16 @@ def default_max_image_pixels(contract: ModelContract) -> int:
     return max(DEFAULT_MAX_IMAGE_PIXELS, own)
 
 
-def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float = 0.0, api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_image_pixels: int | None = None,
-               workers: int = 1, offload: Offload | None = None) -> Starlette:
-    """The ASGI app serving `model`; its lifespan starts the micro-batcher and marks the model ready.
+def create_app(model: ServedModel | None, *, max_batch: int = 32, max_delay_ms: float = 0.0,
+               api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_image_pixels: int | None = None, workers: int = 1, offload: Offload | None = None,
+               repository: RepositoryConfig | None = None) -> Starlette:
+    """The ASGI app serving `model`, or a model repository; its lifespan starts the micro-batcher (or loads the
+    repository) and marks the server ready.
 
     Args:
-        model: the loaded, verified model (`load_served_model`).
+        model: the loaded, verified model (`load_served_model`); with `repository`, the `--run` model already
+            loaded (adopted as the repository's one version), or None.
         max_batch: most examples per runtime call when requests coalesce.
         max_delay_ms: how long a batch may wait for more requests (0: greedy, no added latency).
         api_key: when set, every route but health and metrics needs `Authorization: Bearer KEY` or `X-API-Key`.
@@ -56,6 +61,7 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         max_image_pixels: larger pictures are refused with 413 from their header (None: `default_max_image_pixels`).
         workers: how many server processes share the port (reported in the model configuration).
         offload: where heavy parsing and decoding run (default: sized to the machine).
+        repository: serve a model repository (repository.py): its versions, hot swap and the repository extension.
 
     Returns:
         A Starlette app whose `state.serving` holds the shared `ServingState`.
@@ -64,26 +70,44 @@ def create_app(model: ServedModel, *, max_batch: int = 32, max_delay_ms: float =
         ValueError: max_batch < 1 or max_delay_ms < 0.
     """
     metrics = Metrics()
-    batcher = MicroBatcher(model.predict, max_batch=max_batch, max_delay_ms=max_delay_ms,
-                           observe=metrics.observe_batch)
     settings = ServeSettings(max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes,
-                             max_image_pixels=max_image_pixels or default_max_image_pixels(model.contract),
+                             max_image_pixels=max_image_pixels or (default_max_image_pixels(model.contract) if model
+                                                                   else DEFAULT_MAX_IMAGE_PIXELS),
                              workers=workers)
-    state = ServingState(model=model, batcher=batcher, metrics=metrics, settings=settings,
-                         offload=offload or Offload())
+    offload = offload or Offload()
+
+    def version_state(served: ServedModel) -> ServingState:
+        batcher = MicroBatcher(served.predict, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                               observe=metrics.observe_batch)
+        return ServingState(model=served, batcher=batcher, metrics=metrics, settings=settings, offload=offload)
+
+    if repository is None:
+        state = version_state(model)
+    else:
+        state = ServingState(model=None, batcher=None, metrics=metrics, settings=settings, offload=offload)
+        state.repository = ModelRepository(repository.source, repository.settings, version_state,
+                                           RepositoryMetrics(metrics.registry))
     routes = [*V2Endpoints(state).routes(), *ImageEndpoints(state).routes(), *TfServingEndpoints(state).routes(),
               *metrics.routes()]
+    if repository is not None:
+        routes += RepositoryEndpoints(state).routes()
     routes.append(OpenApiEndpoint(state, routes, secured=bool(api_key)).route())
 
     @asynccontextmanager
     async def lifespan(app):
-        await batcher.start()
+        if state.repository is not None:
+            await state.repository.start(preloaded=model)
+        else:
+            await state.batcher.start()
         state.set_ready(True)
         try:
             yield
         finally:
             state.set_ready(False)
-            await batcher.stop()
+            if state.repository is not None:
+                await state.repository.stop()
+            else:
+                await state.batcher.stop()
             await state.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

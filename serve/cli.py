@@ -40,9 +40,22 @@ def serve_command(
     grpc_port: int = typer.Option(None, "--grpc-port",
                                   help="Also serve the Open Inference Protocol over gRPC on this port, in every "
                                        "worker (0 picks a free port, printed on stdout when ready)."),
+    repository: str = typer.Option(None, "--repository",
+                                   help="Serve a model repository: <model>/<version>/ run directories (integer "
+                                        "versions), served under their folder names, instead of --run."),
+    version_policy: str = typer.Option("latest:1", "--version-policy",
+                                       help="Which versions of each model serve: latest:N, all, or specific:V,..."),
+    model_control: str = typer.Option("poll", "--model-control",
+                                      help="poll: pick up new, changed and removed versions every --poll-seconds; "
+                                           "explicit: change only through the repository extension (load/unload)."),
+    poll_seconds: float = typer.Option(5.0, "--poll-seconds", help="How often --model-control poll re-reads the "
+                                                                   "repository (or the --run bundle)."),
+    trusted_key: str = typer.Option(None, "--trusted-key",
+                                    help="Serve only bundles signed with this key's private half (elliptic-curve "
+                                         "public key, PEM): unsigned or altered ones are refused."),
 ) -> None:
-    """Serve the bundle over HTTP (KServe V2 + TF Serving REST), and gRPC with --grpc-port, with onnxruntime or
-    LiteRT."""
+    """Serve the bundle, or a model repository with hot swap, over HTTP (KServe V2 + TF Serving REST), and gRPC with
+    --grpc-port, with onnxruntime or LiteRT."""
     if (max_batch < 1 or max_delay_ms < 0 or max_body_bytes < 1 or threads < 0 or not 0 <= port <= 65535
             or workers < 0 or max_image_pixels < 0 or (grpc_port is not None and not 0 <= grpc_port <= 65535)):
         raise UsageError(f"--max-batch {max_batch} (>= 1), --max-delay-ms {max_delay_ms} (>= 0), --max-body-bytes "
@@ -55,7 +68,9 @@ def serve_command(
     serve(run=run, variant=variant, model_name=model_name, host=host, port=port, max_batch=max_batch,
           max_delay_ms=max_delay_ms, threads=threads, api_key=api_key, max_body_bytes=max_body_bytes,
           allow_unverified=allow_unverified, access_log=access_log, workers=workers or default_workers(),
-          max_image_pixels=max_image_pixels or None, grpc_port=grpc_port)
+          max_image_pixels=max_image_pixels or None, grpc_port=grpc_port, repository=repository,
+          version_policy=version_policy, model_control=model_control, poll_seconds=poll_seconds,
+          trusted_key=trusted_key)
 
 
 @user_errors

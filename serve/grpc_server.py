@@ -37,7 +37,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from kerasport import __version__
 from kerasport.errors import UsageError
 
-from .errors import NotFound, NotReady, Unauthorized, status_of
+from .errors import BadRequest, NotFound, NotReady, Unauthorized, status_of
 from .grpc_protocol import decode_infer_request, encode_model_infer, parse_model_infer
 from .guard import request_id
 from .offload import PROCESS_BODY_BYTES, PROCESS_OUTPUT_VALUES
@@ -182,25 +182,26 @@ class InferenceService:
         return service_pb2.ModelReadyResponse(ready=True)
 
     async def server_metadata(self, request):
-        return service_pb2.ServerMetadataResponse(name="kerasport", version=__version__, extensions=EXTENSIONS)
+        extensions = EXTENSIONS + (["model_repository"] if self.state.repository is not None else [])
+        return service_pb2.ServerMetadataResponse(name="kerasport", version=__version__, extensions=extensions)
 
     async def model_metadata(self, request):
-        self.state.check_name(request.name, request.version or None, need_ready=False)
-        metadata = model_metadata(self.state)
+        metadata = model_metadata(self.state.check_name(request.name, request.version or None, need_ready=False))
         return service_pb2.ModelMetadataResponse(
             name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
             inputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in metadata["inputs"]],
             outputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in metadata["outputs"]])
 
     async def model_config(self, request):
-        self.state.check_name(request.name, request.version or None, need_ready=False)
-        config = json_format.ParseDict(model_config(self.state), model_config_pb2.ModelConfig())
+        state = self.state.check_name(request.name, request.version or None, need_ready=False)
+        config = json_format.ParseDict(model_config(state), model_config_pb2.ModelConfig())
         return service_pb2.ModelConfigResponse(config=config)
 
     async def model_statistics(self, request):
+        state = self.state.described()
         if request.name:
-            self.state.check_name(request.name, request.version or None, need_ready=False)
-        return json_format.ParseDict(model_statistics(self.state), service_pb2.ModelStatisticsResponse())
+            state = self.state.check_name(request.name, request.version or None, need_ready=False)
+        return json_format.ParseDict(model_statistics(state), service_pb2.ModelStatisticsResponse())
 
     # --- inference ---------------------------------------------------------------------------------------------
 
@@ -210,10 +211,11 @@ class InferenceService:
         Decoding is a copy of the tensors' bytes, done inline; converting and checking them runs in a thread for
         a request over PROCESS_BODY_BYTES, as a large binary body does on HTTP.
         """
-        state, model = self.state, self.state.model
-        contract = model.contract
         request = decode_infer_request(data)
-        state.check_name(request.model_name, request.model_version or None)
+        # The version this call runs on; no await before run_inference counts it in flight (hot swap).
+        state = self.state.check_name(request.model_name, request.model_version or None)
+        model = state.model
+        contract = model.contract
 
         async def parse():
             if len(data) > PROCESS_BODY_BYTES:
@@ -230,6 +232,24 @@ class InferenceService:
 
         return await state.run_inference(parse, respond)
 
+    # --- the model repository extension (a server started with a repository) --------------------------------------
+
+    async def repository_index(self, request):
+        rows = self.state.repository.index(request.ready)
+        return service_pb2.RepositoryIndexResponse(
+            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def repository_model_load(self, request):
+        if any(key == "config" or key.startswith("file:") for key in request.parameters):
+            raise BadRequest(f"load parameters {sorted(request.parameters)} override the model's files or "
+                             f"configuration, which this server does not do; expected a model folder in the repository")
+        await self.state.repository.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request):
+        await self.state.repository.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
     # --- registration --------------------------------------------------------------------------------------------
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -237,6 +257,9 @@ class InferenceService:
         methods = {"ServerLive": self.server_live, "ServerReady": self.server_ready, "ModelReady": self.model_ready,
                    "ServerMetadata": self.server_metadata, "ModelMetadata": self.model_metadata,
                    "ModelConfig": self.model_config, "ModelStatistics": self.model_statistics}
+        if self.state.repository is not None:
+            methods |= {"RepositoryIndex": self.repository_index, "RepositoryModelLoad": self.repository_model_load,
+                        "RepositoryModelUnload": self.repository_model_unload}
         handlers = {}
         for name, method in methods.items():
             descriptor = SERVICE.methods_by_name[name]

@@ -31,6 +31,7 @@ class ServedModel:
     runtime: object
     name: str
     load_seconds: float
+    served_version: str | None = None  # a model repository's folder name, which wins over the manifest's version
 
     @property
     def contract(self) -> ModelContract:
@@ -42,7 +43,7 @@ class ServedModel:
 
     @property
     def version(self) -> str:
-        return self.manifest.version
+        return self.served_version or self.manifest.version
 
     @property
     def task(self) -> str:

@@ -299,7 +299,7 @@ class OpenApiEndpoint:
 
     async def openapi(self, request: Request) -> JsonResponse:
         if self._document is None:
-            self._document = build_openapi(self.state, secured=self.secured)
+            self._document = build_openapi(self.state.described(), secured=self.secured)
         return JsonResponse(self._document)
 
     def route(self) -> Route:

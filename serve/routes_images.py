@@ -55,8 +55,8 @@ class ImageEndpoints:
     def __init__(self, state: ServingState):
         self.state = state
 
-    def _classifier(self) -> tuple[InputSpec, OutputSpec]:
-        model = self.state.model
+    def _classifier(self, state: ServingState) -> tuple[InputSpec, OutputSpec]:
+        model = state.model
         contract = model.contract
         image, output = contract.image_input, contract.classification_output
         if image is None or output is None:
@@ -68,23 +68,25 @@ class ImageEndpoints:
         return image, output
 
     async def classify(self, request: Request) -> Response:
-        self.state.check_model(request)
-        state = self.state
-        image, output = self._classifier()
+        image, output = self._classifier(self.state.check_model(request))
         k = parse_top_k(request.query_params.get("top_k", str(DEFAULT_TOP_K)), output.width)
         pictures = await uploaded_pictures(request)
+        # The version this request runs on, taken again after the upload arrived (a hot swap may have happened).
+        state = self.state.check_model(request)
+        image, output = self._classifier(state)
 
         async def parse():
             batch = await state.offload.thread(decode_pictures, pictures, image, state.settings.max_image_pixels)
             return {image.name: batch}, None
 
         async def respond(outputs, _):
-            return self._answer(pictures, outputs, output, k)
+            return self._answer(state, pictures, outputs, output, k)
 
         return Response(await state.run_inference(parse, respond), media_type="application/json")
 
-    def _answer(self, pictures: list[tuple[str, bytes]], outputs: dict, output: OutputSpec, k: int) -> bytes:
-        others = [spec for spec in self.state.model.contract.outputs if spec.name != output.name]
+    def _answer(self, state: ServingState, pictures: list[tuple[str, bytes]], outputs: dict, output: OutputSpec,
+                k: int) -> bytes:
+        others = [spec for spec in state.model.contract.outputs if spec.name != output.name]
         results = []
         for index, (name, _) in enumerate(pictures):
             result = {"file": name, "top_k": top_k(np.asarray(outputs[output.name][index]).ravel(), output, k)}
@@ -92,7 +94,7 @@ class ImageEndpoints:
                 result["outputs"] = {spec.name: np.asarray(outputs[spec.name][index], dtype=spec.dtype).tolist()
                                      for spec in others}
             results.append(result)
-        model = self.state.model
+        model = state.model
         return dumps({"model_name": model.name, "model_version": model.version, "variant": model.variant,
                       "output": output.name, "results": results})
 

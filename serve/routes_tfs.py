@@ -30,23 +30,28 @@ class TfServingEndpoints:
         self.state = state
 
     async def status(self, request: Request) -> JsonResponse:
-        self.state.check_model(request, need_ready=False)
-        state_name = "AVAILABLE" if self.state.ready else "UNAVAILABLE"
-        return JsonResponse({"model_version_status": [{"version": self.state.model.version, "state": state_name,
+        state = self.state.check_model(request, need_ready=False)
+        if self.state.repository is not None and "version" not in request.path_params:
+            return JsonResponse({"model_version_status": self.state.repository.version_status(
+                request.path_params["name"])})
+        state_name = "AVAILABLE" if self.state.ready and state.ready else "UNAVAILABLE"
+        return JsonResponse({"model_version_status": [{"version": state.model.version, "state": state_name,
                                                        "status": {"error_code": "OK", "error_message": ""}}]})
 
     async def metadata(self, request: Request) -> JsonResponse:
-        self.state.check_model(request, need_ready=False)
-        model = self.state.model
+        state = self.state.check_model(request, need_ready=False)
+        model = state.model
         # TF Serving's metadata has no place for labels or value ranges: the whole contract rides along.
         return JsonResponse({"model_spec": {"name": model.name, "signature_name": "", "version": model.version},
                              "metadata": {"signature_def": {"signature_def": {TFS_SIGNATURE: signature_def(
-                                 self.state)}}, "kerasport_contract": model.contract.to_dict()}})
+                                 state)}}, "kerasport_contract": model.contract.to_dict()}})
 
     async def predict(self, request: Request) -> Response:
         self.state.check_model(request)
-        state, contract = self.state, self.state.model.contract
         raw = await request.body()
+        # The version this request runs on, taken after its body arrived (a hot swap may have happened meanwhile).
+        state = self.state.check_model(request)
+        contract = state.model.contract
 
         async def parse():
             return await state.offload.run(len(raw) > PROCESS_BODY_BYTES, parse_tfs_body, raw, contract)

@@ -116,31 +116,33 @@ class V2Endpoints:
         return JsonResponse({"ready": self.state.ready}, status_code=200 if self.state.ready else 503)
 
     async def server_metadata(self, request: Request) -> JsonResponse:
-        return JsonResponse({"name": "kerasport", "version": __version__, "extensions": EXTENSIONS})
+        extensions = EXTENSIONS + (["model_repository"] if self.state.repository is not None else [])
+        return JsonResponse({"name": "kerasport", "version": __version__, "extensions": extensions})
 
     async def model_metadata(self, request: Request) -> JsonResponse:
-        self.state.check_model(request, need_ready=False)
-        return JsonResponse(model_metadata(self.state))
+        return JsonResponse(model_metadata(self.state.check_model(request, need_ready=False)))
 
     async def model_ready(self, request: Request) -> JsonResponse:
-        self.state.check_model(request)
-        return JsonResponse({"name": self.state.model.name, "ready": True})
+        state = self.state.check_model(request)
+        return JsonResponse({"name": state.model.name, "ready": True})
 
     async def model_config(self, request: Request) -> JsonResponse:
-        self.state.check_model(request, need_ready=False)
-        return JsonResponse(model_config(self.state))
+        return JsonResponse(model_config(self.state.check_model(request, need_ready=False)))
 
     async def model_stats(self, request: Request) -> JsonResponse:
         if "name" in request.path_params:
-            self.state.check_model(request, need_ready=False)
-        return JsonResponse(model_statistics(self.state))
+            return JsonResponse(model_statistics(self.state.check_model(request, need_ready=False)))
+        return JsonResponse(model_statistics(self.state.described()))
 
     async def infer(self, request: Request) -> Response:
         self.state.check_model(request)
-        state, contract, model = self.state, self.state.model.contract, self.state.model
         raw = await request.body()
         header_length = binary_header_length(request, len(raw))
         json_bytes = len(raw) if header_length is None else header_length
+        # The version this request runs on, taken after its body arrived (a hot swap may have happened meanwhile)
+        # and with no await before run_inference counts it in flight.
+        state = self.state.check_model(request)
+        contract, model = state.model.contract, state.model
 
         async def parse():
             if json_bytes > PROCESS_BODY_BYTES:

@@ -62,9 +62,10 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, threads, api_key, max_body_bytes,
           allow_unverified, access_log, workers: int = 1, max_image_pixels: int | None = None,
-          grpc_port: int | None = None) -> None:
+          grpc_port: int | None = None, repository: str | None = None, version_policy: str = "latest:1",
+          model_control: str = "poll", poll_seconds: float = 5.0, trusted_key: str | None = None) -> None:
     """Bind, load, serve until SIGTERM (exit 0 after draining). Arguments are `kerasport serve`'s options
-    (`grpc_port` None: no gRPC)."""
+    (`grpc_port` None: no gRPC; `repository` None: the one bundle `run` is a repository of one)."""
     started = time.perf_counter()
     sock = bind_listening_socket(host, port)
     with contextlib.closing(sock), contextlib.ExitStack() as held:
@@ -74,21 +75,27 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
 
             grpc_address = held.enter_context(contextlib.closing(reserve_port(host, grpc_port))).address
         tune_process()
+        from .repository_serving import repository_config
+
+        config = repository_config(run=run, repository=repository, model_name=model_name, variant=variant,
+                                   threads=threads, allow_unverified=allow_unverified, trusted_key=trusted_key,
+                                   version_policy=version_policy, model_control=model_control,
+                                   poll_seconds=poll_seconds)
         if workers > 1:
             return _serve_workers(sock, started, run=run, variant=variant, model_name=model_name,
                                   max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, api_key=api_key,
                                   max_body_bytes=max_body_bytes, allow_unverified=allow_unverified,
                                   access_log=access_log, workers=workers, max_image_pixels=max_image_pixels,
-                                  grpc_address=grpc_address)
+                                  grpc_address=grpc_address, repository_args=config)
         import uvicorn
 
         from .app import create_app
-        from .model import load_served_model
+        from .repository_serving import configure_repository_log, describe_served, preload_run
 
-        model = load_served_model(run, variant=variant, model_name=model_name, threads=threads,
-                                  allow_unverified=allow_unverified)
+        configure_repository_log()
+        model = preload_run(config)
         app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, api_key=api_key,
-                         max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
+                         max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels, repository=config)
         if grpc_address is not None:
             from .grpc_server import GrpcFrontEnd
 
@@ -101,8 +108,8 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
 
         def announce() -> None:
             # One machine-readable line on stdout: clients and tests wait for it.
-            print(json.dumps({"event": "ready", "url": url_of(sock), "model": model.name, "variant": model.variant,
-                              "runtime": model.entry["runtime"], **({"grpc": grpc_address} if grpc_address else {}),
+            print(json.dumps({"event": "ready", "url": url_of(sock), **describe_served(app.state.serving),
+                              **({"grpc": grpc_address} if grpc_address else {}),
                               "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
         def stop(signum, frame) -> None:
@@ -119,13 +126,37 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
 
 
 def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_name, threads, workers,
-                   grpc_address: str | None = None, **settings) -> None:
+                   grpc_address: str | None = None, repository_args=None, **settings) -> None:
+    from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
+
+    source, load = repository_args.source, repository_args.settings
+    repository_options = {"version_policy": load.policy_text, "model_control": load.control,
+                          "poll_seconds": load.poll_seconds, "trusted_key": load.trusted_key}
+    if source.root is not None:
+        configure_logs(settings["access_log"])
+        log_to_stderr()
+        per_worker = threads_per_worker(workers, threads)
+
+        def announce_repository(pids: list[int]) -> None:
+            print(json.dumps({"event": "ready", "url": url_of(sock), "repository": str(source.root),
+                              "workers": workers, "threads_per_worker": per_worker, "pids": pids,
+                              **({"grpc": grpc_address} if grpc_address else {}),
+                              "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
+
+        return serve_workers(sock, WorkerSettings(run=str(run), variant=variant, model_name=None,
+                                                  threads=per_worker, workers=workers, grpc_address=grpc_address,
+                                                  repository=str(source.root), **repository_options, **settings),
+                             announce=announce_repository, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS,
+                             backlog=BACKLOG)
     from kerasport.manifest import load_manifest, require_verified, verify_bundle
 
     from .model import choose_variant
-    from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
 
     # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
+    if load.trusted_key is not None:
+        from kerasport.signing import verify_signature
+
+        verify_signature(run, load.trusted_key)
     manifest = load_manifest(run)
     chosen = choose_variant(manifest, variant, settings["allow_unverified"])
     artifact = require_verified(manifest, chosen, allow_unverified=settings["allow_unverified"])
@@ -145,7 +176,8 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
                           "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
     serve_workers(sock, WorkerSettings(run=str(run), variant=chosen, model_name=model_name, threads=per_worker,
-                                       workers=workers, grpc_address=grpc_address, **settings),
+                                       workers=workers, grpc_address=grpc_address, **repository_options,
+                                       **settings),
                   announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
 
 

@@ -42,37 +42,76 @@ class ServeSettings:
 
 @dataclass
 class ServingState:
-    model: ServedModel
-    batcher: MicroBatcher
+    """The server's state; with a model repository (`repository` set), also each served version's own state.
+
+    The server's state answers `check_name` with the state of the model version a request names: itself when it
+    serves one model, else the repository's (each version has its own model and micro-batcher, sharing the
+    metrics, settings and offload). `active` counts the requests in `run_inference`, so a replaced version is
+    released only after its last one.
+    """
+
+    model: ServedModel | None
+    batcher: MicroBatcher | None
     metrics: Metrics
     settings: ServeSettings = field(default_factory=ServeSettings)
     offload: Offload = field(default_factory=Offload)
     ready: bool = False
     versions: frozenset = field(init=False)
+    repository: Any = None  # a repository.ModelRepository (typed loosely: repository.py imports this module)
+    active: int = 0
 
     def __post_init__(self) -> None:
-        self.versions = frozenset({self.model.version})
+        self.versions = frozenset({self.model.version}) if self.model is not None else frozenset()
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
         self.metrics.ready.set(1 if ready else 0)
 
-    def check_model(self, request: Request, *, need_ready: bool = True) -> None:
+    def check_model(self, request: Request, *, need_ready: bool = True) -> ServingState:
         """The URL names this model (and, if given, a version it has); inference also needs readiness.
+
+        Returns:
+            The state of the model version to answer with (see `check_name`).
 
         Raises:
             NotFound: another model or version. NotReady: starting up or draining.
         """
-        self.check_name(request.path_params["name"], request.path_params.get("version"), need_ready=need_ready)
+        return self.check_name(request.path_params["name"], request.path_params.get("version"),
+                               need_ready=need_ready)
 
-    def check_name(self, name: str, version: str | None, *, need_ready: bool = True) -> None:
-        """`check_model` for any protocol: the model name and optional version a request names."""
+    def check_name(self, name: str, version: str | None, *, need_ready: bool = True) -> ServingState:
+        """`check_model` for any protocol: the model name and optional version a request names.
+
+        Returns:
+            This state when it serves one model; else the repository's state of that version (the highest ready
+            one when none is named). A request that infers must call `run_inference` on it with no await in
+            between, so a hot swap cannot release the version under it.
+        """
+        if self.repository is not None:
+            if need_ready and not self.ready:
+                raise NotReady("the server is not ready (starting up or draining)")
+            return self.repository.resolve(name, version, need_ready)
         if name != self.model.name:
             raise NotFound(f"unknown model {name!r}; this server serves {self.model.name!r}")
         if version is not None and version not in self.versions:
             raise NotFound(f"unknown version {version!r} of {self.model.name!r}; available: {sorted(self.versions)}")
         if need_ready and not self.ready:
             raise NotReady(f"model {self.model.name!r} is not ready")
+        return self
+
+    def described(self) -> ServingState:
+        """The state whose model server-wide pages describe (OpenAPI, statistics without a model name): the one
+        model, or the repository's first model at its highest ready version.
+
+        Raises:
+            NotReady: a repository with no version serving.
+        """
+        if self.model is not None:
+            return self
+        state = self.repository.default_state()
+        if state is None:
+            raise NotReady("no model version is serving; see POST /v2/repository/index")
+        return state
 
     async def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """One request's named inputs through the micro-batcher; its rows of every output."""
@@ -94,6 +133,7 @@ class ServingState:
         """
         started = time.perf_counter()
         ok, phases = False, {}
+        self.active += 1
         try:
             inputs, context = await parse()
             parsed = time.perf_counter()
@@ -106,6 +146,7 @@ class ServingState:
             ok = True
             return result
         finally:
+            self.active -= 1
             self.metrics.observe_request(ok, time.perf_counter() - started, phases)
 
     async def close(self) -> None:

@@ -66,25 +66,35 @@ class WorkerSettings:
     access_log: bool
     workers: int
     grpc_address: str | None = None  # host:port every worker's gRPC server joins (SO_REUSEPORT); None: no gRPC
+    repository: str | None = None  # a model repository folder; None: `run` is a repository of one
+    version_policy: str = "latest:1"
+    model_control: str = "poll"
+    poll_seconds: float = 5.0
+    trusted_key: str | None = None
 
 
 def worker_app():
     """The app factory each worker process calls (uvicorn `factory=True`): load the model, build the app."""
     from .app import create_app
-    from .model import load_served_model
     from .offload import Offload
     from .process import configure_logs, tune_process
+    from .repository_serving import configure_repository_log, preload_run, repository_config
 
     settings = WorkerSettings(**json.loads(os.environ[WORKER_ENV]))
     tune_process()
     configure_logs(settings.access_log)
-    model = load_served_model(settings.run, variant=settings.variant, model_name=settings.model_name,
-                              threads=settings.threads, allow_unverified=settings.allow_unverified)
+    configure_repository_log()
+    config = repository_config(run=settings.run, repository=settings.repository, model_name=settings.model_name,
+                               variant=settings.variant, threads=settings.threads,
+                               allow_unverified=settings.allow_unverified, trusted_key=settings.trusted_key,
+                               version_policy=settings.version_policy, model_control=settings.model_control,
+                               poll_seconds=settings.poll_seconds)
+    model = preload_run(config)
     share = max(1, machine_cores() // settings.workers)
     app = create_app(model, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
                      api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
                      max_image_pixels=settings.max_image_pixels, workers=settings.workers,
-                     offload=Offload(threads=max(2, share), processes=share))
+                     offload=Offload(threads=max(2, share), processes=share), repository=config)
     if settings.grpc_address is not None:
         from .grpc_server import GrpcFrontEnd
         from .process import GRACEFUL_SHUTDOWN_SECONDS
@@ -113,17 +123,23 @@ def serve_workers(sock: socket.socket, settings: WorkerSettings, *, announce, gr
         ConversionError: a worker could not start (its log says why).
     """
     from .metrics import MULTIPROC_ENV
+    from .repository_control import CONTROL_ENV
 
     own_metrics_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="kerasport-metrics-") if own_metrics_dir else os.environ[MULTIPROC_ENV]
     os.environ[MULTIPROC_ENV] = metrics_dir
     os.environ[WORKER_ENV] = json.dumps(asdict(settings))
+    # The repository's shared control (repository_control.py): one folder for the server's lifetime.
+    control_dir = tempfile.mkdtemp(prefix="kerasport-repository-")
+    os.environ[CONTROL_ENV] = control_dir
     try:
         config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=settings.workers,
                                 log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=graceful_seconds, backlog=backlog)
         Supervisor(config, [sock], metrics_dir=metrics_dir, announce=announce).run()
     finally:
+        os.environ.pop(CONTROL_ENV, None)
+        shutil.rmtree(control_dir, ignore_errors=True)
         if own_metrics_dir:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""`kerasport bundle verify`: re-hash every artifact the manifest lists. `kerasport bundle diff`: compare two
+"""`kerasport bundle verify`: re-hash every artifact the manifest lists (and check the bundle's signature with
+`--public-key`). `kerasport bundle sign`: sign the bundle (kerasport/signing.py). `kerasport bundle diff`: compare two
 bundles. No heavy imports at start-up (the diff reads weights with h5py/onnx/flatbuffers, imported when it runs).
 """
 
@@ -19,8 +20,13 @@ bundle_app = typer.Typer(help="Inspect and verify a run's release bundle.", no_a
 @user_errors
 def verify_command(
     run: str = typer.Option("build", "--run", help="Run directory holding manifest.json."),
+    public_key: str = typer.Option(None, "--public-key",
+                                   help="Also check the bundle's signature (bundle.sig) with this elliptic-curve "
+                                        "public key (PEM): unsigned, signed by another key or altered since "
+                                        "signing fails."),
 ) -> None:
-    """Check the manifest's schema and every artifact's sha256; exit 1 naming each missing or altered file."""
+    """Check the manifest's schema and every artifact's sha256, and the signature with --public-key; exit 1 naming
+    each missing or altered file, 2 when the key cannot be read."""
     manifest = load_manifest(run)
     problems = artifact_problems(run, manifest)
     for problem in problems:
@@ -28,6 +34,31 @@ def verify_command(
     if problems:
         raise CheckFailed(f"{len(problems)} of {len(manifest.artifact_names())} artifacts in {run} failed verification")
     typer.echo(f"ok: {len(manifest.artifact_names())} artifacts in {run} match the manifest")
+    if public_key is not None:
+        from kerasport.signing import verify_signature
+
+        check = verify_signature(run, public_key)
+        typer.echo(f"ok: signature verified, {check.files} files signed by key sha256:{check.key_sha256[:16]}")
+
+
+@bundle_app.command("sign")
+@user_errors
+def sign_command(
+    run: str = typer.Option("build", "--run", help="Run directory holding manifest.json."),
+    key: str = typer.Option(..., "--key", help="Elliptic-curve private key (PEM) to sign with."),
+    password: str = typer.Option(None, "--key-password", envvar="KERASPORT_KEY_PASSWORD",
+                                 help="The private key's password, if it is encrypted."),
+) -> None:
+    """Sign manifest.json and every artifact it lists (OpenSSF Model Signing, offline); writes bundle.sig in the
+    bundle. Artifacts are re-hashed against the manifest first: an altered bundle is never signed."""
+    from kerasport.signing import SIGNATURE_NAME, sign_bundle
+
+    manifest = load_manifest(run)
+    problems = artifact_problems(run, manifest)
+    if problems:
+        raise CheckFailed(f"{run} does not match its manifest, refusing to sign it: {'; '.join(problems)}")
+    check = sign_bundle(run, key, password)
+    typer.echo(f"signed {check.files} files of {run} into {run}/{SIGNATURE_NAME} (key sha256:{check.key_sha256[:16]})")
 
 
 DIFF_EXIT_DIFFERENT = 1

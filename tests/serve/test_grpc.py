@@ -172,8 +172,10 @@ def test_errors_are_status_codes_with_the_servers_message(client, sample):
         client.infer(MODEL, [image_input(too_many)], headers=AUTH)
     assert code_of(raised) == str(grpc.StatusCode.RESOURCE_EXHAUSTED)
     with pytest.raises(InferenceServerException) as raised:
-        client.get_model_repository_index(headers=AUTH)
+        client.get_trace_settings(headers=AUTH)
     assert code_of(raised) == str(grpc.StatusCode.UNIMPLEMENTED)
+    listed = client.get_model_repository_index(headers=AUTH, as_json=True)["models"]
+    assert [(row["name"], row["version"], row["state"]) for row in listed] == [(MODEL, "1", "READY")]
     assert client.is_server_ready()
 
 

@@ -2,8 +2,8 @@
 
 Health, readiness, server and model metadata, the model-configuration and statistics extensions, inference with
 JSON and binary tensors, 32 concurrent async requests, and errors surfacing as InferenceServerException with the
-server's message. The calls of extensions this server does not offer (repository, trace, logging, shared
-memory) fail cleanly with a 4xx the client reports, never a 5xx.
+server's message. The repository extension lists, unloads and loads the served bundle; the calls of extensions this
+server does not offer (trace, logging, shared memory) fail cleanly with a 4xx the client reports, never a 5xx.
 """
 
 import numpy as np
@@ -125,9 +125,23 @@ def test_errors_are_exceptions_with_the_servers_message(client, sample):
         client.get_model_config("other")
 
 
+def test_the_repository_extension_lists_unloads_and_loads_the_one_bundle(client, sample):
+    assert client.get_model_repository_index() == [{"name": MODEL, "version": "1", "state": "READY", "reason": ""}]
+    client.unload_model(MODEL)
+    try:
+        assert not client.is_model_ready(MODEL)
+        assert client.get_model_repository_index()[0]["state"] == "UNAVAILABLE"
+        with pytest.raises(InferenceServerException, match="no ready version"):
+            client.infer(MODEL, inputs_for(sample[0][:1], binary=True))
+    finally:
+        client.load_model(MODEL)
+    assert client.is_model_ready(MODEL)
+    result = client.infer(MODEL, inputs_for(sample[0][:1], binary=True))
+    np.testing.assert_allclose(result.as_numpy("probabilities"), sample[1][:1], atol=1e-5)
+
+
 def test_extensions_this_server_does_not_offer_fail_cleanly(client):
-    calls = [client.get_model_repository_index, lambda: client.load_model(MODEL), lambda: client.unload_model(MODEL),
-             client.get_trace_settings, client.get_log_settings, client.get_system_shared_memory_status,
+    calls = [client.get_trace_settings, client.get_log_settings, client.get_system_shared_memory_status,
              client.get_cuda_shared_memory_status]
     for call in calls:
         with pytest.raises(InferenceServerException) as raised:
