@@ -12,6 +12,7 @@ from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import ERROR, LOAD_CHECK
 from .drift import DRIFT_CLASS, drift_markdown, drift_summary
 from .explain import explain_markdown, explain_summary
+from .tflm import sampled_markdown
 
 VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skipped": "⏭ skipped"}
 
@@ -115,6 +116,7 @@ def markdown(report: dict) -> str:
         lines += ["## Failures", ""] + [f"- {failure}" for failure in report["failures"]] + [""]
     lines += _sweep_table(report)
     lines += fit_markdown(report)
+    lines += sampled_markdown(report)
     lines += explain_markdown(report) + drift_markdown(report)
     lines += ["## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
     lines += ["", "## Tolerances", "", "```json", json.dumps(report["tolerances"], indent=2), "```", ""]
@@ -132,6 +134,9 @@ def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
     lines += [f"  FAIL {failure}" for failure in report["failures"]]
     lines += [f"  not built: {name} ({status})" for name, status in report["not_built"].items()]
     lines += [f"  finding: {finding}" for finding in report["findings"]]
+    lines += [f"  sampled: {row['candidate']} ran {row['sample']['eval_examples']} eval + "
+              f"{row['sample']['edge_examples']} edge examples in TFLite Micro; the rest from {row['rest_from']}"
+              for row in report.get("sampled_checks", [])]
     return lines + fit_lines(report) + explain_summary(report) + drift_summary(report)
 
 

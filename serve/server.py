@@ -109,6 +109,7 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
             # One machine-readable line on stdout: clients and tests wait for it.
             print(json.dumps({"event": "ready", "url": url_of(sock), "model": model.name, "variant": model.variant,
                               "runtime": model.entry["runtime"], **({"grpc": grpc_address} if grpc_address else {}),
+                              "variant_why": model.choice.why if model.choice else None,
                               "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
         def stop(signum, frame) -> None:
@@ -128,12 +129,13 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
                    grpc_address: str | None = None, **settings) -> None:
     from kerasport.manifest import load_manifest, require_verified, verify_bundle
 
-    from .model import choose_variant
+    from .model import explain_choice
     from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
 
     # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
     manifest = load_manifest(run)
-    chosen = choose_variant(manifest, variant, settings["allow_unverified"])
+    choice = explain_choice(manifest, variant, settings["allow_unverified"])
+    chosen = choice.variant
     artifact = require_verified(manifest, chosen, allow_unverified=settings["allow_unverified"])
     try:
         verify_bundle(run, [chosen])
@@ -145,7 +147,8 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
 
     def announce(pids: list[int]) -> None:
         print(json.dumps({"event": "ready", "url": url_of(sock), "model": model_name or manifest.name,
-                          "variant": chosen, "runtime": artifact.runtime or artifact.format, "workers": workers,
+                          "variant": chosen, "variant_why": choice.why,
+                          "runtime": artifact.runtime or artifact.format, "workers": workers,
                           "threads_per_worker": per_worker, "pids": pids,
                           **({"grpc": grpc_address} if grpc_address else {}),
                           "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
