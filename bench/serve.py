@@ -95,7 +95,26 @@ async def _load(host: str, port: int, payload: bytes, concurrency: int, requests
     return _summary(latencies, time.perf_counter() - started)
 
 
+LOAD_CPUS_ENV = "KERASPORT_BENCH_LOAD_CPUS"
+
+
+def cpu_list(text: str) -> set[int]:
+    """`0-3,8` -> {0, 1, 2, 3, 8} (taskset's list syntax)."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def pin_load_generator() -> None:
+    """With --load-cpus, the load processes move to their own cores (the server keeps the bench's affinity)."""
+    if os.environ.get(LOAD_CPUS_ENV):
+        os.sched_setaffinity(0, cpu_list(os.environ[LOAD_CPUS_ENV]))
+
+
 def load_worker(arguments: list[str]) -> None:
+    pin_load_generator()
     spec = json.loads(arguments[0])
     body = Path(spec["body_file"]).read_bytes() if spec.get("body_file") else b""
     extra = "".join(f"{name}: {value}\r\n" for name, value in spec.get("headers", {}).items())
@@ -153,6 +172,7 @@ async def _grpc_load(address: str, payload: bytes, concurrency: int, requests: i
 
 
 def grpc_load_worker(arguments: list[str]) -> None:
+    pin_load_generator()
     spec = json.loads(arguments[0])
     payload = Path(spec["request_file"]).read_bytes()
     print(json.dumps(asyncio.run(_grpc_load(spec["address"], payload, spec["concurrency"], spec["requests"],
@@ -563,8 +583,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="sequential requests at concurrency 1")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
     parser.add_argument("--rounds", type=int, default=2, help="repeat each basic measurement, keep the best")
+    parser.add_argument("--load-cpus", help="cores for the load generator processes, e.g. 8-15 (run the bench "
+                        "itself under `taskset -c 0-7`: the server and the in-process sweep keep that affinity)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
+    if args.load_cpus:
+        os.environ[LOAD_CPUS_ENV] = args.load_cpus
     sections = set(args.sections.split(","))
     variants, scale = args.variants.split(","), args.scale_variants.split(",")
 
@@ -582,7 +606,9 @@ def main() -> None:
     bodies = Bodies(scratch, name, sample.astype(np.float32))
     path = f"/v2/models/{manifest.name}/infer"
     cores = machine_cores()
-    report: dict = {"cores": cores, "run": str(run)}
+    from kerasport.perf import host_info
+
+    report: dict = {"cores": cores, "run": str(run), "load_cpus": args.load_cpus, "host": host_info()}
     if "basic" in sections:
         report["basic"] = basic_section(run, variants, bodies, path, args)
     if "sweep" in sections or "workers" in sections:

@@ -253,6 +253,46 @@ def performance_line(name: str, figures: dict) -> str:
             f"{figures['file_bytes'] / 2**20:.2f} MiB")
 
 
+def remeasure_bundle(run_dir: str | Path, *, budget_seconds: float = DEFAULT_BUDGET_S,
+                     max_accuracy_drop: float | None = None, console=None) -> dict:
+    """`kerasport bench`: measure every candidate that passed parity again, here, and recommend anew.
+
+    The accuracy Δ of each candidate comes from the previous measurement (parity recorded it); the verdicts are the
+    manifest's. Writes `performance` and `recommendation` into the manifest (atomically).
+
+    Args:
+        run_dir: a bundle that went through `kerasport parity`.
+        budget_seconds: the measurement's time cap.
+        max_accuracy_drop: the server recommendation's accuracy limit (0.01 = 1 pp).
+        console: a rich console for one line per candidate; None is silent.
+
+    Returns:
+        {"performance": ..., "recommendation": ...} as written into the manifest.
+
+    Raises:
+        UsageError: no bundle, or no candidate passed parity. CheckFailed: a candidate was altered.
+    """
+    from .errors import UsageError
+    from .manifest import verify_bundle
+    from .selection import recommend
+
+    manifest = load_manifest(run_dir)
+    passed = [artifact.name for artifact in manifest.artifacts() if artifact.passed_parity and artifact.status == "ok"]
+    if not passed:
+        raise UsageError(f"{run_dir}: no artifact passed parity; run `kerasport parity --run {run_dir}` first")
+    verify_bundle(run_dir, [name for name in passed if manifest.artifact(name).format in MEASURABLE_FORMATS])
+    previous = manifest.performance.get("candidates") or {}
+    performance = measure_bundle(run_dir, passed, budget_seconds=budget_seconds, manifest=manifest, console=console)
+    for name, figures in performance["candidates"].items():
+        figures["accuracy_delta"] = (previous.get(name) or {}).get("accuracy_delta")
+        figures["sha256"] = manifest.artifact(name).sha256
+    manifest.set_performance(performance)
+    recommendation = recommend(manifest, max_accuracy_drop)
+    manifest.set_recommendation(recommendation)
+    manifest.save(run_dir)
+    return {"performance": performance, "recommendation": recommendation}
+
+
 def _child(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m kerasport.perf RUN_DIR ARTIFACT", file=sys.stderr)
