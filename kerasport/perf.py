@@ -41,6 +41,14 @@ CHILD_TIMEOUT_S = 180
 DEFAULT_BUDGET_S = 90.0
 RUNTIME_PACKAGES = ("onnxruntime", "ai-edge-litert", "tflite-micro", "numpy")
 INPUT_SEED = 0
+# `KERASPORT_PERF=0` turns the measurement after the gate off by default (a CI runner shared with other jobs, where
+# timings mean little); `--perf` still asks for it.
+PERF_ENV = "KERASPORT_PERF"
+
+
+def perf_by_default() -> bool:
+    """Whether `kerasport parity` measures performance when neither --perf nor --no-perf is given."""
+    return os.environ.get(PERF_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def host_info() -> dict:

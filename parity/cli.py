@@ -39,13 +39,15 @@ def parity_command(
     tflm: str = typer.Option("sample", "--tflm", help="sample: run the tflm candidate in TFLite Micro on a bounded "
                              "sample, and take the rest from LiteRT's built-in kernels where they are bit-identical "
                              "there; full: every example in TFLite Micro."),
-    perf: bool = typer.Option(True, "--perf/--no-perf", help="After the gate, measure each passing candidate's "
+    perf: bool = typer.Option(None, "--perf/--no-perf", help="After the gate, measure each passing candidate's "
                               "load time, latency, throughput and memory (each in its own process) and recommend a "
-                              "variant per target."),
+                              "variant per target (default: on, unless KERASPORT_PERF=0)."),
     perf_seconds: float = typer.Option(90.0, "--perf-seconds", help="Time cap of the measurement."),
     json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     """Check every exported artifact against Keras on held-out data; exit 1 if any check fails."""
+    from kerasport.perf import perf_by_default
+
     from .stage import ParityOptions, run_parity
 
     overrides = {"fp32": {"atol": fp32_atol}, "fp16": {"atol": fp16_atol},
@@ -54,7 +56,8 @@ def parity_command(
     result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides, seed=seed, device=device,
                                       max_flash_kib=max_flash_kib, max_ram_kib=max_ram_kib, explain=explain,
                                       baseline=baseline, max_accuracy_drop=max_accuracy_drop, max_flips=max_flips,
-                                      tflm=tflm, perf=perf, perf_seconds=perf_seconds),
+                                      tflm=tflm, perf=perf_by_default() if perf is None else perf,
+                                      perf_seconds=perf_seconds),
                         console=out)
     print_parity_summary(out, result)
     if json_output:

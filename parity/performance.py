@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kerasport.errors import UsageError
 from kerasport.manifest import Manifest
-from kerasport.perf import DEFAULT_BUDGET_S, measure_bundle
-from kerasport.selection import recommend
+from kerasport.perf import DEFAULT_BUDGET_S, measure_bundle, synthetic_inputs
+from kerasport.profile import LITERT_UNAVAILABLE, profile_onnx
+from kerasport.selection import choose, recommend
 
 from .tflm import record_microcontroller
 
@@ -63,6 +65,28 @@ def measure_and_recommend(run_dir: Path, manifest: Manifest, report: dict, *, me
     preview.set_performance(performance or None)
     report["recommendation"] = recommend(preview, max_accuracy_drop)
     report["recommendation_policy"] = {"max_accuracy_drop": max_accuracy_drop, "measured": bool(performance)}
+    if measure and report["recommendation"]["server_cpu"]["variant"]:
+        report["profile"] = profile_recommended(run_dir, preview, report["recommendation"]["server_cpu"]["variant"])
+
+
+def profile_recommended(run_dir: Path, manifest: Manifest, variant: str) -> dict:
+    """The per-op profile of the server recommendation (onnxruntime's profiler); for a TFLite recommendation, why
+    there is none, and the fastest passing ONNX candidate's profile beside it. Never fatal to the gate."""
+    artifact = manifest.artifact(variant)
+    inputs = synthetic_inputs(manifest, 1)
+    try:
+        if artifact.format == "onnx":
+            return {"variant": variant, **profile_onnx(artifact.resolve(run_dir), inputs)}
+        section: dict = {"variant": variant, "unavailable": LITERT_UNAVAILABLE}
+        try:
+            onnx = choose(manifest, formats=("onnx",)).variant
+        except UsageError:
+            return section
+        section["onnx_instead"] = {"variant": onnx,
+                                   **profile_onnx(manifest.artifact(onnx).resolve(run_dir), inputs)}
+        return section
+    except Exception as error:  # noqa: BLE001 - a profiler failure costs the profile, never the gate
+        return {"variant": variant, "error": f"{type(error).__name__}: {error}"}
 
 
 def current_measurements(manifest: Manifest) -> dict:

@@ -12,6 +12,7 @@ from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import ERROR, LOAD_CHECK
 from .drift import DRIFT_CLASS, drift_markdown, drift_summary
 from .explain import explain_markdown, explain_summary
+from .perf_report import recommendation_markdown
 from .tflm import sampled_markdown
 
 VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skipped": "⏭ skipped"}
@@ -107,6 +108,7 @@ def markdown(report: dict) -> str:
     lines += [f"Reference noise floor ({floor['what']}), max |diff| per output: "
               + ", ".join(f"`{name}` {stats['max_abs_diff']:.2e} (edge {stats['edge_max_abs_diff']:.2e})"
                           for name, stats in floor["outputs"].items()) + ".", ""]
+    lines += recommendation_markdown(report)  # first of the sections: what to deploy, then the evidence
     for output, described in report["outputs"].items():
         lines += _output_table(report, output, described)
     if report["not_built"]:
@@ -134,6 +136,8 @@ def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
     lines += [f"  FAIL {failure}" for failure in report["failures"]]
     lines += [f"  not built: {name} ({status})" for name, status in report["not_built"].items()]
     lines += [f"  finding: {finding}" for finding in report["findings"]]
+    lines += [f"  recommend {target}: {choice['variant'] or '–'} ({choice['why']})"
+              for target, choice in (report.get("recommendation") or {}).items()]
     lines += [f"  sampled: {row['candidate']} ran {row['sample']['eval_examples']} eval + "
               f"{row['sample']['edge_examples']} edge examples in TFLite Micro; the rest from {row['rest_from']}"
               for row in report.get("sampled_checks", [])]

@@ -23,6 +23,7 @@ from kerasport.contract import ModelContract
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
+from kerasport.perf import perf_by_default
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
 
@@ -71,7 +72,7 @@ class ParityOptions:
     # bit-identical there; tflm.py) or "full" (every example in TFLM).
     tflm: str = "sample"
     # After the gate: measure every passing candidate's speed (perf.py), capped in time; recommend per target.
-    perf: bool = True
+    perf: bool = field(default_factory=perf_by_default)
     perf_seconds: float = 90.0
 
 
