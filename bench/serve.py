@@ -95,7 +95,26 @@ async def _load(host: str, port: int, payload: bytes, concurrency: int, requests
     return _summary(latencies, time.perf_counter() - started)
 
 
+LOAD_CPUS_ENV = "KERASPORT_BENCH_LOAD_CPUS"
+
+
+def cpu_list(text: str) -> set[int]:
+    """`0-3,8` -> {0, 1, 2, 3, 8} (taskset's list syntax)."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def pin_load_generator() -> None:
+    """With --load-cpus, the load processes move to their own cores (the server keeps the bench's affinity)."""
+    if os.environ.get(LOAD_CPUS_ENV):
+        os.sched_setaffinity(0, cpu_list(os.environ[LOAD_CPUS_ENV]))
+
+
 def load_worker(arguments: list[str]) -> None:
+    pin_load_generator()
     spec = json.loads(arguments[0])
     body = Path(spec["body_file"]).read_bytes() if spec.get("body_file") else b""
     extra = "".join(f"{name}: {value}\r\n" for name, value in spec.get("headers", {}).items())
@@ -116,11 +135,32 @@ def _load_command(url: str, path: str, body_file: Path | None, concurrency: int,
     return [sys.executable, __file__, "--load-worker", json.dumps(spec)]
 
 
+LOAD_PROCESSES_ENV = "KERASPORT_BENCH_LOAD_PROCESSES"
+
+
 def drive(url: str, path: str, body_file: Path | None, concurrency: int, requests: int = 0, seconds: float = 0,
           headers: dict | None = None) -> dict:
-    output = subprocess.run(_load_command(url, path, body_file, concurrency, requests, seconds, headers),
-                            capture_output=True, text=True, check=True)
-    return json.loads(output.stdout.strip().splitlines()[-1])
+    """`concurrency` keep-alive clients, in one load process or (--load-processes P) split over P processes: one
+    asyncio process tops out near one core's worth of requests, below what a many-core server answers."""
+    processes = max(1, min(concurrency, int(os.environ.get(LOAD_PROCESSES_ENV, "1"))))
+    if processes == 1:
+        output = subprocess.run(_load_command(url, path, body_file, concurrency, requests, seconds, headers),
+                                capture_output=True, text=True, check=True)
+        return json.loads(output.stdout.strip().splitlines()[-1])
+    shares = [concurrency // processes + (1 if index < concurrency % processes else 0) for index in range(processes)]
+    children = [subprocess.Popen(_load_command(url, path, body_file, share, requests * share // concurrency,
+                                               seconds, headers), stdout=subprocess.PIPE, text=True)
+                for share in shares]
+    results = []
+    for child in children:
+        output, _ = child.communicate()
+        if child.returncode:
+            raise RuntimeError(f"a load process failed (exit {child.returncode})")
+        results.append(json.loads(output.strip().splitlines()[-1]))
+    return {"requests": sum(r["requests"] for r in results), "seconds": max(r["seconds"] for r in results),
+            "rps": sum(r["rps"] for r in results), "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": max(r["p99_ms"] for r in results), "max_ms": max(r["max_ms"] for r in results),
+            "load_processes": processes}
 
 
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -153,6 +193,7 @@ async def _grpc_load(address: str, payload: bytes, concurrency: int, requests: i
 
 
 def grpc_load_worker(arguments: list[str]) -> None:
+    pin_load_generator()
     spec = json.loads(arguments[0])
     payload = Path(spec["request_file"]).read_bytes()
     print(json.dumps(asyncio.run(_grpc_load(spec["address"], payload, spec["concurrency"], spec["requests"],
@@ -563,8 +604,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="sequential requests at concurrency 1")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
     parser.add_argument("--rounds", type=int, default=2, help="repeat each basic measurement, keep the best")
+    parser.add_argument("--load-cpus", help="cores for the load generator processes, e.g. 8-15 (run the bench "
+                        "itself under `taskset -c 0-7`: the server and the in-process sweep keep that affinity)")
+    parser.add_argument("--load-processes", type=int, default=1,
+                        help="split each load run's clients over this many processes (give them --load-cpus)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
+    os.environ[LOAD_PROCESSES_ENV] = str(args.load_processes)
+    if args.load_cpus:
+        os.environ[LOAD_CPUS_ENV] = args.load_cpus
     sections = set(args.sections.split(","))
     variants, scale = args.variants.split(","), args.scale_variants.split(",")
 
@@ -582,7 +630,9 @@ def main() -> None:
     bodies = Bodies(scratch, name, sample.astype(np.float32))
     path = f"/v2/models/{manifest.name}/infer"
     cores = machine_cores()
-    report: dict = {"cores": cores, "run": str(run)}
+    from kerasport.perf import host_info
+
+    report: dict = {"cores": cores, "run": str(run), "load_cpus": args.load_cpus, "host": host_info()}
     if "basic" in sections:
         report["basic"] = basic_section(run, variants, bodies, path, args)
     if "sweep" in sections or "workers" in sections:

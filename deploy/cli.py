@@ -58,5 +58,8 @@ def package_command(
     console().print(f"kerasport package → {result.out} ({result.target}): {chosen} as {record['model_name']!r} "
                     f"version {record['version']}; {len(record['files'])} files; see {result.out}/DEPLOY.md\n"
                     f"run: {record['command']}")
+    if record.get("recommended"):  # the core's selection among what the target runs, and why
+        picked = record["recommended"]
+        console().print(f"recommended: {picked['entry']} ({picked['variant']}) — {picked['why']}")
     if json_output:
         typer.echo(json.dumps(record))

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kerasport.contract import DYNAMIC, V2_DATATYPES, ModelContract, OutputSpec
-from kerasport.errors import ConversionError
+from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact
+from kerasport.selection import choose
 
 from .base import PackageContext, TargetOutput, copy_verified
 
@@ -183,5 +184,20 @@ def write_triton(context: PackageContext, staging: Path) -> TargetOutput:
              f"release whose onnxruntime backend runs ONNX opset {', '.join(opsets) or 'of the bundle'} serves it.",
              f"Check it: `curl -s localhost:8000/v2/models/{first}/ready -o /dev/null -w '%{{http_code}}\\n'` (200); "
              f"outputs with labels answer the classification extension (`class_count` in the request)."]
+    recommended = recommended_entry(context, entries)
+    if recommended:
+        notes += ["", f"Recommended entry: `{recommended['entry']}` ({recommended['variant']}) — {recommended['why']}."]
     return TargetOutput(command=triton_command(str(Path(context.options.out).resolve())), notes=["\n".join(notes)],
-                        record={"repository": ".", "entries": entries, "platform": PLATFORM})
+                        record={"repository": ".", "entries": entries, "platform": PLATFORM,
+                                **({"recommended": recommended} if recommended else {})})
+
+
+def recommended_entry(context: PackageContext, entries: dict[str, dict]) -> dict | None:
+    """The entry clients should call: the core's selection among the packaged ONNX variants (Triton runs no
+    TFLite), with why; None when nothing packaged passed parity (an --allow-unverified package)."""
+    try:
+        choice = choose(context.manifest, formats=("onnx",))
+    except UsageError:
+        return None
+    entry = next((name for name, item in entries.items() if item["variant"] == choice.variant), None)
+    return {"entry": entry, "variant": choice.variant, "why": choice.why} if entry else None

@@ -184,6 +184,28 @@ class Manifest:
         self.data.setdefault("versions", {}).update(versions)
 
     @property
+    def performance(self) -> dict:
+        """Measured speed per candidate with its host (`perf.py`); empty when never measured."""
+        return self.data.get("performance") or {}
+
+    def set_performance(self, block: dict | None) -> None:
+        if block is None:
+            self.data.pop("performance", None)
+        else:
+            self.data["performance"] = block
+
+    @property
+    def recommendation(self) -> dict:
+        """The variant recommended per deployment target (`selection.py`); empty when never made."""
+        return self.data.get("recommendation") or {}
+
+    def set_recommendation(self, record: dict | None) -> None:
+        if record is None:
+            self.data.pop("recommendation", None)
+        else:
+            self.data["recommendation"] = record
+
+    @property
     def seeds(self) -> dict:
         return self.data.get("seeds") or {}
 

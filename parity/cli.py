@@ -32,11 +32,22 @@ def parity_command(
                                  help="A previous release's run directory: compare both on its pinned eval slice "
                                       "(flips, accuracy Δ with CI, output shift)."),
     max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop",
-                                            help="With --baseline: fail if accuracy drops more (0.01 = 1 pp)."),
+                                            help="With --baseline: fail if accuracy drops more (0.01 = 1 pp). "
+                                                 "Also limits the server recommendation to candidates within this "
+                                                 "drop of the reference."),
     max_flips: int = typer.Option(None, "--max-flips", help="With --baseline: fail on more top-1 flips."),
+    tflm: str = typer.Option("sample", "--tflm", help="sample: run the tflm candidate in TFLite Micro on a bounded "
+                             "sample, and take the rest from LiteRT's built-in kernels where they are bit-identical "
+                             "there; full: every example in TFLite Micro."),
+    perf: bool = typer.Option(None, "--perf/--no-perf", help="After the gate, measure each passing candidate's "
+                              "load time, latency, throughput and memory (each in its own process) and recommend a "
+                              "variant per target (default: on, unless KERASPORT_PERF=0)."),
+    perf_seconds: float = typer.Option(90.0, "--perf-seconds", help="Time cap of the measurement."),
     json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     """Check every exported artifact against Keras on held-out data; exit 1 if any check fails."""
+    from kerasport.perf import perf_by_default
+
     from .stage import ParityOptions, run_parity
 
     overrides = {"fp32": {"atol": fp32_atol}, "fp16": {"atol": fp16_atol},
@@ -44,7 +55,9 @@ def parity_command(
     out = console()
     result = run_parity(ParityOptions(run=run, sweep=sweep, overrides=overrides, seed=seed, device=device,
                                       max_flash_kib=max_flash_kib, max_ram_kib=max_ram_kib, explain=explain,
-                                      baseline=baseline, max_accuracy_drop=max_accuracy_drop, max_flips=max_flips),
+                                      baseline=baseline, max_accuracy_drop=max_accuracy_drop, max_flips=max_flips,
+                                      tflm=tflm, perf=perf_by_default() if perf is None else perf,
+                                      perf_seconds=perf_seconds),
                         console=out)
     print_parity_summary(out, result)
     if json_output:

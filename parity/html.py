@@ -32,14 +32,16 @@ PARITY_DIR = Stage.PARITY.folder
 TRAIN_DIR = Stage.TRAIN.folder
 HISTOGRAM_LOG10_EDGES = tuple(np.arange(-12.0, 1.5, 0.5).round(1))  # |diff| from 1e-12 to 10, half decades
 HISTOGRAM_FLOOR = 1e-12
-SECTIONS = (("summary", "Summary"), ("training", "Training"), ("confusion", "Confusion matrix"),
+SECTIONS = (("summary", "Summary"), ("recommendation", "Recommendation and speed"),
+            ("training", "Training"), ("confusion", "Confusion matrix"),
             ("parity", "Parity"), ("recipes", "int8 recipes"), ("histograms", "Error histograms"),
             ("sweep", "Runtime settings sweep"),
             ("explain", "Layer by layer"), ("drift", "Drift against the last release"),
             ("budgets", "Microcontroller budgets"), ("versions", "Versions and hashes"))
 # report.md's level-2 headings, by the page section they belong to
 MARKDOWN_SECTIONS = (("Runtime settings sweep", "sweep"), ("Microcontroller", "budgets"), ("Explain", "explain"),
-                     ("Drift", "drift"), ("int8 recipes", "recipes"))
+                     ("Drift", "drift"), ("int8 recipes", "recipes"), ("Recommendation", "recommendation"),
+                     ("Performance", "recommendation"), ("Per-op profile", "recommendation"))
 
 CSS = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg:#fff;--soft:#f6f8fa;--ok:#1a7f37;--bad:#cf222e}
@@ -118,6 +120,7 @@ def render_html(run_dir: Path) -> str:
                 "recipes": "no int8 recipe recorded (re-export the bundle: `kerasport export --int8-recipe auto`)"}
     for key, missing in defaults.items():
         body[key] = [_markdown_html(part, parity_dir) for part in markdown_parts.get(key, [])] or [_missing(missing)]
+    body["recommendation"] = _recommendation(markdown_parts.get("recommendation", []), report, parity_dir)
     body["versions"] = _versions(manifest, report)
     title = f"{manifest.name} {manifest.version} — kerasport report"
     nav = "".join(f'<a href="#{key}">{html.escape(label)}</a>' for key, label in SECTIONS)
@@ -190,6 +193,19 @@ def _summary(manifest: Manifest, report: dict | None) -> list[str]:
     parts.append(f"<p>Task: {html.escape(contract.task)}. Inputs: {html.escape(inputs)}. Outputs: "
                  f"{html.escape(outputs)}. Source: {html.escape(str(manifest.source.get('kind')))}.</p>")
     return parts
+
+
+def _recommendation(parts: list[str], report: dict | None, parity_dir: Path) -> list[str]:
+    """The recommendation per target and the speed table (report.md's sections), with the accuracy-vs-latency SVG
+    inline after the recommendation."""
+    from .perf_report import accuracy_latency_svg
+
+    rendered = [_markdown_html(part, parity_dir) for part in parts]
+    plot = accuracy_latency_svg(report) if report else None
+    if plot:
+        rendered.insert(1 if rendered else 0, f'<div class="scroll">{plot}</div>')
+    return rendered or [_missing("no recommendation: parity has not run on this bundle, or ran before kerasport "
+                                 "measured speed (`kerasport bench --run DIR`)")]
 
 
 def _versions(manifest: Manifest, report: dict | None) -> list[str]:

@@ -14,7 +14,9 @@ from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
 from .checks import LOAD_CHECK
 from .drift import DRIFT_CLASS, drift_markdown, drift_summary
 from .explain.layers import explain_markdown, explain_summary
+from .perf_report import recommendation_markdown
 from .recipes import recipes_markdown
+from .tflm import sampled_markdown
 
 VERDICT_MARKS = {Verdict.PASS: "✅ pass", Verdict.FAIL: "❌ fail", Verdict.ERROR: "💥 error",
                  Verdict.SKIPPED: "⏭ skipped"}
@@ -109,6 +111,7 @@ def markdown(report: dict) -> str:
     lines += [f"Reference noise floor ({floor['what']}), max |diff| per output: "
               + ", ".join(f"`{name}` {stats['max_abs_diff']:.2e} (edge {stats['edge_max_abs_diff']:.2e})"
                           for name, stats in floor["outputs"].items()) + ".", ""]
+    lines += recommendation_markdown(report)  # first of the sections: what to deploy, then the evidence
     for output, described in report["outputs"].items():
         lines += _output_table(report, output, described)
     if report["not_built"]:
@@ -119,6 +122,7 @@ def markdown(report: dict) -> str:
     lines += _sweep_table(report)
     lines += recipes_markdown(report)
     lines += fit_markdown(report)
+    lines += sampled_markdown(report)
     lines += explain_markdown(report) + drift_markdown(report)
     lines += ["## Findings", ""] + ([f"- {finding}" for finding in report["findings"]] or ["- none"])
     lines += ["", "## Tolerances", "", "```json", json.dumps(report["tolerances"], indent=2), "```", ""]
@@ -136,6 +140,11 @@ def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
     lines += [f"  FAIL {failure}" for failure in report["failures"]]
     lines += [f"  not built: {name} ({status})" for name, status in report["not_built"].items()]
     lines += [f"  finding: {finding}" for finding in report["findings"]]
+    lines += [f"  recommend {target}: {choice['variant'] or '–'} ({choice['why']})"
+              for target, choice in (report.get("recommendation") or {}).items()]
+    lines += [f"  sampled: {row['candidate']} ran {row['sample']['eval_examples']} eval + "
+              f"{row['sample']['edge_examples']} edge examples in TFLite Micro; the rest from {row['rest_from']}"
+              for row in report.get("sampled_checks", [])]
     return lines + fit_lines(report) + explain_summary(report) + drift_summary(report)
 
 

@@ -24,6 +24,7 @@ from kerasport.contract import ModelContract
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
+from kerasport.perf import perf_by_default
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
 from kerasport.tolerances import TolerancePolicy, load_policy
@@ -33,6 +34,7 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
+from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .runners import (
     EDGE_BATCH_SIZES,
@@ -45,7 +47,7 @@ from .runners import (
     open_candidate,
     run_everything,
 )
-from .tflm import TFLM_FORMAT, check_tflm, record_microcontroller
+from .tflm import TFLM_FORMAT, TFLM_MODES, check_tflm, record_microcontroller, sampled_checks
 
 STAGE_DIR_NAME = Stage.PARITY.folder
 REPORT_ARTIFACT = "parity-report"
@@ -69,6 +71,12 @@ class ParityOptions:
     baseline: str | None = None
     max_accuracy_drop: float | None = None
     max_flips: int | None = None
+    # The tflm candidate: "sample" (TFLM on a bounded sample, LiteRT's built-in kernels on the rest where they are
+    # bit-identical there; tflm.py) or "full" (every example in TFLM).
+    tflm: str = "sample"
+    # After the gate: measure every passing candidate's speed (perf.py), capped in time; recommend per target.
+    perf: bool = field(default_factory=perf_by_default)
+    perf_seconds: float = 90.0
 
 
 @dataclass
@@ -118,11 +126,13 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
         ConversionError: the reference itself cannot load or run.
     """
     run_dir = Path(options.run)
+    if options.tflm not in TFLM_MODES:
+        raise UsageError(f"--tflm {options.tflm!r}; expected one of {', '.join(TFLM_MODES)}")
     budgets = resolve_budgets(options.device, options.max_flash_kib, options.max_ram_kib)
     plan = plan_parity(run_dir)
-    if not options.baseline and (options.max_accuracy_drop is not None or options.max_flips is not None):
-        raise UsageError("--max-accuracy-drop / --max-flips limit the drift against a previous release; expected "
-                         "--baseline OTHER_RUN with them")
+    if not options.baseline and options.max_flips is not None:
+        raise UsageError("--max-flips limits the drift against a previous release; expected --baseline OTHER_RUN "
+                         "with it")
     baseline = check_baseline(options, plan.manifest) if options.baseline else None
     require_tflm(budgets, any(artifact.format == TFLM_FORMAT for artifact in plan.candidates), run_dir)
     policy = load_policy(run_dir, options.overrides)
@@ -141,7 +151,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     results = {}
     for artifact in plan.candidates:
         results[artifact.name] = check_candidate(run_dir, artifact, contract, policy, reference, data,
-                                                 sweep=options.sweep)
+                                                 sweep=options.sweep, tflm_mode=options.tflm)
         if console is not None:
             console.print(candidate_line(artifact.name, results[artifact.name]))
     explained, files = explain_for_gate(run_dir, plan, runner, policy, reference, data, results,
@@ -152,6 +162,8 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
                           seconds=time.perf_counter() - started)
     report.update({key: value for key, value in (("explain", explained), ("drift", drifted)) if value})
     apply_budgets(report, budgets, options.device)
+    measure_and_recommend(run_dir, plan.manifest, report, measure=options.perf, budget_seconds=options.perf_seconds,
+                          max_accuracy_drop=options.max_accuracy_drop, console=console)
     _write_reports(run_dir, report, {**files, **drift_files})
     record_verdicts(run_dir, report)
     write_report_html(run_dir, console)
@@ -291,10 +303,10 @@ def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract
 
 
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
-                    reference: Reference, data: EvalData, *, sweep: bool) -> dict:
+                    reference: Reference, data: EvalData, *, sweep: bool, tflm_mode: str = "sample") -> dict:
     """Run one candidate on every input, judge every output, optionally sweep its runtime settings."""
     if artifact.format == TFLM_FORMAT:
-        return check_tflm(run_dir, artifact, contract, policy, reference, data)
+        return check_tflm(run_dir, artifact, contract, policy, reference, data, tflm_mode)
     started = time.perf_counter()
     result = {"precision": artifact.precision, "runtime": artifact.runtime, "path": artifact.path,
               "format": artifact.format}
@@ -372,6 +384,7 @@ def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference
         "versions": manifest.versions,
         "candidates": results, "findings": findings, "failures": failures,
         "int8_recipes": recipe_section(manifest, results),
+        "sampled_checks": sampled_checks(results),
     }
 
 
@@ -396,6 +409,8 @@ def record_verdicts(run_dir: Path, report: dict) -> None:
     manifest.set_artifact(REPORT_ARTIFACT, artifact_entry(run_dir, REPORT_PATH, format="json", precision="n/a",
                                                           role="parity report"))
     record_microcontroller(manifest, report)
+    manifest.set_performance(report.get("performance"))
+    manifest.set_recommendation(report.get("recommendation"))
     manifest.set_stage(STAGE_DIR_NAME, {"finished": checked, "passed": report["passed"], "report": REPORT_PATH,
                                         "reference": report["reference"]["artifact"],
                                         "labelled_data": report["labelled_data"]["given"],

@@ -7,6 +7,14 @@ reference under the int8 tolerance. It is also compared with LiteRT on the same 
 kernels (the same reference int8 kernels: at most LITERT_BUILTIN_STEPS output quantization steps apart) and with
 LiteRT's default XNNPACK (which requantizes differently: values are reported, a top-1 flip on a decisive example
 is a finding). Where `tflite_micro` does not import, the candidate is `skipped` (never `pass`), with one line why.
+
+By default (`--tflm sample`) TFLite Micro runs only a bounded sample: the first TFLM_SAMPLE_EVAL eval examples and
+the first TFLM_SAMPLE_EDGE edge examples (every edge pattern). The same bytes run in LiteRT's built-in kernels on
+everything; where TFLM's outputs are bit-identical to LiteRT's on the whole sample, LiteRT's outputs stand in for
+TFLM's on the rest (both run the same reference integer kernels: integer arithmetic per example, no reduction
+across examples, so what differs between them is a kernel, and a kernel that differs shows on the sample's edge
+patterns and eval examples alike). Where they are not identical, every example runs in TFLM as before. `--tflm full`
+always runs everything in TFLM.
 """
 
 from __future__ import annotations
@@ -30,14 +38,14 @@ from kerasport.devices import (
     tflm_version,
     unmeasured_arena,
 )
-from kerasport.errors import ConversionError
+from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact, Manifest, load_manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.tolerances import TolerancePolicy
 from kerasport.verdict import Verdict
 
 from .checks import Checks, judge, load_error
-from .runners import Reference, run_batched, run_everything
+from .runners import EDGE_BATCH_SIZES, Outputs, Reference, run_batched, run_everything
 
 TFLM_FORMAT = "c-array"
 TFLM_ARTIFACT = "tflm"
@@ -46,7 +54,16 @@ SOURCE_CHECK = "c_array_source"
 # TFLM and LiteRT's built-in kernels run the same reference int8 kernels: at most this many quantization steps of
 # the output may separate them (measured: identical on `edge` and `seed`).
 LITERT_BUILTIN_STEPS = 1.0
-LITERT_SETTINGS = {"builtin kernels": RuntimeSettings(xnnpack=False), "default (XNNPACK)": RuntimeSettings()}
+BUILTIN_LABEL = "builtin kernels"
+LITERT_SETTINGS = {BUILTIN_LABEL: RuntimeSettings(xnnpack=False), "default (XNNPACK)": RuntimeSettings()}
+TFLM_MODES = ("sample", "full")
+TFLM_SAMPLE_EVAL = 32  # eval examples run in TFLite Micro when sampling (about 2 s for the 12 MB seed model)
+TFLM_SAMPLE_EDGE = 8  # edge examples: every pattern of edges.py (min, max, noise, bright pixel, checkerboard)
+SAMPLE_WHY = ("TFLite Micro and LiteRT's built-in kernels run the same reference integer kernels over the same "
+              "bytes; each example is computed on its own in integer arithmetic, so a kernel that differs between "
+              "them shows on the sample's eval examples and edge patterns alike. Bit-identical outputs on the whole "
+              "sample let LiteRT's built-in kernels stand in for TFLM on the rest; any difference sends every "
+              "example through TFLM. `kerasport parity --tflm full` runs them all in TFLM.")
 _FLOAT_BOUND = 1e-6  # a float output (no quantization step known): the kernels should agree to float rounding
 
 
@@ -127,8 +144,12 @@ def microcontroller_section(entry: dict, arena: dict | None = None) -> dict:
 
 
 def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
-               reference: Reference, data) -> dict:
+               reference: Reference, data, mode: str = "sample") -> dict:
     """Judge the `tflm` candidate: its model in TFLite Micro against the reference, and against LiteRT.
+
+    Args:
+        mode: "sample" (TFLM on a bounded sample; LiteRT's built-in kernels stand in on the rest where they are
+            bit-identical there) or "full" (every example in TFLM).
 
     Returns:
         The candidate's result (as `stage.check_candidate`) plus `microcontroller` (flash, arena, MACs, fit),
@@ -153,18 +174,97 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
         arena = _arena(artifact, model, len(contract.inputs))
         result["microcontroller"] = microcontroller_section(artifact.entry, arena)
         runner = TflmRunner(model, contract, arena["reserve_bytes"])
-        outputs = run_everything(runner, data.inputs, data.edges.inputs)
+        outputs, sampled, measured = run_tflm(runner, model, contract, data, mode)
     except ConversionError as error:
         return {**result, "verdict": Verdict.ERROR, "checks": checks.records + load_error(str(error)),
                 "seconds": round(time.perf_counter() - started, 3)}
     per_output, judged = judge(contract, policy.for_precision(artifact.precision), reference, outputs, data.targets)
     checks.records += judged.records
-    result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output, description=runner.description)
+    result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output, description=runner.description,
+                  tflm_sample=sampled)
     tie_margin = policy.for_precision(artifact.precision).tie_margin
-    result["vs_litert"] = compare_with_litert(model, contract, data.inputs, outputs.eval, tie_margin)
+    result["vs_litert"] = compare_with_litert(model, contract, data.inputs, outputs.eval, tie_margin,
+                                              measured=measured)
     result["findings"] = litert_findings(result["vs_litert"])
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def run_tflm(runner: TflmRunner, model: bytes, contract: ModelContract, data,
+             mode: str) -> tuple[Outputs, dict, dict]:
+    """The `tflm` candidate's outputs on every input: all from TFLM ("full"), or sampled (see the module doc).
+
+    Returns:
+        (outputs, the sample record for the report, {LiteRT settings label: (LiteRT outputs, TFLM outputs)} of the
+        sample's built-in comparison, empty when everything ran in TFLM).
+
+    Raises:
+        UsageError: an unknown mode. ConversionError: TFLM or LiteRT failed at run time.
+    """
+    if mode not in TFLM_MODES:
+        raise UsageError(f"--tflm {mode!r}; expected one of {', '.join(TFLM_MODES)}")
+    if mode == "full":
+        examples = len(next(iter(data.inputs.values()))) + sum(EDGE_BATCH_SIZES)
+        return run_everything(runner, data.inputs, data.edges.inputs), {
+            "mode": "full", "tflm_inferences": examples, "what": "every eval and edge input ran in TFLite Micro"}, {}
+    eval_count = min(TFLM_SAMPLE_EVAL, len(next(iter(data.inputs.values()))))
+    edge_count = min(TFLM_SAMPLE_EDGE, len(data.edges))
+    sample = {name: np.concatenate([data.inputs[name][:eval_count], data.edges.inputs[name][:edge_count]])
+              for name in data.inputs}
+    try:
+        tflm = runner.run(sample)
+    except Exception as error:  # noqa: BLE001 - the wrapper raises RuntimeError/ValueError
+        raise ConversionError(f"TFLite Micro failed at run time: {type(error).__name__}: {error}") from error
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model_int8.tflite"
+        path.write_bytes(model)
+        builtin = run_everything(open_runtime(path, "tflite", LITERT_SETTINGS[BUILTIN_LABEL]), data.inputs,
+                                 data.edges.inputs)
+    widest = max(EDGE_BATCH_SIZES)
+    litert = {name: np.concatenate([builtin.eval[name][:eval_count], builtin.edge[widest][name][:edge_count]])
+              for name in contract.output_names}
+    identical = all(np.array_equal(tflm[name], litert[name]) for name in contract.output_names) and all(
+        np.array_equal(tflm[name][eval_count:eval_count + min(batch, edge_count)],
+                       builtin.edge[batch][name][:edge_count])
+        for batch in EDGE_BATCH_SIZES if batch <= edge_count for name in contract.output_names)
+    record = {"mode": "sample", "eval_examples": eval_count, "edge_examples": edge_count,
+              "tflm_inferences": eval_count + edge_count, "bit_identical": identical, "why": SAMPLE_WHY}
+    measured = {BUILTIN_LABEL: (litert, tflm)}
+    if identical:
+        record["rest_from"] = "LiteRT's built-in kernels (same bytes, bit-identical to TFLM on the whole sample)"
+        return builtin, record, measured
+    record["rest_from"] = "TFLite Micro: the sample was not bit-identical to LiteRT, so every example ran in TFLM"
+    return run_everything(runner, data.inputs, data.edges.inputs), record, measured
+
+
+def sampled_checks(results: dict[str, dict]) -> list[dict]:
+    """The report's list of checks that ran on a sample: which candidate, how large, why that proves the rest."""
+    rows = []
+    for name, result in results.items():
+        sampled = result.get("tflm_sample") or {}
+        if sampled.get("mode") != "sample":
+            continue
+        rows.append({"candidate": name, "checks": "every check of the candidate (eval and edge inputs)",
+                     "sample": {"eval_examples": sampled["eval_examples"], "edge_examples": sampled["edge_examples"]},
+                     "bit_identical": sampled["bit_identical"], "rest_from": sampled["rest_from"],
+                     "why": sampled["why"]})
+    return rows
+
+
+def sampled_markdown(report: dict) -> list[str]:
+    """report.md's section on the checks that ran on a sample (none: nothing)."""
+    rows = report.get("sampled_checks") or []
+    if not rows:
+        return []
+    lines = ["## Checks run on a sample", ""]
+    for row in rows:
+        sample = row["sample"]
+        lines.append(f"- `{row['candidate']}`: {sample['eval_examples']} eval + {sample['edge_examples']} edge "
+                     f"examples ran in TFLite Micro; "
+                     + ("bit-identical to LiteRT's built-in kernels there" if row["bit_identical"] else
+                        "**not** bit-identical to LiteRT's built-in kernels there")
+                     + f"; the rest: {row['rest_from']}.")
+    return lines + ["", f"Why the sample proves the rest: {rows[0]['why']}", ""]
 
 
 def _arena(artifact: Artifact, model: bytes, inputs: int) -> dict:
@@ -215,22 +315,31 @@ def output_steps(model_path: Path, contract: ModelContract) -> dict[str, float |
 
 
 def compare_with_litert(model: bytes, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
-                        tflm_outputs: Mapping[str, np.ndarray], tie_margin: float) -> dict:
+                        tflm_outputs: Mapping[str, np.ndarray], tie_margin: float, *,
+                        measured: Mapping[str, tuple] | None = None) -> dict:
     """TFLM's eval outputs against LiteRT's on the same model, for each of LITERT_SETTINGS.
 
+    Args:
+        measured: {settings label: (LiteRT outputs, TFLM outputs)} compared already (the sample's built-in run):
+            those settings are compared on those outputs (`examples` says how many), not run again.
+
     Returns:
-        {settings: {output: {max_abs_diff, mean_abs_diff, steps, step, [top1_agreement, decisive_agreement,
-        label_flips], within_bound}}}; `within_bound` is None where only the top-1 is judged (XNNPACK).
+        {settings: {output: {max_abs_diff, mean_abs_diff, steps, step, examples, [top1_agreement,
+        decisive_agreement, label_flips], within_bound}}}; `within_bound` is None where only the top-1 is judged
+        (XNNPACK).
     """
+    measured = measured or {}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "model_int8.tflite"
         path.write_bytes(model)
         steps = output_steps(path, contract)
         compared = {}
         for label, settings in LITERT_SETTINGS.items():
-            litert = run_batched(open_runtime(path, "tflite", settings), eval_inputs)
-            compared[label] = {spec.name: _litert_stats(spec, litert[spec.name], tflm_outputs[spec.name],
-                                                        steps[spec.name], tie_margin, bounded=not settings.xnnpack)
+            litert, tflm = measured.get(label) or (run_batched(open_runtime(path, "tflite", settings), eval_inputs),
+                                                   tflm_outputs)
+            compared[label] = {spec.name: {**_litert_stats(spec, litert[spec.name], tflm[spec.name],
+                                                           steps[spec.name], tie_margin, bounded=not settings.xnnpack),
+                                           "examples": len(tflm[spec.name])}
                                for spec in contract.output_specs()}
     return compared
 

@@ -14,7 +14,9 @@ from kerasport.errors import UsageError
 @user_errors
 def serve_command(
     run: str = typer.Option("build", "--run", help="Run directory with a verified bundle."),
-    variant: str = typer.Option(None, "--variant", help="Artifact to serve (default: the fastest that passed parity)."),
+    variant: str = typer.Option("auto", "--variant", help="Artifact to serve; auto: the server CPU recommendation "
+                                "(lowest measured batch-1 p50 that passed parity; without measurements, a fixed "
+                                "order). The choice and why are in the ready line."),
     model_name: str = typer.Option(None, "--model-name", help="Name in URLs (default: from the manifest)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", help="0 picks a free port (printed on stdout when ready)."),
@@ -80,7 +82,7 @@ def predict_command(
                                help="npz:FILE with one array per input name (or `x` for a single input), for any "
                                     "model."),
     run: str = typer.Option("build", "--run"),
-    variant: str = typer.Option(None, "--variant"),
+    variant: str = typer.Option("auto", "--variant", help="Artifact to run; auto: the server CPU recommendation."),
     output_format: str = typer.Option("table", "--format", help="table | json | csv"),
     top_k: int = typer.Option(3, "--top-k", min=1),
     allow_unverified: bool = typer.Option(False, "--allow-unverified"),
@@ -95,6 +97,8 @@ def predict_command(
 
     files = collect_images(paths) if paths else []
     model = load_served_model(run, variant=variant, allow_unverified=allow_unverified)
+    if model.choice is not None:  # which variant and why, on stderr: stdout stays the predictions
+        typer.echo(f"predict: {model.variant} — {model.choice.why}", err=True)
     if files:
         rows = predict_images(model, files, top_k=top_k)
     else:

@@ -13,11 +13,10 @@ from kerasport.contract import ModelContract
 from kerasport.errors import CheckFailed, UsageError
 from kerasport.manifest import Artifact, Manifest, load_manifest, require_verified, verify_bundle
 from kerasport.runtimes import RuntimeSettings, open_runtime
+from kerasport.selection import FALLBACK_ORDER, Choice, choose
 
-# Fastest first, from bench/export.py on the `seed` arch (batch-1 latency per image, 2 cores):
-# tflite-int8 0.15 ms, tflite-dynamic 0.18, onnx-int8 0.27, tflite-fp32 0.95, tflite-fp16 1.0, onnx-fp32 1.1.
-# Servable artifacts of other names come after these, in manifest order.
-SPEED_ORDER = ("tflite-int8", "tflite-dynamic", "onnx-int8", "tflite-fp32", "tflite-fp16", "onnx-fp32")
+# The fixed order of bundles without measured speed now lives in the core's one selection policy.
+SPEED_ORDER = FALLBACK_ORDER
 SERVABLE_FORMATS = ("onnx", "tflite")
 
 
@@ -32,6 +31,7 @@ class ServedModel:
     name: str
     load_seconds: float
     served_version: str | None = None  # a model repository's folder name, which wins over the manifest's version
+    choice: Choice | None = None  # which variant and why (None: built by hand)
 
     @property
     def contract(self) -> ModelContract:
@@ -63,36 +63,22 @@ class ServedModel:
         return self.runtime.run(inputs)
 
 
-def _servable(artifact: Artifact) -> bool:
-    return artifact.format in SERVABLE_FORMATS and artifact.status == "ok"
-
-
 def choose_variant(manifest: Manifest, requested: str | None, allow_unverified: bool) -> str:
-    """The artifact to serve: the requested one, else the fastest that passed parity (SPEED_ORDER).
+    """The artifact to serve: the requested one, else the server recommendation (`explain_choice`)."""
+    return explain_choice(manifest, requested, allow_unverified).variant
 
-    Variants export could not build (`failed: ...`) are never chosen; with `allow_unverified`, the fastest
-    servable artifact is chosen when none passed parity.
+
+def explain_choice(manifest: Manifest, requested: str | None, allow_unverified: bool) -> Choice:
+    """The artifact to serve and why: `--variant NAME`, else (None or "auto") the core's selection policy —
+    the lowest measured batch-1 p50 that passed parity, or the fixed order when the bundle has no measurements.
+
+    Variants export could not build (`failed: ...`) are never chosen; with `allow_unverified`, a servable artifact
+    is chosen when none passed parity.
 
     Raises:
         UsageError: the requested artifact is not servable, or nothing is.
     """
-    servable = [artifact.name for artifact in manifest.artifacts() if _servable(artifact)]
-    if requested:
-        if requested not in servable:
-            state = ""
-            if manifest.has(requested) and manifest.artifact(requested).status != "ok":
-                state = f" (export recorded it as {manifest.artifact(requested).status})"
-            raise UsageError(f"--variant {requested!r} is not a servable artifact of this bundle{state}; expected "
-                             f"one of {', '.join(servable) or '(none: run kerasport export)'}")
-        return requested
-    ordered = [name for name in SPEED_ORDER if name in servable] + [n for n in servable if n not in SPEED_ORDER]
-    passed = [name for name in ordered if manifest.artifact(name).passed_parity]
-    if passed:
-        return passed[0]
-    if allow_unverified and ordered:
-        return ordered[0]
-    raise UsageError("no artifact of this bundle passed parity; run `kerasport parity`, or pick one with "
-                     "--variant and --allow-unverified")
+    return choose(manifest, formats=SERVABLE_FORMATS, requested=requested, allow_unverified=allow_unverified)
 
 
 def load_served_model(run: str | Path, *, variant: str | None = None, model_name: str | None = None,
@@ -101,7 +87,7 @@ def load_served_model(run: str | Path, *, variant: str | None = None, model_name
 
     Args:
         run: the run directory holding `manifest.json`.
-        variant: the artifact to serve; default: the fastest that passed parity (see `SPEED_ORDER`).
+        variant: the artifact to serve; None or "auto": the core's selection (kerasport.selection).
         model_name: the name clients use in URLs; default: the manifest's model name.
         threads: the runtime's intra-op threads (0: its default).
         allow_unverified: serve an artifact whose parity verdict is missing or failed.
@@ -118,7 +104,8 @@ def load_served_model(run: str | Path, *, variant: str | None = None, model_name
     started = time.perf_counter()
     run_dir = Path(run)
     manifest = load_manifest(run_dir)
-    chosen = choose_variant(manifest, variant, allow_unverified)
+    choice = explain_choice(manifest, variant, allow_unverified)
+    chosen = choice.variant
     artifact = require_verified(manifest, chosen, allow_unverified=allow_unverified)
     try:
         verify_bundle(run_dir, [chosen])
@@ -133,4 +120,5 @@ def load_served_model(run: str | Path, *, variant: str | None = None, model_name
                          f"contract names {contract.input_names} and {contract.output_names} (re-run `kerasport "
                          f"export`)")
     return ServedModel(run_dir=run_dir, manifest=manifest, artifact=artifact, runtime=runtime,
-                       name=model_name or manifest.name, load_seconds=time.perf_counter() - started)
+                       name=model_name or manifest.name, load_seconds=time.perf_counter() - started,
+                       choice=choice)

@@ -95,5 +95,5 @@ def describe_served(state: ServingState) -> dict:
         model = state.model
     if model is not None:
         described.update(model=model.name, version=model.version, variant=model.variant,
-                         runtime=model.entry["runtime"])
+                         variant_why=model.choice.why if model.choice else None, runtime=model.entry["runtime"])
     return described

@@ -150,7 +150,7 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
                              backlog=BACKLOG)
     from kerasport.manifest import load_manifest, require_verified, verify_bundle
 
-    from .model import choose_variant
+    from .model import explain_choice
 
     # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
     if load.trusted_key is not None:
@@ -158,7 +158,8 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
 
         verify_signature(run, load.trusted_key)
     manifest = load_manifest(run)
-    chosen = choose_variant(manifest, variant, settings["allow_unverified"])
+    choice = explain_choice(manifest, variant, settings["allow_unverified"])
+    chosen = choice.variant
     artifact = require_verified(manifest, chosen, allow_unverified=settings["allow_unverified"])
     try:
         verify_bundle(run, [chosen])
@@ -170,7 +171,8 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
 
     def announce(pids: list[int]) -> None:
         print(json.dumps({"event": "ready", "url": url_of(sock), "model": model_name or manifest.name,
-                          "variant": chosen, "runtime": artifact.runtime or artifact.format, "workers": workers,
+                          "variant": chosen, "variant_why": choice.why,
+                          "runtime": artifact.runtime or artifact.format, "workers": workers,
                           "threads_per_worker": per_worker, "pids": pids,
                           **({"grpc": grpc_address} if grpc_address else {}),
                           "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)

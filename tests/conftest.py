@@ -1,13 +1,18 @@
 """Shared fixtures. Helpers that tests import live in helpers.py."""
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from kerasport.perf import PERF_ENV
 from kerasport.tfenv import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
+# Parity measures every passing candidate's speed by default (seconds per run on this suite's many gates): only the
+# tests of that measurement ask for it (perf=True / --perf); the subprocesses the tests start inherit this too.
+os.environ.setdefault(PERF_ENV, "0")
 
 from helpers import trained_bundle, write_idx_dir  # noqa: E402
 

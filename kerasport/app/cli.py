@@ -41,6 +41,7 @@ def _register_stages() -> None:
     from kerasport.train.cli import train_command
     from kerasport.train.launch_cli import LAUNCH_CONTEXT, launch_command
 
+    from .bench_cli import bench_command
     from .bundle_cli import bundle_app
     from .pipeline import run_command
 
@@ -55,6 +56,7 @@ def _register_stages() -> None:
     app.command("package", help=package_command.__doc__)(package_command)
     app.add_typer(bundle_app, name="bundle")
     app.command("report", help=report_command.__doc__)(report_command)
+    app.command("bench", help=bench_command.__doc__)(bench_command)
 
 
 _register_stages()

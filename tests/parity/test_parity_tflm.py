@@ -2,11 +2,13 @@
 the flash/RAM budgets as a release gate, and a `skipped` verdict where tflite-micro is not installed."""
 
 import copy
+import json
 import shutil
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from helpers import trained_bundle
@@ -19,8 +21,18 @@ from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.export.tflm import read_c_array
 from kerasport.manifest import hash_artifact, load_manifest
 from kerasport.parity.budgets import BUDGET_CLASS, apply_budgets, resolve_budgets
-from kerasport.parity.stage import ParityOptions, run_parity
-from kerasport.parity.tflm import LITERT_BUILTIN_STEPS, LITERT_SETTINGS, SOURCE_CHECK
+from kerasport.parity.runners import EDGE_BATCH_SIZES
+from kerasport.parity.stage import ParityOptions, load_eval_data, run_parity
+from kerasport.parity.tflm import (
+    BUILTIN_LABEL,
+    LITERT_BUILTIN_STEPS,
+    LITERT_SETTINGS,
+    SOURCE_CHECK,
+    TFLM_SAMPLE_EDGE,
+    TFLM_SAMPLE_EVAL,
+    TflmRunner,
+    run_tflm,
+)
 from kerasport.verdict import Verdict
 
 runner = CliRunner()
@@ -160,3 +172,54 @@ def test_int8_io_model_runs_in_tflm_with_its_own_quantization(edge_copy):
     assert result.exit_code == EXIT_OK, result.failures
     builtin = result.report["candidates"]["tflm"]["vs_litert"]["builtin kernels"]["probabilities"]
     assert builtin["within_bound"] and builtin["top1_agreement"] == 1.0
+
+
+def test_tflm_runs_a_sample_and_full_on_request_with_the_same_checks(edge_copy, tmp_path):
+    sampled = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
+    assert sampled.exit_code == EXIT_OK, sampled.failures
+    tflm = sampled.report["candidates"]["tflm"]
+    record = tflm["tflm_sample"]
+    assert record["mode"] == "sample" and record["bit_identical"] is True
+    assert record["tflm_inferences"] == TFLM_SAMPLE_EVAL + TFLM_SAMPLE_EDGE
+    assert tflm["vs_litert"]["builtin kernels"]["probabilities"]["examples"] == record["tflm_inferences"]
+    (row,) = sampled.report["sampled_checks"]
+    assert row["candidate"] == "tflm" and row["sample"]["eval_examples"] == TFLM_SAMPLE_EVAL
+    report_md = (edge_copy / "parity" / "report.md").read_text()
+    assert "## Checks run on a sample" in report_md and "Why the sample proves the rest" in report_md
+    full_run = tmp_path / "full"
+    shutil.copytree(edge_copy, full_run)
+    result = runner.invoke(app, ["parity", "--run", str(full_run), "--no-sweep", "--tflm", "full"])
+    assert result.exit_code == EXIT_OK, result.output
+    full = load_manifest(full_run).parity_verdict("tflm"), (full_run / "parity" / "report.json").read_text()
+    assert full[0] == "pass" and '"mode": "full"' in full[1] and '"sampled_checks": []' in full[1]
+    full_tflm = json.loads(full[1])["candidates"]["tflm"]
+    assert [c["id"] for c in full_tflm["checks"]] == [c["id"] for c in tflm["checks"]]
+    assert full_tflm["outputs"]["probabilities"]["eval"]["top1_agreement"] == \
+        tflm["outputs"]["probabilities"]["eval"]["top1_agreement"]
+    bad = runner.invoke(app, ["parity", "--run", str(full_run), "--tflm", "most"])
+    assert bad.exit_code == EXIT_USAGE and "--tflm 'most'" in bad.output
+
+
+class OneStepOff:
+    """The real TFLite Micro runner with one planted difference: the first example's outputs one step higher."""
+
+    def __init__(self, runner, step: float):
+        self.runner, self.step, self.calls = runner, step, 0
+
+    def run(self, inputs):
+        outputs = self.runner.run(inputs)
+        self.calls += len(next(iter(inputs.values())))
+        return {name: np.concatenate([value[:1] + self.step, value[1:]]) for name, value in outputs.items()}
+
+
+def test_a_sample_that_differs_from_litert_sends_everything_through_tflm(edge):
+    manifest = load_manifest(edge)
+    artifact = manifest.artifact("tflm")
+    model = read_c_array(artifact.resolve(edge))
+    data = load_eval_data(edge, manifest)
+    planted = OneStepOff(TflmRunner(model, manifest.contract, artifact.get("arena")["reserve_bytes"]), 1 / 256)
+    outputs, record, measured = run_tflm(planted, model, manifest.contract, data, "sample")
+    assert record["bit_identical"] is False and "every example ran in TFLM" in record["rest_from"]
+    examples = len(data.inputs["image"])
+    assert planted.calls == TFLM_SAMPLE_EVAL + TFLM_SAMPLE_EDGE + examples + sum(EDGE_BATCH_SIZES)
+    assert len(outputs.eval["probabilities"]) == examples and set(measured) == {BUILTIN_LABEL}
