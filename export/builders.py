@@ -41,16 +41,42 @@ class BuildContext:
     allow_select_tf_ops: bool = False
     built: dict[str, Built] = field(default_factory=dict)
     scratch: Path | None = None
+    # The bundle's Keras model (the TFLite ladder's batch-1 rung re-traces it) and eval sample (each rung's smoke run).
+    keras_model: Path | None = None
+    eval_sample: Samples | None = None
 
     def prerequisite(self, name: str) -> Built:
         """The built prerequisite `name` (the registry builds every `requires` entry first)."""
         return self.built[name]
 
 
+# Lower opsets the ONNX ladder tries after the requested one (tf2onnx maps some ops differently per opset).
+ONNX_FALLBACK_OPSETS = (17, 15, 13)
+
+
+def onnx_opsets(requested: int) -> list[int]:
+    """The requested opset, then the fallbacks below it, highest first."""
+    return [requested, *(opset for opset in ONNX_FALLBACK_OPSETS if opset < requested)]
+
+
 def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:
+    """ONNX through tf2onnx's command line, down an opset ladder; each rung is checked and loaded in onnxruntime."""
+    from kerasport.isolation import run_isolated
+
+    from .ladder import climb
+    from .smoke import smoke_run
     from .to_onnx import convert_saved_model_to_onnx, onnx_io_details
 
-    details = convert_saved_model_to_onnx(context.saved_model, path, opset=context.opset, contract=context.contract)
+    def rung(opset: int):
+        def attempt() -> dict:
+            details = convert_saved_model_to_onnx(context.saved_model, path, opset=opset, contract=context.contract)
+            if context.eval_sample is not None:
+                run_isolated(f"{variant.runtime} load", smoke_run, path, variant.format, variant.runtime,
+                             context.contract, context.eval_sample)
+            return details
+        return attempt
+
+    details = climb("ONNX", [(f"tf2onnx opset {opset}", rung(opset)) for opset in onnx_opsets(context.opset)])
     return {**details, **onnx_io_details(path)}
 
 
@@ -64,13 +90,14 @@ def build_onnx_int8(context: BuildContext, variant: Variant, path: Path) -> dict
 
 
 def build_tflite(context: BuildContext, variant: Variant, path: Path) -> dict:
-    from .to_tflite import convert_saved_model_to_tflite, tflite_io_details
+    """TFLite through its conversion ladder (tflite_ladder.py), each rung converted and smoke-run in a child."""
+    from .tflite_ladder import build_tflite_ladder
 
-    details = convert_saved_model_to_tflite(
-        context.saved_model, path, precision=variant.precision, contract=context.contract,
-        calibration=context.calibration, int8_io=context.int8_io and variant.precision == "int8",
-        allow_select_tf_ops=context.allow_select_tf_ops)
-    return {**details, **tflite_io_details(path, context.contract)}
+    return build_tflite_ladder(context.saved_model, context.keras_model, path, precision=variant.precision,
+                               contract=context.contract, calibration=context.calibration,
+                               eval_sample=context.eval_sample,
+                               int8_io=context.int8_io and variant.precision == "int8",
+                               allow_select_tf_ops=context.allow_select_tf_ops)
 
 
 def build_tflm(context: BuildContext, variant: Variant, path: Path) -> dict:

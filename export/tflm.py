@@ -22,6 +22,7 @@ from kerasport.devices import (
     tflm_missing,
     unmeasured_arena,
 )
+from kerasport.isolation import run_isolated
 
 # Built-in operators TensorFlow Lite Micro registers (tflite-micro's micro_mutable_op_resolver.h, AddXxx()).
 TFLM_OPS = frozenset({
@@ -164,7 +165,8 @@ def tflm_details(int8_path: Path, ops: list[str], inputs: int) -> dict:
     elif missing:
         arena = unmeasured_arena(missing)
     else:
-        arena = measure_arena(model, inputs)
+        # TFLite Micro aborts (not raises) on some models: the whole measurement runs in a child process.
+        arena = run_isolated("TFLite Micro", measure_arena, model, inputs)
     fit = device_fit(len(model), arena.get("reserve_bytes"))
     calls = resolver_calls(ops)
     return {"ops": ops, "unsupported_ops": unsupported, "all_ops_supported": not unsupported,
