@@ -13,6 +13,7 @@ from kerasport.errors import ConversionError
 from kerasport.samples import Samples
 
 from .messages import first_line, ort_missing_op
+from .tf2onnx_cli import ADDED_CONVERSIONS
 
 BATCH_DIM = "batch"
 # tf2onnx names what it inserts `<name>__<N>` (a tensor adds `:<output>`); see canonicalize_generated_names.
@@ -23,11 +24,13 @@ _GENERATED_NAME = re.compile(r"^(?P<base>.*__)(?P<number>\d+)(?P<output>:\d+)?$"
 # tf2onnx logs what it cannot convert as "Unsupported ops: Counter({'Erfinv': 1})".
 _UNSUPPORTED_OPS = re.compile(r"Unsupported ops: Counter\(\{(?P<ops>[^}]*)\}\)")
 TF2ONNX_STEP = "tf2onnx"
+# tf2onnx's command line plus conversions for ops it lacks (export/tf2onnx_cli.py).
+TF2ONNX_CLI_MODULE = "kerasport.export.tf2onnx_cli"
 
 
 def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: int,
                                 contract: ModelContract) -> dict:
-    """tf2onnx's own command line, `python -m tf2onnx.convert --saved-model`, in a child process.
+    """tf2onnx's own command line (`tf2onnx.convert.main`, see tf2onnx_cli.py) with `--saved-model`, in a child.
 
     Its public route is both the conversion tf2onnx supports (transformer blocks and GELU convert there) and the
     isolation: a crash in the converter costs this conversion, not the export. The graph's inputs and outputs are
@@ -48,7 +51,7 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
     with tempfile.TemporaryDirectory(prefix="kerasport-tf2onnx-") as scratch:
         converted = Path(scratch) / "model.onnx"
         completed = run_command(f"{TF2ONNX_STEP} opset {opset}", [
-            sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--tag", "serve",
+            sys.executable, "-m", TF2ONNX_CLI_MODULE, "--saved-model", str(saved_model), "--tag", "serve",
             "--signature_def", "serving_default", "--opset", str(opset), "--output", str(converted)], check=False)
         unmapped = _unsupported_ops(completed.stderr)
         if unmapped:
@@ -65,7 +68,8 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         raise ConversionError(f"the ONNX checker rejects tf2onnx's graph: {first_line(error)}") from error
     onnx.save(proto, str(destination))
     return {"opset": opset, "onnx_checker": "passed", "producer": f"{proto.producer_name} {proto.producer_version}",
-            "converter": "python -m tf2onnx.convert --saved-model (child process)",
+            "converter": f"python -m {TF2ONNX_CLI_MODULE} --saved-model (tf2onnx.convert.main in a child process, "
+                         f"extra conversions: {ADDED_CONVERSIONS})",
             # bench/export.py: a pre-optimized model started no faster (76.7 vs 78.2 ms for `seed`), and
             # ORT_ENABLE_ALL output is tied to the CPU it was optimized on, so the portable graph ships.
             "offline_graph_optimization": False}

@@ -10,8 +10,10 @@ decides, like for any failed conversion, whether it costs one variant (`--keep-g
 Inside the child, `announce(step)` names the native step about to run, so a crash is reported against the step
 that was running (a conversion child that then loads its result in LiteRT names "LiteRT load", not the converter).
 
-Test-only injection point: when the environment variable ABORT_STEP_ENV equals a step's name, the child that
-reaches that step calls `os.abort()` (a real SIGABRT, as a native library would). Nothing else reads it.
+Test-only injection point: when the environment variable ABORT_STEP_ENV is set and a step's name starts with its
+value, the child that reaches that step calls `os.abort()` (a real SIGABRT, as a native library would): e.g.
+`KERASPORT_TEST_ABORT_STEP="TFLite converter int8"` crashes every rung of the tflite-int8 ladder. Nothing else
+reads it, and the parent process never aborts.
 
 The child is `python -m kerasport.isolation REQUEST REPLY`; arguments and results travel as pickles in a private
 temporary folder outside any bundle, which is removed whatever happens.
@@ -65,7 +67,8 @@ def announce(step: str) -> None:
     path = os.environ.get(_STEP_FILE_ENV)
     if path:
         Path(path).write_text(step)
-    if path and os.environ.get(ABORT_STEP_ENV) == step:
+    abort_prefix = os.environ.get(ABORT_STEP_ENV)
+    if path and abort_prefix and step.startswith(abort_prefix):
         os.abort()
 
 
