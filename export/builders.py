@@ -101,17 +101,50 @@ def build_tflite(context: BuildContext, variant: Variant, path: Path) -> dict:
 
 
 def build_tflm(context: BuildContext, variant: Variant, path: Path) -> dict:
-    """The int8 TFLite model as a C array (+ header): ops, flash, measured arena, MACs and the fit per device."""
-    from .tflm import tflm_details, write_c_array
+    """The int8 TFLite model as a C array (+ header): ops, flash, measured arena, MACs and the fit per device.
+
+    A ladder: the tflite-int8 model as it is, then (when TFLite Micro cannot run it, e.g. the SHAPE/PACK/RESHAPE
+    a dynamic batch leaves in MobileNet's head) a batch-1 int8 conversion, which a microcontroller runs anyway.
+    """
+    from .ladder import climb
 
     (int8,) = (context.prerequisite(name) for name in variant.requires)
     if variant.companion is None:
         raise ConversionError(f"{variant.name}: no header file is declared for the C array")
     header = path.with_name(variant.companion.filename)
     header.unlink(missing_ok=True)  # never write through a hard link into the previous export
-    details = tflm_details(int8.path, int8.details.get("ops", []), inputs=len(context.contract.inputs))
-    sha256 = sha256_file(int8.path)
-    write_c_array(int8.path, path, header, sha256=sha256, ops=details["ops"], arena=details["arena"])
-    io = {key: int8.details[key] for key in ("inputs", "outputs") if key in int8.details}
-    return {**details, **io, "source_model": int8.path.name, "source_sha256": sha256,
+    rungs = [("the tflite-int8 model", lambda: _tflm_from(context, int8.path, int8.details, path, header,
+                                                           int8.path.name))]
+    if context.keras_model is not None and int8.details.get("batch", -1) != 1:
+        rungs.append(("a batch-1 int8 conversion", lambda: _tflm_from_batch_one(context, path, header)))
+    return climb("TFLite Micro", rungs)
+
+
+def _tflm_from(context: BuildContext, model: Path, model_details: dict, path: Path, header: Path,
+               source_name: str) -> dict:
+    from .tflm import tflm_details, write_c_array
+
+    details = tflm_details(model, model_details.get("ops", []), inputs=len(context.contract.inputs))
+    sha256 = sha256_file(model)
+    write_c_array(model, path, header, sha256=sha256, ops=details["ops"], arena=details["arena"])
+    io = {key: model_details[key] for key in ("inputs", "outputs") if key in model_details}
+    return {**details, **io, "source_model": source_name, "source_sha256": sha256,
             "op_resolver": {**details["op_resolver"], "file": header.name}}
+
+
+def _tflm_from_batch_one(context: BuildContext, path: Path, header: Path) -> dict:
+    from kerasport.isolation import run_isolated
+
+    from .tflite_ladder import RUNG_BATCH_ONE, convert_tflite_rung
+
+    model = (context.scratch or path.parent) / "model_int8_batch1.tflite"
+    details = run_isolated(f"TFLite converter int8 / {RUNG_BATCH_ONE} (for TFLite Micro)", convert_tflite_rung,
+                           context.saved_model, context.keras_model, model, precision="int8",
+                           contract=context.contract, calibration=context.calibration,
+                           eval_sample=context.eval_sample, int8_io=context.int8_io, select_tf_ops=False,
+                           batch_one=True)
+    try:
+        return _tflm_from(context, model, details, path, header,
+                          f"{model.name} (a batch-1 int8 conversion, not kept; its sha256 is recorded)")
+    finally:
+        model.unlink(missing_ok=True)
