@@ -9,9 +9,9 @@ import keras
 import numpy as np
 from export_checks import imported_bundle, run_onnx
 
+from kerasport.export.builders import ONNX_FALLBACK_OPSETS
 from kerasport.export.stage import STAGE_DIR_NAME, ExportOptions, export_bundle
 from kerasport.export.tflite_ladder import RUNG_BATCH_ONE, RUNG_DYNAMIC
-from kerasport.export.builders import ONNX_FALLBACK_OPSETS
 from kerasport.export.variants import VARIANTS
 from kerasport.manifest import load_manifest, verify_bundle
 from kerasport.parity.tolerances import TolerancePolicy
