@@ -229,7 +229,7 @@ def print_table(results: list[dict]) -> None:
                 result = f"built ({row['rung']}) -> {row['verdict']}" if row.get("rung") else \
                     f"built -> {row['verdict']}"
             diff = f"{row['max_abs_diff']:.2e}" if row.get("max_abs_diff") is not None else "-"
-            parity = f"{row['parity_seconds']:.1f}" if row.get("parity_seconds") is not None else "-"
+            parity = f"{row['parity_seconds']:.2f}" if row.get("parity_seconds") is not None else "-"
             print(f"{model['model']:<18} {row['variant']:<15} {result:<58} {diff:>10} {row['export_seconds']:>9.1f} "
                   f"{parity:>9}")
         print(f"{model['model']:<18} {'(model)':<15} train acc {model['train_accuracy']:.2f}, head x"
@@ -261,15 +261,16 @@ def main() -> None:
     if unknown:
         known = ", ".join([*ALL_APPLICATIONS, *LAYER_MODELS])
         parser.error(f"--models: unknown {', '.join(unknown)}; expected {known}")
+    environment = machine()
     results = []
     for name in names:
         results.append(run_capped(name, args))
-        print(f"done {name}: {results[-1].get('error') or str(results[-1]['seconds']) + ' s'}", flush=True)
-    environment = machine()
+        print_table(results[-1:])  # as each model finishes: a long run can be stopped without losing the rest
+        print(flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": environment, "models": results}, indent=1))
     print_table(results)
     print(f"machine: {environment}")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": environment, "models": results}, indent=1))
 
 
 if __name__ == "__main__":
