@@ -21,10 +21,33 @@ def recipe_scratch(context: BuildContext, variant: Variant, path: Path) -> Path:
     return (context.scratch or path.parent) / f"{variant.name}-recipes"
 
 
+# Lower opsets the ONNX ladder tries after the requested one (tf2onnx maps some ops differently per opset).
+ONNX_FALLBACK_OPSETS = (17, 15, 13)
+
+
+def onnx_opsets(requested: int) -> list[int]:
+    """The requested opset, then the fallbacks below it, highest first."""
+    return [requested, *(opset for opset in ONNX_FALLBACK_OPSETS if opset < requested)]
+
+
 def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:
+    """ONNX through tf2onnx's command line, down an opset ladder; each rung is checked and loaded in onnxruntime."""
+    from kerasport.isolation import run_isolated
+
+    from .ladder import climb
+    from .smoke import smoke_run
     from .to_onnx import convert_saved_model_to_onnx, onnx_io_details
 
-    details = convert_saved_model_to_onnx(context.saved_model, path, opset=context.opset, contract=context.contract)
+    def rung(opset: int):
+        def attempt() -> dict:
+            details = convert_saved_model_to_onnx(context.saved_model, path, opset=opset, contract=context.contract)
+            if context.eval_sample is not None:
+                run_isolated(f"{variant.runtime} load", smoke_run, path, variant.format, variant.runtime,
+                             context.contract, context.eval_sample)
+            return details
+        return attempt
+
+    details = climb("ONNX", [(f"tf2onnx opset {opset}", rung(opset)) for opset in onnx_opsets(context.opset)])
     return {**details, **onnx_io_details(path)}
 
 
@@ -44,37 +67,72 @@ def build_onnx_int8(context: BuildContext, variant: Variant, path: Path) -> dict
 
 
 def build_tflite(context: BuildContext, variant: Variant, path: Path) -> dict:
-    from .to_tflite import convert_saved_model_to_tflite, tflite_io_details
+    """TFLite through its conversion ladder (tflite_ladder.py), each rung converted and smoke-run in a child."""
+    from .tflite_ladder import build_tflite_ladder
 
     if variant.precision == "int8" and context.int8_recipe is not None:
         from .int8_recipe import apply_recipe
         from .int8_tflite import TfliteRecipes
+        from .to_tflite import tflite_io_details
 
         backend = TfliteRecipes(context, context.int8_recipe, recipe_scratch(context, variant, path))
         return {**apply_recipe(backend, variant.name, path, context.int8_recipe),
                 **tflite_io_details(path, context.contract)}
-    details = convert_saved_model_to_tflite(
-        context.saved_model, path, precision=variant.precision, contract=context.contract,
-        calibration=context.calibration, int8_io=context.int8_io and variant.precision == "int8",
-        allow_select_tf_ops=context.allow_select_tf_ops)
-    return {**details, **tflite_io_details(path, context.contract)}
+    return build_tflite_ladder(context.saved_model, context.keras_model, path, precision=variant.precision,
+                               contract=context.contract, calibration=context.calibration,
+                               eval_sample=context.eval_sample,
+                               int8_io=context.int8_io and variant.precision == "int8",
+                               allow_select_tf_ops=context.allow_select_tf_ops)
 
 
 def build_tflm(context: BuildContext, variant: Variant, path: Path) -> dict:
-    """The int8 TFLite model as a C array (+ header): ops, flash, measured arena, MACs and the fit per device."""
-    from .int8_recipe import tflm_recipe
-    from .tflm import tflm_details, write_c_array
+    """The int8 TFLite model as a C array (+ header): ops, flash, measured arena, MACs and the fit per device.
+
+    A ladder: the tflite-int8 model as it is, then (when TFLite Micro cannot run it, e.g. the SHAPE/PACK/RESHAPE
+    a dynamic batch leaves in MobileNet's head) a batch-1 int8 conversion, which a microcontroller runs anyway.
+    """
+    from .ladder import climb
 
     (int8,) = (context.prerequisite(name) for name in variant.requires)
     if variant.companion is None:
         raise ConversionError(f"{variant.name}: no header file is declared for the C array")
     header = path.with_name(variant.companion.filename)
     header.unlink(missing_ok=True)  # never write through a hard link into the previous export
-    details = tflm_details(int8.path, int8.details.get("ops", []), inputs=len(context.contract.inputs))
-    sha256 = sha256_file(int8.path)
-    write_c_array(int8.path, path, header, sha256=sha256, ops=details["ops"], arena=details["arena"])
-    io = {key: int8.details[key] for key in ("inputs", "outputs") if key in int8.details}
-    if "int8_recipe" in int8.details:
-        details["int8_recipe"] = tflm_recipe(int8.details["int8_recipe"], int8.path, path, variant.name)
-    return {**details, **io, "source_model": int8.path.name, "source_sha256": sha256,
+    rungs = [("the tflite-int8 model", lambda: _tflm_from(context, variant, int8.path, int8.details, path, header,
+                                                           int8.path.name))]
+    if context.keras_model is not None and int8.details.get("batch", -1) != 1:
+        rungs.append(("a batch-1 int8 conversion", lambda: _tflm_from_batch_one(context, variant, path, header)))
+    return climb("TFLite Micro", rungs)
+
+
+def _tflm_from(context: BuildContext, variant: Variant, model: Path, model_details: dict, path: Path, header: Path,
+               source_name: str) -> dict:
+    from .int8_recipe import tflm_recipe
+    from .tflm import tflm_details, write_c_array
+
+    details = tflm_details(model, model_details.get("ops", []), inputs=len(context.contract.inputs))
+    sha256 = sha256_file(model)
+    write_c_array(model, path, header, sha256=sha256, ops=details["ops"], arena=details["arena"])
+    io = {key: model_details[key] for key in ("inputs", "outputs") if key in model_details}
+    if "int8_recipe" in model_details:
+        details["int8_recipe"] = tflm_recipe(model_details["int8_recipe"], model, path, variant.name)
+    return {**details, **io, "source_model": source_name, "source_sha256": sha256,
             "op_resolver": {**details["op_resolver"], "file": header.name}}
+
+
+def _tflm_from_batch_one(context: BuildContext, variant: Variant, path: Path, header: Path) -> dict:
+    from kerasport.isolation import run_isolated
+
+    from .tflite_ladder import RUNG_BATCH_ONE, convert_tflite_rung
+
+    model = (context.scratch or path.parent) / "model_int8_batch1.tflite"
+    details = run_isolated(f"TFLite converter int8 / {RUNG_BATCH_ONE} (for TFLite Micro)", convert_tflite_rung,
+                           context.saved_model, context.keras_model, model, precision="int8",
+                           contract=context.contract, calibration=context.calibration,
+                           eval_sample=context.eval_sample, int8_io=context.int8_io, select_tf_ops=False,
+                           batch_one=True)
+    try:
+        return _tflm_from(context, variant, model, details, path, header,
+                          f"{model.name} (a batch-1 int8 conversion, not kept; its sha256 is recorded)")
+    finally:
+        model.unlink(missing_ok=True)

@@ -12,6 +12,17 @@ _TFLITE_MISSING_OP = re.compile(r"'(tf\.\w+)' op is neither a custom op nor a fl
 _LITERT_UNRESOLVED = re.compile(r"unresolved custom op: (\w+)")
 
 
+# TFLite converter (MLIR): "... 'tf.TensorListReserve' op requires element_shape to be static during ...", after a
+# long `loc(callsite(...))` prefix that says nothing to a user.
+_TFLITE_OP_ERROR = re.compile(r"error: (?:loc\(.*?\): )?(?:error: )?'(?P<op>tf\.\w+)' op (?P<why>[^\n]+)")
+
+
+def tflite_op_error(error: BaseException) -> str | None:
+    """`op tf.X: <why>` from the TFLite converter's MLIR error text, if it names an op."""
+    match = _TFLITE_OP_ERROR.search(str(error))
+    return f"op {match['op']} {match['why'].strip()}" if match else None
+
+
 def first_line(error: BaseException, limit: int = 240) -> str:
     """The first non-empty line of an exception's message (or its type name), cut to `limit` characters."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

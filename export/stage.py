@@ -17,8 +17,9 @@ from pathlib import Path
 
 from kerasport.bundle import Stage, forget_invalidated
 from kerasport.errors import CheckFailed, ConversionError, UsageError
-from kerasport.fsutil import atomic_path
+from kerasport.fsutil import atomic_path, remove_path
 from kerasport.int8_recipe import AUTO, parse_recipe_option
+from kerasport.isolation import run_isolated
 from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import Samples, load_samples
 
@@ -33,6 +34,8 @@ SCRATCH_DIR_NAME = ".scratch"
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 # What the export reads from the bundle (all verified against their recorded sha256 first).
 INPUT_ARTIFACTS = ("saved_model", "calibration_sample", "eval_sample")
+# Read too when the bundle has it: the TFLite ladder's batch-1 rung re-traces the Keras model.
+KERAS_ARTIFACT = "keras"
 STATUS_OK = "ok"
 
 
@@ -75,6 +78,8 @@ class _Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    # Per failed variant: every conversion-ladder attempt and its one-line result (export/ladder.py).
+    attempts: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def tool_versions() -> dict:
@@ -131,7 +136,8 @@ def _check_options(options: ExportOptions) -> None:
 def _load_sources(run_dir: Path, calibration_samples: int) -> _Sources:
     load_manifest(run_dir)  # exit 2 when there is no bundle at all
     try:
-        manifest = verify_bundle(run_dir, list(INPUT_ARTIFACTS))
+        names = [*INPUT_ARTIFACTS, *([KERAS_ARTIFACT] if load_manifest(run_dir).has(KERAS_ARTIFACT) else [])]
+        manifest = verify_bundle(run_dir, names)
         calibration = load_samples(manifest.artifact("calibration_sample").resolve(run_dir), manifest.contract)
         eval_sample = load_samples(manifest.artifact("eval_sample").resolve(run_dir), manifest.contract)
     except CheckFailed as error:
@@ -167,6 +173,7 @@ def _build_variants(sources: _Sources, options: ExportOptions, console, recipe_m
     """Build every requested variant (and its prerequisites) in a staging copy of `export/`, then swap it in."""
     outcome = _Outcome()
     export_dir = sources.run_dir / STAGE_DIR_NAME
+    remove_stale_staging(sources.run_dir)
     with atomic_path(export_dir) as staging:
         _stage_previous_export(export_dir, staging)
         scratch = staging / SCRATCH_DIR_NAME
@@ -176,7 +183,8 @@ def _build_variants(sources: _Sources, options: ExportOptions, console, recipe_m
                                allow_select_tf_ops=options.allow_select_tf_ops, built=outcome.built, scratch=scratch,
                                int8_recipe=RecipeRequest(recipe_mode, run_dir=sources.run_dir,
                                                          manifest=sources.manifest, saved_model=sources.saved_model,
-                                                         formats=tuple(options.formats)))
+                                                         formats=tuple(options.formats)),
+                               keras_model=_keras_model(sources), eval_sample=sources.eval_sample)
         for name in build_order(options.formats):
             # Prerequisites that were not requested are built in scratch and not kept.
             folder = staging if name in options.formats else scratch
@@ -205,7 +213,9 @@ def _build_one(variant: Variant, folder: Path, context: BuildContext, sources: _
     details = variant.build(context, variant, path)
     outcome.seconds[variant.name] = time.perf_counter() - started
     if variant.runnable:
-        smoke_run(path, variant.format, variant.runtime, context.contract, sources.eval_sample)
+        # The runtime's first load of a new artifact is native code that can abort: a child process.
+        run_isolated(f"{variant.runtime} load", smoke_run, path, variant.format, variant.runtime, context.contract,
+                     sources.eval_sample)
     outcome.bytes[variant.name] = path.stat().st_size
     outcome.built[variant.name] = Built(path, {**details,
                                                "conversion_seconds": round(outcome.seconds[variant.name], 2)})
@@ -218,11 +228,33 @@ def _give_up_or_go_on(variant: Variant, folder: Path, error: ConversionError, op
         raise ConversionError(f"variant {variant.name} for {variant.runtime} failed: {reason}; nothing was changed "
                               f"(--keep-going keeps the variants that convert)") from error
     outcome.failures[variant.name] = reason
+    if getattr(error, "attempts", None):
+        outcome.attempts[variant.name] = error.attempts
     for filename in (variant.filename, variant.companion.filename if variant.companion else None):
         if filename:
             (folder / filename).unlink(missing_ok=True)
     if console is not None and variant.name in options.formats:
         console.print(f"[red]failed[/red]   {variant.name:<15} for {variant.runtime}: {reason}")
+
+
+def _keras_model(sources: _Sources) -> Path | None:
+    manifest = sources.manifest
+    return manifest.artifact(KERAS_ARTIFACT).resolve(sources.run_dir) if manifest.has(KERAS_ARTIFACT) else None
+
+
+def remove_stale_staging(run_dir: Path) -> list[Path]:
+    """Remove staging folders an earlier export left behind when its process was killed (`.export.*.tmp`).
+
+    A normal exit (success, failure, Ctrl-C) removes its own staging folder; only a killed process leaves one.
+    Two exports into one bundle at the same time are not supported, so anything matching is stale.
+
+    Returns:
+        The paths removed.
+    """
+    stale = [*run_dir.glob(f".{STAGE_DIR_NAME}.*.tmp"), *run_dir.glob(f".{STAGE_DIR_NAME}.old-*")]
+    for path in stale:
+        remove_path(path)
+    return stale
 
 
 def _stage_previous_export(export_dir: Path, staging: Path) -> None:
@@ -247,7 +279,8 @@ def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome, rows: 
             # Where the file would be, no hash, no bytes: `artifact_problems` skips entries whose status is not ok.
             manifest.set_artifact(name, {"path": relative, "format": variant.format, "precision": variant.precision,
                                          "runtime": variant.runtime, "sha256": "", "bytes": 0,
-                                         "status": f"failed: {outcome.failures[name]}"})
+                                         "status": f"failed: {outcome.failures[name]}",
+                                         **({"ladder": outcome.attempts[name]} if name in outcome.attempts else {})})
         if variant.companion is not None:
             companion = variant.companion
             if name in outcome.built:

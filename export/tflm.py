@@ -20,8 +20,10 @@ from kerasport.devices import (
     parse_c_array,
     resolver_method,
     tflm_missing,
+    tflm_version,
     unmeasured_arena,
 )
+from kerasport.isolation import StepCrashed, run_isolated
 
 # Built-in operators TensorFlow Lite Micro registers (tflite-micro's micro_mutable_op_resolver.h, AddXxx()).
 TFLM_OPS = frozenset({
@@ -164,7 +166,14 @@ def tflm_details(int8_path: Path, ops: list[str], inputs: int) -> dict:
     elif missing:
         arena = unmeasured_arena(missing)
     else:
-        arena = measure_arena(model, inputs)
+        # TFLite Micro aborts (not raises) on some models: the whole measurement runs in a child process.
+        try:
+            arena = run_isolated("TFLite Micro", measure_arena, model, inputs)
+        except StepCrashed as crashed:
+            # Checked against TFLM's op list above: every op has a kernel, so the crash is TFLite Micro's own.
+            raise StepCrashed(crashed.step, crashed.how, f"every op of the model ({', '.join(sorted(set(ops)))}) "
+                              f"has a TFLite Micro kernel, so the crash is inside TFLite Micro "
+                              f"{tflm_version()} while loading or running it") from crashed
     fit = device_fit(len(model), arena.get("reserve_bytes"))
     calls = resolver_calls(ops)
     return {"ops": ops, "unsupported_ops": unsupported, "all_ops_supported": not unsupported,

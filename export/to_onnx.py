@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ from kerasport.errors import ConversionError
 from kerasport.samples import Samples
 
 from .messages import first_line, ort_missing_op
+from .tf2onnx_cli import ADDED_CONVERSIONS
 
 BATCH_DIM = "batch"
 # tf2onnx names what it inserts `<name>__<N>` (a tensor adds `:<output>`); see canonicalize_generated_names.
@@ -22,58 +21,45 @@ GENERATED_CONSTANT = "const__"
 _GENERATED_NAME = re.compile(r"^(?P<base>.*__)(?P<number>\d+)(?P<output>:\d+)?$")
 
 
-class _UnmappedOps(logging.Handler):
-    """Collects the TensorFlow ops tf2onnx reports it has no ONNX conversion for (it logs them, then goes on)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.ops: set[str] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Unsupported ops:") and record.args:
-            self.ops.update(str(op) for op in dict(record.args[0]))
-
-
-@contextlib.contextmanager
-def _watch_unmapped_ops() -> Iterator[_UnmappedOps]:
-    handler = _UnmappedOps()
-    logger = logging.getLogger("tf2onnx")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
+# tf2onnx logs what it cannot convert as "Unsupported ops: Counter({'Erfinv': 1})".
+_UNSUPPORTED_OPS = re.compile(r"Unsupported ops: Counter\(\{(?P<ops>[^}]*)\}\)")
+TF2ONNX_STEP = "tf2onnx"
+# tf2onnx's command line plus conversions for ops it lacks (export/tf2onnx_cli.py).
+TF2ONNX_CLI_MODULE = "kerasport.export.tf2onnx_cli"
 
 
 def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: int,
                                 contract: ModelContract) -> dict:
-    """The saved-model path of tf2onnx (what `python -m tf2onnx.convert --saved-model` does), in process.
+    """tf2onnx's own command line (`tf2onnx.convert.main`, see tf2onnx_cli.py) with `--saved-model`, in a child.
 
-    tf2onnx's `from_keras` does not handle Keras 3 models; the SavedModel signature is the stable interface. The
-    graph's inputs and outputs are the signature's, named as in the contract and put in the contract's order;
-    every dynamic dimension gets a readable name (`batch` for the first).
+    Its public route is both the conversion tf2onnx supports (transformer blocks and GELU convert there) and the
+    isolation: a crash in the converter costs this conversion, not the export. The graph's inputs and outputs are
+    the signature's, named as in the contract and put in the contract's order; every dynamic dimension gets a
+    readable name (`batch` for the first).
 
     Raises:
-        ConversionError: tf2onnx fails or has no conversion for an op, the names differ from the contract, or the
-            ONNX checker rejects the graph.
+        ConversionError: tf2onnx fails, crashes or has no conversion for an op, the names differ from the contract,
+            or the ONNX checker rejects the graph.
     """
-    import onnx
-    from tf2onnx import convert, tf_loader
+    import sys
+    import tempfile
 
-    with _watch_unmapped_ops() as unmapped:
-        try:
-            graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-                str(saved_model), None, None, "serve", ["serving_default"], None, False,
-                return_initialized_tables=True, return_tensors_to_rename=True)
-            proto, _ = convert._convert_common(
-                graph_def, name="kerasport", opset=opset, input_names=inputs, output_names=outputs,
-                tensors_to_rename=renames, initialized_tables=tables, continue_on_error=False)
-        except Exception as error:  # noqa: BLE001 - tf2onnx raises many types; all mean "conversion failed"
-            raise ConversionError(f"tf2onnx could not convert the SavedModel at opset {opset}"
-                                  f"{_ops_text(unmapped.ops)}: {first_line(error)}") from error
-    if unmapped.ops:
-        raise ConversionError(f"tf2onnx has no ONNX opset-{opset} conversion for op(s) "
-                              f"{', '.join(sorted(unmapped.ops))}")
+    import onnx
+
+    from kerasport.isolation import run_command
+
+    with tempfile.TemporaryDirectory(prefix="kerasport-tf2onnx-") as scratch:
+        converted = Path(scratch) / "model.onnx"
+        completed = run_command(f"{TF2ONNX_STEP} opset {opset}", [
+            sys.executable, "-m", TF2ONNX_CLI_MODULE, "--saved-model", str(saved_model), "--tag", "serve",
+            "--signature_def", "serving_default", "--opset", str(opset), "--output", str(converted)], check=False)
+        unmapped = _unsupported_ops(completed.stderr)
+        if unmapped:
+            raise ConversionError(f"tf2onnx has no ONNX opset-{opset} conversion for op(s) {', '.join(unmapped)}")
+        if completed.returncode != 0 or not converted.is_file():
+            raise ConversionError(f"tf2onnx could not convert the SavedModel at opset {opset}: "
+                                  f"{_last_error_line(completed.stderr)}")
+        proto = onnx.load(str(converted))
     _match_contract(proto.graph, contract)
     canonicalize_generated_names(proto.graph)
     try:
@@ -82,13 +68,25 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         raise ConversionError(f"the ONNX checker rejects tf2onnx's graph: {first_line(error)}") from error
     onnx.save(proto, str(destination))
     return {"opset": opset, "onnx_checker": "passed", "producer": f"{proto.producer_name} {proto.producer_version}",
+            "converter": f"python -m {TF2ONNX_CLI_MODULE} --saved-model (tf2onnx.convert.main in a child process, "
+                         f"extra conversions: {ADDED_CONVERSIONS})",
             # bench/export.py: a pre-optimized model started no faster (76.7 vs 78.2 ms for `seed`), and
             # ORT_ENABLE_ALL output is tied to the CPU it was optimized on, so the portable graph ships.
             "offline_graph_optimization": False}
 
 
-def _ops_text(ops: set[str]) -> str:
-    return f" (no conversion for op(s) {', '.join(sorted(ops))})" if ops else ""
+def _unsupported_ops(log: str) -> list[str]:
+    found: list[str] = []
+    for match in _UNSUPPORTED_OPS.finditer(log or ""):
+        found += re.findall(r"'([^']+)'", match["ops"])
+    return sorted(set(found))
+
+
+def _last_error_line(log: str) -> str:
+    """The exception line of tf2onnx's traceback (its last non-empty line), cut short."""
+    lines = [line.strip() for line in (log or "").splitlines() if line.strip()]
+    text = lines[-1] if lines else "no output"
+    return text if len(text) <= 240 else text[:239] + "…"
 
 
 def _match_contract(graph, contract: ModelContract) -> None:

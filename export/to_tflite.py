@@ -16,7 +16,7 @@ from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
 from kerasport.samples import Samples
 
-from .messages import first_line, tflite_missing_ops
+from .messages import first_line, tflite_missing_ops, tflite_op_error
 
 SIGNATURE = "serving_default"
 QUANTIZED_PRECISIONS = ("fp16", "dynamic-int8", "int8")
@@ -80,7 +80,7 @@ def convert_saved_model_to_tflite(saved_model: Path, destination: Path, *, preci
 def _converter_failure(error: Exception, precision: str, allow_select_tf_ops: bool) -> str:
     ops = tflite_missing_ops(error)
     if not ops:
-        return f"the TFLite {precision} converter failed: {first_line(error)}"
+        return f"the TFLite {precision} converter failed: {tflite_op_error(error) or first_line(error)}"
     text = str(error)
     needs_flex = "ERROR_NEEDS_FLEX_OPS" in text or "TF Select ops" in text
     needs_custom = "ERROR_NEEDS_CUSTOM_OPS" in text or "Custom ops:" in text

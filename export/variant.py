@@ -36,6 +36,9 @@ class BuildContext:
     built: dict[str, Built] = field(default_factory=dict)
     scratch: Path | None = None
     int8_recipe: object = None  # export.int8_recipe.RecipeRequest; None: full-integer, no recipe recorded
+    # The bundle's Keras model (the TFLite ladder's batch-1 rung re-traces it) and eval sample (each rung's smoke run).
+    keras_model: Path | None = None
+    eval_sample: Samples | None = None
 
     def prerequisite(self, name: str) -> Built:
         """The built prerequisite `name` (the registry builds every `requires` entry first)."""

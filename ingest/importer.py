@@ -60,11 +60,37 @@ def _static_shape(shape) -> tuple[int, ...]:
     return tuple(DYNAMIC if d is None else int(d) for d in shape)
 
 
-def output_activation(model, index: int) -> str | None:
-    """The activation of the layer that produces output `index` ('softmax', 'sigmoid', 'linear'...), if visible."""
+def producing_layer(model, index: int) -> tuple[object | None, list[str]]:
+    """The layer that computes output `index`, looking through nested models, and the nested models' names.
+
+    A transfer-learning classifier wraps a Keras application (`outputs = app(inputs)`): the outer model's output
+    is produced by the nested model, whose own output is produced by its `predictions` Dense layer.
+    """
     try:
-        layer = model.outputs[index]._keras_history.operation
-    except (AttributeError, IndexError):
+        tensor = model.outputs[index]
+    except (AttributeError, IndexError, TypeError):
+        return None, []
+    path: list[str] = []
+    for _ in range(32):  # nesting deeper than this is not a model anyone builds
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None, path
+        layer = history.operation
+        inner_outputs = getattr(layer, "outputs", None)
+        if not inner_outputs or not hasattr(layer, "layers"):
+            return layer, path
+        path.append(layer.name)
+        tensor = inner_outputs[history.tensor_index if history.tensor_index < len(inner_outputs) else -1]
+    return None, path
+
+
+def output_activation(model, index: int) -> str | None:
+    """The activation of the layer that produces output `index` ('softmax', 'sigmoid', 'linear'...), if visible.
+
+    The layer is found through nested models (`producing_layer`).
+    """
+    layer, _ = producing_layer(model, index)
+    if layer is None:
         return None
     activation = getattr(layer, "activation", None)
     if activation is not None:
@@ -103,14 +129,48 @@ def input_spec_from_keras(name: str, dtype: str, shape: tuple[int, ...], hints: 
                      range_origin=origin, image=ImageSpec(height=shape[1], width=shape[2], color_mode=color_mode))
 
 
+def decide_output_kind(model, index: int, task: str, width: int, predictions: np.ndarray | None
+                       ) -> tuple[str, str | None, str]:
+    """The output's kind from the layer that computes it, confirmed on its eval outputs; and how it was decided.
+
+    The activation of the producing layer (through nested models) decides first. When eval outputs are given,
+    they confirm it: a softmax/sigmoid whose outputs are not non-negative rows summing to 1 is not called
+    probabilities, and an output with no visible activation whose rows are probabilities is (unless the task is
+    regression).
+
+    Returns:
+        (kind, activation, how) — `how` is one sentence for the manifest.
+    """
+    layer, path = producing_layer(model, index)
+    activation = output_activation(model, index)
+    kind = output_kind(activation, task, width)
+    where = f"layer {getattr(layer, 'name', '?')!r}" + (f" inside {' / '.join(path)}" if path else "")
+    how = f"{task} task; activation {activation or 'not visible'} of {where}"
+    if predictions is None or task == "regression":
+        return kind, activation, how
+    rows = len(predictions)
+    probabilities = width > 1 and looks_like_probabilities(predictions.reshape(rows, -1))
+    if kind == "probabilities" and width > 1 and not probabilities:
+        kind = "logits" if task == "classification" else "values"
+        return kind, activation, how + f"; but its {rows} eval outputs are not rows summing to 1, so {kind}"
+    if kind != "probabilities" and activation is None and probabilities:
+        return "probabilities", activation, how + f"; its {rows} eval outputs are non-negative rows summing to 1"
+    checked = "non-negative rows summing to 1" if probabilities else "not probability rows"
+    return kind, activation, how + f"; confirmed on {rows} eval outputs ({checked})"
+
+
 def contract_from_keras(model, hints: ContractHints = ContractHints(),
-                        data_ranges: dict[str, tuple[float, float]] | None = None) -> ModelContract:
+                        data_ranges: dict[str, tuple[float, float]] | None = None,
+                        predictions: dict[str, np.ndarray] | None = None,
+                        decisions: dict[str, str] | None = None) -> ModelContract:
     """The contract of a built Keras model: its input and output names, dtypes and shapes, plus the hints.
 
     Args:
         model: a built Keras 3 model.
         hints: task, input kind, input range and labels given by the user.
         data_ranges: per input name, the value range seen in the eval data (recorded when no range is given).
+        predictions: per output name, the model's outputs on eval inputs (confirm probabilities).
+        decisions: filled with, per output name, how its kind was decided (`decide_output_kind`).
 
     Returns:
         The contract; labels go to the first classification output whose width matches.
@@ -125,8 +185,10 @@ def contract_from_keras(model, hints: ContractHints = ContractHints(),
     outputs = []
     for index, (name, tensor) in enumerate(zip(keras_tensor_names(model, "outputs"), model.outputs, strict=True)):
         shape = _static_shape(tensor.shape)
-        activation = output_activation(model, index)
-        kind = output_kind(activation, hints.task, _width(shape))
+        kind, activation, how = decide_output_kind(model, index, hints.task, _width(shape),
+                                                   (predictions or {}).get(name))
+        if decisions is not None:
+            decisions[name] = how
         outputs.append(OutputSpec(name=name, dtype=_dtype_name(tensor.dtype), shape=shape, kind=kind,
                                   activation=activation))
     return ModelContract(inputs=tuple(inputs), outputs=attach_labels(tuple(outputs), hints.labels))

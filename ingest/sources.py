@@ -29,7 +29,7 @@ import numpy as np
 from kerasport.contract import ModelContract
 from kerasport.errors import UsageError
 
-from .importer import ContractHints, contract_from_keras, contract_from_signature
+from .importer import ContractHints, contract_from_keras, contract_from_signature, keras_tensor_names
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -67,12 +67,31 @@ class LoadedSource:
                  ) -> ModelContract:
         """The contract; for a SavedModel, `sample_inputs` are run through the signature to tell probabilities."""
         if self.model is not None:
-            return contract_from_keras(self.model, hints, data_ranges)
+            predictions = self.predict_keras(sample_inputs) if sample_inputs else None
+            decisions: dict[str, str] = {}
+            contract = contract_from_keras(self.model, hints, data_ranges, predictions, decisions)
+            self.details["output_kinds"] = decisions
+            return contract
         inputs = self.signature.structured_input_signature[1]
         outputs = self.signature.structured_outputs
         ordered = {name: outputs[name] for name in sorted(outputs, key=_natural_key)}
         predictions = self.predict(sample_inputs) if sample_inputs else None
         return contract_from_signature(inputs, ordered, hints, data_ranges, predictions)
+
+    def predict_keras(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The Keras model's outputs on named inputs, keyed like its contract; None when it cannot run on them."""
+        names_in, names_out = keras_tensor_names(self.model, "inputs"), keras_tensor_names(self.model, "outputs")
+        if set(names_in) != set(inputs):
+            return None
+        arrays = [np.asarray(inputs[name]) for name in names_in]
+        try:
+            outputs = self.model.predict(arrays[0] if len(arrays) == 1 else arrays, batch_size=PREDICT_BATCH,
+                                         verbose=0)
+        except Exception:  # noqa: BLE001 - the kind then rests on the activation alone
+            return None
+        outputs = list(outputs.values()) if isinstance(outputs, dict) else (
+            list(outputs) if isinstance(outputs, (list, tuple)) else [outputs])
+        return {name: np.asarray(value) for name, value in zip(names_out, outputs, strict=True)}
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the SavedModel signature on named inputs, in batches."""

@@ -257,10 +257,17 @@ def measure_arena(model: bytes, inputs: int) -> dict:
         ConversionError: TFLite Micro cannot prepare or run the model.
     """
     interpreter = open_tflm(model)
-    try:
-        invoke_zeros(interpreter, inputs)
-    except Exception as error:  # noqa: BLE001 - the wrapper raises RuntimeError/ValueError
-        raise ConversionError(f"TFLite Micro cannot run the model: {error}") from error
+    with captured_stderr() as said:
+        try:
+            invoke_zeros(interpreter, inputs)
+            error = None
+        except Exception as raised:  # noqa: BLE001 - the wrapper raises RuntimeError/ValueError
+            error = raised
+        detail = "; ".join(line.strip() for line in said().splitlines() if line.strip())[:300]
+    if error is not None:
+        # TFLite Micro's own words (the kernel that failed and why) are on stderr, not in the exception.
+        raise ConversionError(f"TFLite Micro cannot run the model: {error}"
+                              + (f" ({detail})" if detail else "")) from error
     recorded = arena_used(interpreter)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "model.tflite"

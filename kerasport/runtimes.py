@@ -111,6 +111,10 @@ class LiteRtRuntime:
         self._path = path
         self._inputs, self._outputs = self._signature_tensors()
         self.input_names, self.output_names = list(self._inputs), list(self._outputs)
+        # An artifact converted with a fixed batch of 1 (export's TFLite ladder) takes one row at a time.
+        self.fixed_batch = 1 if self._inputs and all(
+            int(detail["shape_signature"][0]) == 1 for detail in self._inputs.values()
+            if len(detail["shape_signature"])) else None
         # An interpreter must never be invoked from two threads at once.
         self._lock = threading.Lock()
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -132,6 +136,15 @@ class LiteRtRuntime:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         _check_names(inputs, self.input_names, self._path.name)
+        batch = {len(value) for value in inputs.values() if np.ndim(value)}
+        if self.fixed_batch and batch and max(batch) != self.fixed_batch:
+            # A batch-1 artifact: run row by row and stack the answers in order.
+            rows = [self._run_once({name: value[row:row + 1] for name, value in inputs.items()})
+                    for row in range(max(batch))]
+            return {name: np.concatenate([answer[name] for answer in rows]) for name in self.output_names}
+        return self._run_once(inputs)
+
+    def _run_once(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
         with self._lock:
             shapes = {name: tuple(np.shape(value)) for name, value in inputs.items()}

@@ -18,7 +18,7 @@ from kerasport.errors import UsageError
 
 PRECISION_CLASS = {"fp32": "fp32", "fp16": "fp16", "dynamic-int8": "int8", "int8": "int8"}
 TOLERANCE_FILE = "parity.toml"
-NOISE_SOURCES = ("batch_order", "fp16_weights")
+NOISE_SOURCES = ("batch_order", "fp16_weights", "float32_error")
 
 
 @dataclass
@@ -31,7 +31,9 @@ class Tolerance:
     # order should differ from Keras about as much as Keras differs from itself when batching changes its order.
     noise_multiple: float = 0.0
     # Which noise the multiple applies to: "batch_order" (the reference on the same inputs batched differently) or
-    # "fp16_weights" (the reference vs itself with float16-rounded weights: fp16 storage's own error).
+    # "fp16_weights" (the reference vs itself with float16-rounded weights: fp16 storage's own error) or
+    # "float32_error" (the larger of batch_order and the reference vs itself computed in float64: float32's own
+    # rounding error on these inputs).
     noise_source: str = "batch_order"
     min_agreement: float = 1.0  # top-1 agreement with Keras on the real held-out images
     # Images where Keras' own top-2 margin is below this are near-ties: a flip there is within the output
@@ -48,7 +50,8 @@ class Tolerance:
 class TolerancePolicy:
     fp32: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-5, rtol=0.0, noise_multiple=5.0,
                                                               min_agreement=1.0, max_accuracy_drop=0.0,
-                                                              max_mae_increase=0.001, tie_margin=0.0))
+                                                              max_mae_increase=0.001, tie_margin=0.0,
+                                                              noise_source="float32_error"))
     fp16: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-2, rtol=0.0, min_agreement=0.999,
                                                               max_accuracy_drop=0.002, max_mae_increase=0.02,
                                                               tie_margin=1e-2, values_rtol=1e-2, noise_multiple=2.0,
@@ -94,10 +97,14 @@ def noise_floors(tolerance: Tolerance, noise: dict) -> tuple[float, float]:
     """The (eval, edge) noise floors this tolerance's multiple applies to, from one output's measured noise.
 
     fp16 weight-rounding noise is only measured for a Keras reference with an fp16 candidate; where it is absent
-    the floor is 0 and the bound is `atol`.
+    the floor is 0 and the bound is `atol`. The float32 error likewise (Keras reference, fp32 candidate); where it
+    is absent the floor is the batch-order noise.
     """
     if tolerance.noise_source == "fp16_weights":
         return noise.get("fp16_max_abs_diff", 0.0), noise.get("fp16_edge_max_abs_diff", 0.0)
+    if tolerance.noise_source == "float32_error":
+        return (max(noise["max_abs_diff"], noise.get("float32_max_abs_diff", 0.0)),
+                max(noise["edge_max_abs_diff"], noise.get("float32_edge_max_abs_diff", 0.0)))
     return noise["max_abs_diff"], noise["edge_max_abs_diff"]
 
 

@@ -121,8 +121,9 @@ def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, o
     rtol = tolerance.rtol + (tolerance.values_rtol if spec.kind != "probabilities" else 0.0)
     allowed_eval = max(tolerance.atol, tolerance.noise_multiple * eval_noise)
     allowed_edge = max(tolerance.atol, tolerance.noise_multiple * edge_noise)
-    noise_name = ("the reference's own error with float16-rounded weights" if tolerance.noise_source == "fp16_weights"
-                  else "the reference's own batch-order noise")
+    noise_name = {"fp16_weights": "the reference's own error with float16-rounded weights",
+                  "float32_error": "the reference's own float32 error (vs float64, or batch order if larger)"}.get(
+        tolerance.noise_source, "the reference's own batch-order noise")
     worst_edge = max(stats["max_abs_diff"] for stats in result["edge"].values())
     checks.add("max_abs_diff", eval_excess <= 0 and edge_excess <= 0,
                f"max |diff| {result['eval']['max_abs_diff']:.3g} on the eval inputs (allowed {allowed_eval:.3g}), "

@@ -67,8 +67,29 @@ class KerasRunner:
         twin.description = f"{self.description}, float16-rounded weights"
         return twin
 
+    def float64_twin(self) -> KerasRunner:
+        """The same model computing in float64 (every float32 layer policy and weight widened).
+
+        Its distance from the reference on the same inputs is the reference's own float32 rounding error: an fp32
+        runtime that computes in another order is expected to be about that far from Keras, so the fp32 bound
+        follows it (deep or ill-conditioned models get a larger bound, as fp16's follows its weight rounding).
+
+        Raises:
+            Exception: whatever Keras raises when the widened configuration does not rebuild (custom layers).
+        """
+        twin = object.__new__(KerasRunner)
+        twin._keras, twin._contract = self._keras, self._contract
+        twin._model = type(self._model).from_config(float64_config(self._model.get_config()))
+        twin._model.set_weights([w.astype(np.float64) if w.dtype == np.float32 else w
+                                 for w in self._model.get_weights()])
+        twin._input_dtype = np.float64
+        twin.description = f"{self.description}, float64"
+        return twin
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = [np.asarray(inputs[spec.name], dtype=spec.dtype) for spec in self._contract.input_specs()]
+        widen = getattr(self, "_input_dtype", None)
+        arrays = [np.asarray(inputs[spec.name], dtype=widen if widen and np.dtype(spec.dtype) == np.float32
+                             else spec.dtype) for spec in self._contract.input_specs()]
         outputs = self._model(arrays[0] if len(arrays) == 1 else arrays, training=False)
         names = self._contract.output_names
         if isinstance(outputs, Mapping):
@@ -76,6 +97,19 @@ class KerasRunner:
         elif not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
         return {name: self._keras.ops.convert_to_numpy(value) for name, value in zip(names, outputs, strict=True)}
+
+
+def float64_config(config):
+    """A Keras model config with every float32 dtype (a policy name or a DTypePolicy entry) made float64."""
+    if isinstance(config, list):
+        return [float64_config(value) for value in config]
+    if not isinstance(config, dict):
+        return config
+    widened = {}
+    for key, value in config.items():
+        policy = value.get("config", {}).get("name") if isinstance(value, dict) else value
+        widened[key] = "float64" if key == "dtype" and policy == "float32" else float64_config(value)
+    return widened
 
 
 class SavedModelRunner:
@@ -153,14 +187,16 @@ class Reference:
 
 
 def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
-                      edge_inputs: Mapping[str, np.ndarray], *, fp16_noise: bool = False) -> Reference:
+                      edge_inputs: Mapping[str, np.ndarray], *, fp16_noise: bool = False,
+                      float32_noise: bool = False) -> Reference:
     """Run the reference on everything and measure its noise floors per output.
 
     The batch-order noise floor: the same inputs one at a time vs in one batch of EVAL_BATCH (another summation
     order), on the first eval examples and on the edge inputs; the fp32 bound scales with it. With `fp16_noise`
     (an fp16 candidate exists and the reference is a Keras model), also the fp16 weight-rounding noise: the
     reference vs its `fp16_weight_twin` on every eval and edge input; the fp16 bound scales with it (README,
-    "Parity").
+    "Parity"). With `float32_noise` (an fp32 candidate's tolerance follows it; a Keras reference), also the
+    reference's own float32 error: the reference vs its `float64_twin` on every eval and edge input.
     """
     try:
         outputs = run_everything(runner, eval_inputs, edge_inputs)
@@ -182,10 +218,34 @@ def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_
             noise[name]["fp16_max_abs_diff"] = error_statistics(outputs.eval[name], twin.eval[name])["max_abs_diff"]
             noise[name]["fp16_edge_max_abs_diff"] = max(
                 error_statistics(outputs.edge[b][name], twin.edge[b][name])["max_abs_diff"] for b in EDGE_BATCH_SIZES)
+    float32_error = _float32_error(runner, outputs, contract, eval_inputs, edge_inputs) if float32_noise else None
+    for name, stats in (float32_error or {}).items():
+        noise[name].update(stats)
     info = {"artifact": artifact.name, "runtime": runner.description, "path": artifact.path,
             "noise_floor": {"what": f"reference batch 1 vs batch {EVAL_BATCH} on the same inputs",
                             "examples": probe_count,
                             "max_abs_diff": max(stats["max_abs_diff"] for stats in noise.values()),
                             "edge_max_abs_diff": max(stats["edge_max_abs_diff"] for stats in noise.values()),
                             "outputs": noise}}
+    if float32_noise:
+        info["float32_error"] = ({"what": "reference in float32 vs the same model in float64 on the same inputs"}
+                                 if float32_error else {"what": "not measured (no Keras reference, or its float64 "
+                                                                "twin does not build); the fp32 bound uses the "
+                                                                "batch-order noise"})
     return Reference(outputs, noise, info)
+
+
+def _float32_error(runner, outputs: Outputs, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
+                   edge_inputs: Mapping[str, np.ndarray]) -> dict[str, dict] | None:
+    """Per output, the reference's max |float32 - float64| on the eval and edge inputs; None when unmeasurable."""
+    if not hasattr(runner, "float64_twin"):
+        return None
+    try:
+        twin = run_everything(runner.float64_twin(), eval_inputs, edge_inputs)
+    except Exception:  # noqa: BLE001 - a model whose config does not rebuild in float64: no measurement, say so
+        return None
+    return {name: {"float32_max_abs_diff": error_statistics(outputs.eval[name], twin.eval[name])["max_abs_diff"],
+                   "float32_edge_max_abs_diff": max(
+                       error_statistics(outputs.edge[b][name], twin.edge[b][name])["max_abs_diff"]
+                       for b in EDGE_BATCH_SIZES)}
+            for name in contract.output_names}

@@ -146,8 +146,10 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     runner = _reference_runner(run_dir, plan.reference, contract, plan.manifest.source)
     fp16_noise = any(policy.for_precision(artifact.precision).noise_source == "fp16_weights"
                      for artifact in plan.candidates)
+    float32_noise = any(policy.for_precision(artifact.precision).noise_source == "float32_error"
+                        for artifact in plan.candidates)
     reference = measure_reference(runner, plan.reference, contract, data.inputs, data.edges.inputs,
-                                  fp16_noise=fp16_noise)
+                                  fp16_noise=fp16_noise, float32_noise=float32_noise)
     results = {}
     for artifact in plan.candidates:
         results[artifact.name] = check_candidate(run_dir, artifact, contract, policy, reference, data,

@@ -77,6 +77,8 @@ def prepare(model, contract: ModelContract, inputs: dict[str, np.ndarray], descr
     graph = KerasGraph(model, contract, inputs)
     reference = graph.values(inputs)
     noise = {"batch_order": batch_order_noise(graph, inputs, reference)}
+    # Per layer, the fp32 bound's float32-error source falls back to the batch-order noise (no float64 graph here).
+    noise["float32_error"] = noise["batch_order"]
     if fp16:
         try:
             twin = KerasGraph(fp16_twin(model), contract, inputs).values(inputs)

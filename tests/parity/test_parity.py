@@ -126,6 +126,10 @@ def test_perturbed_onnx_weights_fail_the_gate_naming_the_artifact(exported_copy)
     manifest = load_manifest(exported_copy)
     assert manifest.parity_verdict("onnx-fp32") == Verdict.FAIL
     assert manifest.parity_verdict("tflite-fp32") == Verdict.PASS
+    # The fp32 bound followed the model's own float32 error (vs float64) and still caught the fault.
+    report = json.loads((exported_copy / "parity" / "report.json").read_text())
+    floors = report["reference"]["noise_floor"]["outputs"]
+    assert all(stats["float32_max_abs_diff"] > 0 for stats in floors.values()), floors
     with pytest.raises(UsageError, match="failed parity"):
         require_verified(manifest, "onnx-fp32")
     require_verified(manifest, "onnx-fp32", allow_unverified=True)

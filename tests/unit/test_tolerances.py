@@ -54,3 +54,21 @@ def test_bad_files_are_one_line_usage_errors_naming_the_file(tmp_path, text, mes
 def test_bad_command_line_overrides_say_so(tmp_path):
     with pytest.raises(UsageError, match=r"command line: \[fp32\] atol = -0.1; expected a number >= 0"):
         load_policy(tmp_path, {"fp32": {"atol": -0.1}})
+
+
+def test_the_fp32_bound_follows_the_models_own_float32_error():
+    from kerasport.tolerances import bound_excess, noise_floors
+
+    fp32 = TolerancePolicy().fp32
+    assert fp32.noise_source == "float32_error"
+    # The case: Keras' float32 answer is 3e-6 from float64, a runtime's 1.28e-5 from Keras' (atol 1e-5).
+    noise = {"max_abs_diff": 1e-7, "edge_max_abs_diff": 2e-7, "float32_max_abs_diff": 3e-6,
+             "float32_edge_max_abs_diff": 4e-6}
+    eval_floor, edge_floor = noise_floors(fp32, noise)
+    assert (eval_floor, edge_floor) == (3e-6, 4e-6)
+    reference = [[0.2, 0.8]]
+    assert bound_excess(fp32, reference, [[0.2 + 1.28e-5, 0.8 - 1.28e-5]], eval_floor) <= 0
+    assert bound_excess(fp32, reference, [[0.21, 0.79]], eval_floor) > 0  # a real fault stays far outside
+    # Not measured (a SavedModel reference): the batch-order noise, and atol as the floor.
+    assert noise_floors(fp32, {"max_abs_diff": 1e-7, "edge_max_abs_diff": 2e-7}) == (1e-7, 2e-7)
+    assert bound_excess(fp32, reference, [[0.2 + 1.28e-5, 0.8]], 1e-7) > 0
