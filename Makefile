@@ -22,7 +22,7 @@ TRAIN_OPTS := --run $(RUN) \
 	$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--arch $(ARCH)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(WIDTH),--width $(WIDTH)) $(if $(LIMIT),--limit $(LIMIT)) $(TRAIN_ARGS)
 
-.PHONY: install all train export parity verify test test-fast lint bench clean
+.PHONY: install all train export parity verify test test-fast lint bench docs clean
 
 install: $(STAMP)
 
@@ -56,6 +56,10 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
+# The documentation site into site/ (the CLI reference is generated from the typer app at every build).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/export.py
@@ -63,5 +67,5 @@ bench: install
 	$(BIN)/python bench/imported.py
 
 clean:
-	rm -rf $(RUN) .pytest_cache .ruff_cache
+	rm -rf $(RUN) site .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -26,7 +26,7 @@ class TrainArgs:
     arch: Annotated[str, typer.Option(
         "--arch", help="seed (the reference CNN) | edge (≤100k params) | package.module:function (your own "
         "builder, called with keyword arguments input_shape, n_outputs, task, activation, kernel_initializer, "
-        "bias_initializer, ...; see the README).")] = _DEFAULT.arch
+        "bias_initializer, ...; see docs/training.md).")] = _DEFAULT.arch
     task: Annotated[str, typer.Option(
         "--task", help="classification (softmax) | regression (identity).")] = _DEFAULT.task
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = _DEFAULT.epochs
