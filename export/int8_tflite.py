@@ -26,7 +26,7 @@ from kerasport.samples import Samples
 
 from .int8_recipe import TFLM_IDENTITY_EXAMPLES, RecipeRequest, judge_file, run_tuning
 from .tflm import TFLM_OPS
-from .to_tflite import SIGNATURE, convert_saved_model_to_tflite, representative_dataset, tflite_io_details
+from .to_tflite import SIGNATURE, representative_dataset, tflite_io_details
 from .tuning import TuningSet
 from .variant import BuildContext
 
@@ -71,9 +71,14 @@ class TfliteRecipes:
         if recipe.activation_bits == 16:
             return _convert_int16x8(context, calibration, destination)
         if not recipe.float_layers:
-            return convert_saved_model_to_tflite(
-                context.saved_model, destination, precision="int8", contract=context.contract,
-                calibration=calibration, int8_io=context.int8_io, allow_select_tf_ops=context.allow_select_tf_ops)
+            # The full-integer model climbs the same isolated conversion ladder as every other TFLite variant: a
+            # converter that aborts costs this variant, and a recurrent model gets its batch-1 rung.
+            from .tflite_ladder import build_tflite_ladder
+
+            return build_tflite_ladder(context.saved_model, context.keras_model, destination, precision="int8",
+                                       contract=context.contract, calibration=calibration,
+                                       eval_sample=context.eval_sample, int8_io=context.int8_io,
+                                       allow_select_tf_ops=context.allow_select_tf_ops)
         debugger = self._debugger(calibration)
         nodes = self._nodes_of(debugger.calibrated_model, set(recipe.float_layers))
         debugger.options.denylisted_nodes = nodes
