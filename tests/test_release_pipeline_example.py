@@ -18,11 +18,12 @@ import pytest
 import yaml
 from helpers import write_idx_dir
 
+from devtools.keys import write_key_pair
 from kerasport.manifest import load_manifest
+from kerasport.signing import verify_signature
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "examples" / "release-pipeline.yml"
 SKIPPED_STEP_IDS = {"install"}  # pip install of the package under test: done before the tests run
-SIGN_MARKER = "SIGN:"
 
 
 def load_workflow() -> dict:
@@ -42,7 +43,8 @@ def test_workflow_has_the_release_stages_in_order():
     workflow = load_workflow()
     steps = release_steps(workflow)
     commands = [step["run"] for step in steps if "run" in step]
-    stage_order = ["kerasport train", "kerasport export", "kerasport parity", "kerasport package"]
+    stage_order = ["kerasport train", "kerasport export", "kerasport parity", "kerasport bundle sign",
+                   "kerasport package"]
     positions = [next(index for index, command in enumerate(commands) if stage in command) for stage in stage_order]
     assert positions == sorted(positions), f"stages out of order: {dict(zip(stage_order, positions, strict=True))}"
     assert "kerasport import" in commands[positions[0]], "the first stage must offer import as well as train"
@@ -52,7 +54,7 @@ def test_workflow_has_the_release_stages_in_order():
     assert workflow["defaults"]["run"]["shell"] == "bash"
 
 
-def test_workflow_publishes_the_gate_junit_and_marks_where_signing_goes():
+def test_workflow_publishes_the_gate_junit_and_signs_before_packaging():
     workflow = load_workflow()
     steps = release_steps(workflow)
     labels = [step_label(step) for step in steps]
@@ -64,15 +66,16 @@ def test_workflow_publishes_the_gate_junit_and_marks_where_signing_goes():
     gate = next(index for index, step in enumerate(steps) if "kerasport parity" in step.get("run", ""))
     package = next(index for index, step in enumerate(steps) if "kerasport package" in step.get("run", ""))
     assert gate < labels.index(step_label(junit)) < package
-    text = WORKFLOW.read_text()
-    sign_line = next(line for line in text.splitlines() if SIGN_MARKER in line)
-    assert "kerasport bundle sign" in sign_line
-    assert text.index("kerasport parity") < text.index(sign_line) < text.index("kerasport package")
+    sign = next(index for index, step in enumerate(steps) if "kerasport bundle sign" in step.get("run", ""))
+    assert gate < sign < package
+    # the private key comes from the CI's secrets, never from the repository
+    assert workflow["env"]["SIGNING_KEY"].startswith("${{ secrets.")
 
 
 @pytest.mark.slow
 def test_workflow_commands_run_in_order_on_a_tiny_model(tmp_path: Path):
     workflow = load_workflow()
+    keys = write_key_pair(tmp_path / "keys")
     env = {**os.environ, **{name: str(value) for name, value in workflow["env"].items()}}
     env.update({
         "RUN": str(tmp_path / "build"),
@@ -81,6 +84,8 @@ def test_workflow_commands_run_in_order_on_a_tiny_model(tmp_path: Path):
         "PARITY_ARGS": "--no-sweep",
         "PACKAGE_TARGET": "triton",
         "DEPLOY": str(tmp_path / "deploy"),
+        "SIGNING_KEY": keys.private.read_text(),
+        "SIGNING_PUBLIC_KEY": str(keys.public),
         # the venv's kerasport first, as `pip install` puts it on the runner's PATH
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     })
@@ -100,8 +105,9 @@ def test_workflow_commands_run_in_order_on_a_tiny_model(tmp_path: Path):
     assert cases, "the gate wrote no JUnit testcases"
     assert not [case for case in cases if case.find("failure") is not None or case.find("error") is not None]
     manifest = load_manifest(run)
-    packaged = manifest.stage("package").get(env["PACKAGE_TARGET"])
-    assert packaged, "the package stage was not recorded in the manifest"
     assert all(artifact.passed_parity for artifact in manifest.artifacts() if artifact.parity)
+    # signed after the gate; packaging leaves a signed bundle's manifest as it was signed
+    verify_signature(run, keys.public)
+    assert not manifest.stage("package"), "packaging must not rewrite a signed manifest"
     deploy = Path(env["DEPLOY"]) / env["PACKAGE_TARGET"]
     assert (deploy / "DEPLOY.md").is_file()
