@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from kerasport.tfenv import quiet_tensorflow  # noqa: E402
+from kerasport.verdict import Verdict
 
 quiet_tensorflow()
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def serving_figures(run: Path, variants: list[str], verdicts: dict[str, dict], r
     body = v2_body(name, picture)
     results = {}
     for variant in variants:
-        unverified = verdicts.get(variant, {}).get("verdict") != "pass"
+        unverified = verdicts.get(variant, {}).get("verdict") != Verdict.PASS
         server = ServerProcess(run, "--variant", variant, "--threads", str(threads), "--no-access-log",
                                *(["--allow-unverified"] if unverified else []))
         try:

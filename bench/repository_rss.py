@@ -46,8 +46,8 @@ def build_imported(run: Path, variant: str, seed: int) -> None:
     import numpy as np
 
     from devtools.imported_models import MOBILENET_LABELS, mobilenet_v2, noise_pictures
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
     from kerasport.samples import Samples
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     model = mobilenet_v2(seed=seed)
     contract = contract_from_keras(model, ContractHints(labels=MOBILENET_LABELS), {})

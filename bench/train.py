@@ -71,8 +71,9 @@ def main() -> None:
 
     from kerasport.train.config import TrainConfig
     from kerasport.train.data import load_dataset
-    from kerasport.train.fit import _validation_split, train
+    from kerasport.train.fit import train
     from kerasport.train.models import build_model, compile_model
+    from kerasport.train.runs import validation_split as _validation_split
 
     results: dict[str, list[float]] = {"plain_fit": [], "kerasport": []}
     with tempfile.TemporaryDirectory() as scratch:

@@ -31,9 +31,9 @@ def regressor(seed: int):
 def write_version(run: Path, seed: int, *, name: str = MODEL_NAME, version: str = "1") -> Path:
     """A verified bundle of `regressor(seed)` at `run` (exported to onnx-fp32, parity passed)."""
     from kerasport.export.stage import ExportOptions, export_bundle
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
     from kerasport.parity.stage import ParityOptions, run_parity
     from kerasport.samples import Samples
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     model = regressor(seed)
     rows = np.random.default_rng(seed).normal(0, 1, (16, FEATURES)).astype(np.float32)

@@ -8,43 +8,12 @@ ConversionError with one line naming the op (when known) when the model cannot b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
 from kerasport.fsutil import sha256_file
-from kerasport.samples import Samples
 
-if TYPE_CHECKING:
-    from .variants import Variant
-
-
-@dataclass
-class Built:
-    """A variant that was built: where its file is and what was recorded about it."""
-
-    path: Path
-    details: dict
-
-
-@dataclass
-class BuildContext:
-    """What every build function may read."""
-
-    saved_model: Path
-    contract: ModelContract
-    calibration: Samples
-    opset: int
-    int8_io: bool = False
-    allow_select_tf_ops: bool = False
-    built: dict[str, Built] = field(default_factory=dict)
-    scratch: Path | None = None
-
-    def prerequisite(self, name: str) -> Built:
-        """The built prerequisite `name` (the registry builds every `requires` entry first)."""
-        return self.built[name]
+from .variant import BuildContext, Variant
 
 
 def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:

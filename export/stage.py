@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from kerasport.bundle import Stage, forget_invalidated
 from kerasport.errors import CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path
 from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import Samples, load_samples
 
-from .builders import BuildContext, Built
 from .messages import first_line
 from .smoke import smoke_run
+from .variant import BuildContext, Built
 from .variants import DEFAULT_OPSET, MIN_OPSET, VARIANTS, Variant, build_order
 
-STAGE_DIR_NAME = "export"
+STAGE_DIR_NAME = Stage.EXPORT.folder
 SCRATCH_DIR_NAME = ".scratch"
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 # What the export reads from the bundle (all verified against their recorded sha256 first).
@@ -250,15 +251,15 @@ def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome, rows: 
                 manifest.remove_artifact(companion.artifact)
     versions = tool_versions()
     manifest.update_versions(versions)
-    previous = manifest.stage("export").get("variants", {})
-    manifest.set_stage("export", {
+    previous = manifest.stage(Stage.EXPORT).get("variants", {})
+    manifest.set_stage(Stage.EXPORT, {
         "finished": utc_now(), "opset": options.opset, "tools": versions,
         "calibration_samples": len(sources.calibration), "int8_io": options.int8_io,
         "keep_going": options.keep_going,
         "variants": {**previous, **{row["variant"]: {key: row[key] for key in ("seconds", "bytes", "status")}
                                     for row in rows}}})
     # A re-export changes artifacts, so earlier parity verdicts no longer apply to them.
-    manifest.drop_stage("parity")
+    forget_invalidated(manifest, Stage.EXPORT)
     manifest.save(run_dir)
     return manifest
 

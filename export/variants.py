@@ -8,56 +8,12 @@ No TensorFlow import here: the CLI reads this module to check `--formats`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from . import builders
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from .builders import BuildContext
+from .variant import Companion, Variant
 
 # The newest opset tf2onnx 1.17 can emit (its OPSET_TO_IR_VERSION ends at 18); onnxruntime 1.32 runs up to 23.
 DEFAULT_OPSET = 18
 MIN_OPSET = 7
-# Formats a TensorFlow-free runtime (kerasport.runtimes) can load and smoke-run.
-RUNNABLE_FORMATS = ("onnx", "tflite")
-
-
-@dataclass(frozen=True)
-class Companion:
-    """A second file a variant writes beside its own, recorded as its own artifact (the TFLM C header)."""
-
-    artifact: str
-    filename: str
-    format: str
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One deployable artifact the export stage can build.
-
-    Attributes:
-        build: `build(context, variant, path) -> details`; writes `path` and returns what the manifest records
-            about it. Raises ConversionError (one line naming the op when known) when the model cannot be built.
-        requires: variants whose files `build` reads (built first, in scratch space when not requested).
-    """
-
-    name: str
-    filename: str
-    format: str
-    precision: str
-    runtime: str
-    build: Callable[[BuildContext, Variant, Path], dict]
-    requires: tuple[str, ...] = ()
-    companion: Companion | None = None
-
-    @property
-    def runnable(self) -> bool:
-        """Whether a kerasport runtime runs this artifact (smoke-run after building)."""
-        return self.format in RUNNABLE_FORMATS
 
 
 VARIANTS: dict[str, Variant] = {

@@ -23,13 +23,13 @@ from . import __version__
 from .contract import ModelContract
 from .errors import CheckFailed, UsageError
 from .fsutil import sha256_file, sha256_tree, tree_bytes, write_json_atomic
+from .verdict import Verdict
 
 SCHEMA_VERSION = 2
 SUPPORTED_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("schema_version", "model", "inputs", "outputs", "artifacts")
 REQUIRED_ARTIFACT_KEYS = ("path", "format", "precision", "sha256", "bytes")
-PASS = "pass"
 
 
 def utc_now() -> str:
@@ -82,7 +82,7 @@ class Artifact:
 
     @property
     def passed_parity(self) -> bool:
-        return self.verdict == PASS
+        return self.verdict == Verdict.PASS
 
     @property
     def status(self) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from kerasport.contract import ModelContract, OutputSpec
+from kerasport.verdict import Verdict
 
 from .compare import (
     accuracy_statistics,
@@ -25,7 +26,6 @@ from .compare import (
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
 from .tolerances import Tolerance, bound_excess, noise_floors
 
-PASS, FAIL, ERROR = "pass", "fail", "error"
 LOAD_CHECK = "loads_and_runs"
 
 
@@ -42,7 +42,7 @@ class Checks:
 
     @property
     def verdict(self) -> str:
-        return PASS if all(record["passed"] for record in self.records) else FAIL
+        return Verdict.of_checks([record["passed"] for record in self.records])
 
     def failed_ids(self) -> list[str]:
         return [record["id"] for record in self.records if not record["passed"]]

@@ -22,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.bundle import Stage
 from kerasport.fsutil import atomic_path
 from kerasport.manifest import Manifest, load_manifest
+from kerasport.verdict import Verdict
 
 REPORT_NAME = "report.html"
-PARITY_DIR = "parity"
+PARITY_DIR = Stage.PARITY.folder
+TRAIN_DIR = Stage.TRAIN.folder
 HISTOGRAM_LOG10_EDGES = tuple(np.arange(-12.0, 1.5, 0.5).round(1))  # |diff| from 1e-12 to 10, half decades
 HISTOGRAM_FLOOR = 1e-12
 SECTIONS = (("summary", "Summary"), ("training", "Training"), ("confusion", "Confusion matrix"),
@@ -167,7 +170,8 @@ def _summary(manifest: Manifest, report: dict | None) -> list[str]:
     else:
         drift = report.get("drift")
         passed = report["passed"] and (drift is None or drift["passed"])
-        parts.append(f'<p><span class="badge {"pass" if passed else "fail"}">{"PASSED" if passed else "FAILED"}'
+        verdict = Verdict.of_checks([passed])
+        parts.append(f'<p><span class="badge {verdict}">{"PASSED" if passed else "FAILED"}'
                      f'</span> parity finished {html.escape(report["finished"])} in {report["seconds"]} s; '
                      f'{len(report["candidates"])} candidates against {html.escape(report["reference"]["artifact"])}'
                      f'.</p>')
@@ -215,7 +219,7 @@ def _table(headers: list[str], rows: list[list[str]], *, escape: bool = True) ->
 
 # -- training ----------------------------------------------------------------------------------------------------
 def _training(run_dir: Path) -> list[str]:
-    path = run_dir / "train" / "history.csv"
+    path = run_dir / TRAIN_DIR / "history.csv"
     if not path.is_file():
         return [_missing("no training history in this bundle (an imported model, or trained elsewhere)")]
     with path.open(newline="") as handle:
@@ -239,7 +243,7 @@ def _training(run_dir: Path) -> list[str]:
         axis.plot(epochs, columns["learning_rate"], marker="o", color="tab:green")
         axis.set(title="learning rate", xlabel="epoch", yscale="log")
     parts = [_image(_figure_png(figure), "training curves and learning rate")]
-    metrics_json = _read_json(run_dir / "train" / "metrics.json") or {}
+    metrics_json = _read_json(run_dir / TRAIN_DIR / "metrics.json") or {}
     facts = [f"{key.replace('_', ' ')}: {metrics_json[key]}" for key in
              ("epochs_run", "best_epoch", "test_accuracy", "test_loss", "parameters", "fit_seconds")
              if key in metrics_json]
@@ -256,7 +260,7 @@ def _float(value, default: float = float("nan")) -> float:
 
 
 def _confusion(run_dir: Path, manifest: Manifest) -> list[str]:
-    metrics = _read_json(run_dir / "train" / "metrics.json") or {}
+    metrics = _read_json(run_dir / TRAIN_DIR / "metrics.json") or {}
     matrix = metrics.get("confusion_matrix")
     if not matrix:
         return [_missing("no confusion matrix in this bundle (train/metrics.json has none)")]

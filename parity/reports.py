@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
-from .checks import ERROR, LOAD_CHECK
-from .drift import DRIFT_CLASS, drift_markdown, drift_summary
-from .explain import explain_markdown, explain_summary
+from kerasport.verdict import Verdict
 
-VERDICT_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skipped": "⏭ skipped"}
+from .budgets import BUDGET_CLASS, fit_lines, fit_markdown
+from .checks import LOAD_CHECK
+from .drift import DRIFT_CLASS, drift_markdown, drift_summary
+from .explain.layers import explain_markdown, explain_summary
+
+VERDICT_MARKS = {Verdict.PASS: "✅ pass", Verdict.FAIL: "❌ fail", Verdict.ERROR: "💥 error",
+                 Verdict.SKIPPED: "⏭ skipped"}
 
 
 def write_reports(directory: Path, report: dict) -> None:
@@ -30,10 +33,9 @@ def _plain(value):
 
 
 def _output_verdict(result: dict, output: str) -> str:
-    if result["verdict"] in (ERROR, "skipped"):
+    if result["verdict"] in (Verdict.ERROR, Verdict.SKIPPED):
         return result["verdict"]
-    return "pass" if all(check["passed"] for check in result["checks"]
-                         if check["output"] in (output, None)) else "fail"
+    return Verdict.of_checks([check["passed"] for check in result["checks"] if check["output"] in (output, None)])
 
 
 def _classification_cells(stats: dict) -> list[str]:
@@ -154,8 +156,8 @@ def junit_xml(report: dict) -> str:
         if check.get("skipped"):
             ET.SubElement(case, "skipped", message=check["message"])
         elif not check["passed"]:
-            tag = "error" if check["check"] == LOAD_CHECK else "failure"
-            element = ET.SubElement(case, tag, message=check["message"], type=check["check"])
+            element = ET.SubElement(case, "error" if check["check"] == LOAD_CHECK else "failure",
+                                    message=check["message"], type=check["check"])
             element.text = check["message"]
         else:
             ET.SubElement(case, "system-out").text = check["message"]

@@ -19,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.bundle import Stage
 from kerasport.contract import ModelContract
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
+from kerasport.verdict import Verdict
 
 from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
-from .checks import ERROR, judge, load_error
+from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
 from .runners import (
     EDGE_BATCH_SIZES,
@@ -44,7 +46,7 @@ from .runners import (
 from .tflm import TFLM_FORMAT, check_tflm, record_microcontroller
 from .tolerances import TolerancePolicy, load_policy
 
-STAGE_DIR_NAME = "parity"
+STAGE_DIR_NAME = Stage.PARITY.folder
 REPORT_ARTIFACT = "parity-report"
 REPORT_PATH = f"{STAGE_DIR_NAME}/report.json"
 NO_LABELS = "no labelled data was given: agreement only, no accuracy"
@@ -153,7 +155,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     record_verdicts(run_dir, report)
     write_report_html(run_dir, console)
     failures = report["failures"] + (drifted["failures"] if drifted else [])
-    if any(result["verdict"] == ERROR for result in results.values()):
+    if any(result["verdict"] == Verdict.ERROR for result in results.values()):
         exit_code = EXIT_RUNTIME
     else:
         exit_code = EXIT_OK if not failures else EXIT_CHECK_FAILED
@@ -163,10 +165,10 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
 def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: TolerancePolicy, reference: Reference,
                      data: EvalData, results: dict[str, dict], *, everything: bool, console=None) -> tuple[dict, dict]:
     """The explain section (and its plot) for every candidate (`--explain`) or for each one that failed."""
-    from .explain import explain_candidates
-    from .explain_int8 import Int8Fixer
+    from .explain.int8 import Int8Fixer
+    from .explain.layers import explain_candidates
 
-    failed = {name for name, result in results.items() if result["verdict"] == "fail"}
+    failed = {name for name, result in results.items() if result["verdict"] == Verdict.FAIL}
     artifacts = [artifact for artifact in plan.candidates if everything or artifact.name in failed]
     if not artifacts:
         return {}, {}
@@ -299,7 +301,7 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     try:
         outputs = run_everything(open_candidate(run_dir, artifact, contract), data.inputs, data.edges.inputs)
     except ConversionError as error:
-        return {**result, "verdict": ERROR, "checks": load_error(str(error)),
+        return {**result, "verdict": Verdict.ERROR, "checks": load_error(str(error)),
                 "seconds": round(time.perf_counter() - started, 3)}
     per_output, checks = judge(contract, tolerance, reference, outputs, data.targets)
     result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output)

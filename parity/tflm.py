@@ -32,8 +32,9 @@ from kerasport.devices import (
 from kerasport.errors import ConversionError
 from kerasport.manifest import Artifact, Manifest, load_manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
+from kerasport.verdict import Verdict
 
-from .checks import ERROR, Checks, judge, load_error
+from .checks import Checks, judge, load_error
 from .compare import agreement_statistics, class_scores, error_statistics
 from .runners import Reference, run_batched, run_everything
 from .tolerances import TolerancePolicy
@@ -41,7 +42,6 @@ from .tolerances import TolerancePolicy
 TFLM_FORMAT = "c-array"
 TFLM_ARTIFACT = "tflm"
 INT8_ARTIFACT = "tflite-int8"
-SKIPPED = "skipped"
 SOURCE_CHECK = "c_array_source"
 # TFLM and LiteRT's built-in kernels run the same reference int8 kernels: at most this many quantization steps of
 # the output may separate them (measured: identical on `edge` and `seed`).
@@ -144,7 +144,7 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
         checks = Checks()
         checks.add("tflm_runtime", True, missing)
         checks.records[0]["skipped"] = True
-        return {**result, "verdict": SKIPPED, "skipped": missing, "checks": checks.records,
+        return {**result, "verdict": Verdict.SKIPPED, "skipped": missing, "checks": checks.records,
                 "seconds": round(time.perf_counter() - started, 3)}
     model = parse_c_array(artifact.resolve(run_dir).read_text())
     checks = Checks()
@@ -155,7 +155,7 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
         runner = TflmRunner(model, contract, arena["reserve_bytes"])
         outputs = run_everything(runner, data.inputs, data.edges.inputs)
     except ConversionError as error:
-        return {**result, "verdict": ERROR, "checks": checks.records + load_error(str(error)),
+        return {**result, "verdict": Verdict.ERROR, "checks": checks.records + load_error(str(error)),
                 "seconds": round(time.perf_counter() - started, 3)}
     per_output, judged = judge(contract, policy.for_precision(artifact.precision), reference, outputs, data.targets)
     checks.records += judged.records

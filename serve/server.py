@@ -23,21 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import socket
-import sys
 import time
-import warnings
 
 from kerasport.errors import CheckFailed, UsageError
 
-GRACEFUL_SHUTDOWN_SECONDS = 30
+from .process import GRACEFUL_SHUTDOWN_SECONDS, configure_logs, tune_process
+
 BACKLOG = 2048
-# How long a thread may hold the GIL before one waiting for it gets a turn (Python's default: 5 ms). The event
-# loop shares the GIL with the batcher's thread and the parser pool's feeder threads; at 1 ms it answers health
-# checks and small requests promptly while those run (bench/serve.py, health section: p99 ~21 -> ~8 ms).
-GIL_SWITCH_SECONDS = 0.001
 
 
 def bind_listening_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
@@ -187,22 +181,6 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
                   announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
 
 
-def tune_process() -> None:
-    """Process-wide settings for a server process: a short GIL switch interval, Pillow's bomb warning off."""
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    _quiet_pillow()
-
-
-def _quiet_pillow() -> None:
-    # Pictures over the pixel limit are refused from their header with a 413 naming their size; Pillow's own
-    # warning for the larger of them would only add noise to the server's log.
-    try:
-        from PIL import Image
-    except ImportError:
-        return
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
 async def _serve_and_announce(server, sock: socket.socket, announce) -> None:
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not (server.started or serving.done()):
@@ -212,13 +190,3 @@ async def _serve_and_announce(server, sock: socket.socket, announce) -> None:
     await serving
 
 
-def configure_logs(access_log: bool) -> None:
-    """JSON lines on stderr: the access log (when enabled) and unexpected errors with their request id."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name, level in (("kerasport.access", logging.INFO if access_log else logging.WARNING),
-                        ("kerasport.error", logging.ERROR)):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level)
-        logger.propagate = False

@@ -77,8 +77,8 @@ def worker_app():
     """The app factory each worker process calls (uvicorn `factory=True`): load the model, build the app."""
     from .app import create_app
     from .offload import Offload
+    from .process import configure_logs, tune_process
     from .repository_serving import configure_repository_log, preload_run, repository_config
-    from .server import configure_logs, tune_process
 
     settings = WorkerSettings(**json.loads(os.environ[WORKER_ENV]))
     tune_process()
@@ -97,7 +97,7 @@ def worker_app():
                      offload=Offload(threads=max(2, share), processes=share), repository=config)
     if settings.grpc_address is not None:
         from .grpc_server import GrpcFrontEnd
-        from .server import GRACEFUL_SHUTDOWN_SECONDS
+        from .process import GRACEFUL_SHUTDOWN_SECONDS
 
         GrpcFrontEnd(settings.grpc_address, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
                      grace_seconds=GRACEFUL_SHUTDOWN_SECONDS).attach(app)

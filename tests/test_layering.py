@@ -12,7 +12,8 @@ import pytest
 
 import kerasport
 
-STAGES = ("kerasport.train", "kerasport.export", "kerasport.parity", "kerasport.serve", "kerasport.app")
+STAGES = ("kerasport.train", "kerasport.ingest", "kerasport.export", "kerasport.deploy", "kerasport.parity",
+          "kerasport.serve", "kerasport.app")
 HEAVY = ("tensorflow", "keras", "tf2onnx")
 CORE = sorted(f"kerasport.{module.name}" for module in pkgutil.iter_modules(kerasport.__path__)
               if f"kerasport.{module.name}" not in STAGES)

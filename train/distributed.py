@@ -47,18 +47,18 @@ from kerasport.tfenv import quiet_tensorflow
 
 from .config import TrainConfig, worker_addresses
 from .data import Dataset, load_training_data
-from .fit import (
+from .runs import (
     WORK_DIR_NAME,
+    Fitted,
     TrainResult,
-    _config_to_resume,
-    _evaluate_and_summarize,
-    _finish_run,
-    _Fitted,
-    _prepare_work_dir,
-    _regression_width,
-    _validation_split,
     augmenter,
     check_arch,
+    config_to_resume,
+    evaluate_and_summarize,
+    finish_run,
+    prepare_work_dir,
+    regression_width,
+    validation_split,
 )
 
 JOBS = ("chief", "worker")  # the task types MultiWorkerMirroredStrategy trains with, the chief first
@@ -192,13 +192,13 @@ def train_distributed(config: TrainConfig, *, console=None, extra_callbacks: lis
     progress = _Progress()
     try:
         if cluster.is_chief:
-            _prepare_work_dir(work_dir, config)
+            prepare_work_dir(work_dir, config)
             write_json_atomic(work_dir / CLUSTER_FILE, {"workers": cluster.size,
                                                         "global_batch_size": config.batch_size * cluster.size})
         keras.utils.set_random_seed(config.seed)
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
-        n_outputs = len(dataset.labels) if config.task == "classification" else _regression_width(dataset)
+        n_outputs = len(dataset.labels) if config.task == "classification" else regression_width(dataset)
         job = _Job(config, cluster, strategy, work_dir, private or work_dir, progress)
         fitted = job.fit(dataset, n_outputs, console if cluster.is_chief else None, extra_callbacks)
     except tf.errors.OpError as error:
@@ -221,10 +221,10 @@ def train_distributed(config: TrainConfig, *, console=None, extra_callbacks: lis
         return TrainResult(run_dir=run_dir, metrics=metrics, manifest=None)
 
     plain = dataclasses.replace(fitted, model=_plain_copy(fitted.model, config, n_outputs))
-    metrics = _evaluate_and_summarize(plain, dataset, config, work_dir)
+    metrics = evaluate_and_summarize(plain, dataset, config, work_dir)
     metrics.update(workers=cluster.size, global_batch_size=record["global_batch_size"],
                    trained_weights_sha256=digest)
-    manifest = _finish_run(run_dir, work_dir, config, dataset, plain, metrics, n_outputs, distributed=record)
+    manifest = finish_run(run_dir, work_dir, config, dataset, plain, metrics, n_outputs, distributed=record)
     return TrainResult(run_dir=run_dir, metrics=metrics, manifest=manifest)
 
 
@@ -295,7 +295,7 @@ def _config_to_resume_here(work_dir: Path, requested: TrainConfig, cluster: Clus
     if not cluster.is_chief and not (work_dir / BACKUP_DIR / BACKUP_METADATA).is_file():
         raise UsageError(f"--resume: worker {cluster.rank} cannot see the chief's backup at {work_dir / BACKUP_DIR}; "
                          f"expected the run directory on a filesystem every worker shares")
-    config = _config_to_resume(work_dir, requested)
+    config = config_to_resume(work_dir, requested)
     config.distributed, config.workers = True, requested.workers
     config.worker_index, config.collective_timeout = requested.worker_index, requested.collective_timeout
     saved = work_dir / CLUSTER_FILE
@@ -323,12 +323,12 @@ class _Job:
         self.work_dir, self.own_dir, self.progress = work_dir, own_dir, progress
         self.global_batch = config.batch_size * cluster.size
 
-    def fit(self, dataset: Dataset, n_outputs: int, console, extra_callbacks: list | None) -> _Fitted:
+    def fit(self, dataset: Dataset, n_outputs: int, console, extra_callbacks: list | None) -> Fitted:
         import keras
 
         from .models import build_model, compile_model
 
-        x_fit, y_fit, x_val, y_val = _validation_split(dataset, self.config)
+        x_fit, y_fit, x_val, y_val = validation_split(dataset, self.config)
         if len(x_fit) < self.cluster.size:
             raise UsageError(f"{len(x_fit)} training samples for {self.cluster.size} workers; expected at least one "
                              f"per worker")
@@ -360,7 +360,7 @@ class _Job:
                 break
         callbacks.on_train_end(logs)
         history = next(cb for cb in callbacks.callbacks if isinstance(cb, keras.callbacks.History))
-        return _Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
+        return Fitted(model, x_fit, y_fit, x_val, history, time.perf_counter() - started)
 
     def _train_epoch(self, steps: _Steps, plan: ShardPlan, epoch: int, x, y, callbacks, augment) -> dict:
         totals = np.zeros(2)

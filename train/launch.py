@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerasport.bundle import Stage, stage_folder
 from kerasport.errors import EXIT_RUNTIME, CheckFailed, KerasportError, UsageError
 
 from .distributed import local_cluster, parse_finished_line
@@ -210,7 +211,8 @@ def _stop(workers: list[Worker]) -> None:
 def _check_digests(result: LaunchResult, workers: list[Worker], run_dir: Path) -> None:
     """Every worker's trained-weights digest (the chief's from its metrics, the others' from their last line)."""
     with contextlib.suppress(OSError, ValueError, KeyError):
-        result.digests[0] = json.loads((run_dir / "train" / "metrics.json").read_text())["trained_weights_sha256"]
+        metrics = json.loads((stage_folder(run_dir, Stage.TRAIN) / "metrics.json").read_text())
+        result.digests[0] = metrics["trained_weights_sha256"]
     for worker in workers[1:]:
         for line in worker.log.read_text(errors="replace").splitlines():
             parsed = parse_finished_line(line)

@@ -78,7 +78,7 @@ def diff_command(
 
     Exit 0 when every artifact is identical, 1 when any differs (like `diff`), 2 when a bundle is missing.
     """
-    from kerasport.train.diff import diff_bundles
+    from kerasport.bundle_diff import diff_bundles
 
     result = diff_bundles(run_a, run_b, weights=weights)
     if as_json:
@@ -90,7 +90,7 @@ def diff_command(
 
 
 def _print_diff(result) -> None:
-    from kerasport.train.diff import EQUIVALENT, SAME
+    from kerasport.bundle_diff import EQUIVALENT, SAME
 
     width = max([len(row.name) for row in result.artifacts] + [8])
     for row in result.artifacts:

@@ -32,13 +32,13 @@ def root(
 
 def _register_stages() -> None:
     # Each stage's cli module is light: it imports its stage's heavy dependencies only when a command runs.
+    from kerasport.deploy.cli import package_command
     from kerasport.export.cli import export_command
-    from kerasport.export.package_cli import package_command
+    from kerasport.ingest.cli import import_command
     from kerasport.parity.cli import parity_command
     from kerasport.parity.report_cli import report_command
     from kerasport.serve.cli import predict_command, serve_command
     from kerasport.train.cli import train_command
-    from kerasport.train.import_cli import import_command
     from kerasport.train.launch_cli import LAUNCH_CONTEXT, launch_command
 
     from .bundle_cli import bundle_app

@@ -11,12 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
+from kerasport.bundle_diff import DIFFERS, EQUIVALENT, ONLY_A, SAME
 from kerasport.errors import EXIT_OK, EXIT_USAGE
 from kerasport.export.stage import ExportOptions, export_bundle
+from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 from kerasport.manifest import artifact_entry, load_manifest
 from kerasport.samples import Samples
-from kerasport.train.diff import DIFFERS, EQUIVALENT, ONLY_A, SAME
-from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
+from kerasport.verdict import Verdict
 
 runner = CliRunner()
 FORMATS = ["onnx-fp32", "tflite-fp32"]
@@ -105,7 +106,7 @@ def test_a_report_that_differs_only_in_timings_is_equivalent(bundles, tmp_path):
     for name, seconds in (("x", 1.5), ("y", 2.5)):
         run = tmp_path / name
         shutil.copytree(bundles["a"], run)
-        (run / "report.json").write_text(json.dumps({"verdict": "pass", "seconds": seconds,
+        (run / "report.json").write_text(json.dumps({"verdict": Verdict.PASS, "seconds": seconds,
                                                       "finished": f"2026-01-0{int(seconds)}"}))
         manifest = load_manifest(run)
         manifest.set_artifact("report", artifact_entry(run, "report.json", format="json", precision="n/a"))
@@ -116,7 +117,7 @@ def test_a_report_that_differs_only_in_timings_is_equivalent(bundles, tmp_path):
     rows = {row["name"]: row["status"] for row in json.loads(result.output)["artifacts"]}
     assert rows["report"] == EQUIVALENT
 
-    (runs[1] / "report.json").write_text(json.dumps({"verdict": "fail", "seconds": 2.5}))
+    (runs[1] / "report.json").write_text(json.dumps({"verdict": Verdict.FAIL, "seconds": 2.5}))
     manifest = load_manifest(runs[1])
     manifest.set_artifact("report", artifact_entry(runs[1], "report.json", format="json", precision="n/a"))
     manifest.save(runs[1])

@@ -18,7 +18,7 @@ from kerasport.samples import Samples, load_samples
 def imported_bundle(run: Path, model, eval_inputs: dict, calibration_inputs: dict, *, hints=None,
                     ranges: dict | None = None, name: str = "test-model") -> Path:
     """Write an imported bundle of `model` (as `kerasport import` would) into `run`."""
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     contract = contract_from_keras(model, hints or ContractHints(), ranges or {})
     write_imported_bundle(run, model, contract, eval_samples=Samples(eval_inputs),

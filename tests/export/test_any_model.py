@@ -15,8 +15,8 @@ from kerasport.errors import EXIT_OK, EXIT_RUNTIME
 from kerasport.export.smoke import SMOKE_BATCHES
 from kerasport.export.stage import STAGE_DIR_NAME, ExportOptions, export_bundle
 from kerasport.export.variants import VARIANTS
+from kerasport.ingest.importer import ContractHints
 from kerasport.manifest import load_manifest, verify_bundle
-from kerasport.train.importer import ContractHints
 
 runner = CliRunner()
 RUNNABLE = [name for name, variant in VARIANTS.items() if variant.runnable]

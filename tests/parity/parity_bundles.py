@@ -59,7 +59,7 @@ def mlp_samples(n: int, seed: int) -> Samples:
 
 def write_bundle(run: Path, model, eval_samples: Samples, calibration: Samples, *, name: str,
                  labels: tuple[str, ...] = (), input_range: dict | None = None) -> Path:
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     contract = contract_from_keras(model, ContractHints(labels=labels), input_range or {})
     write_imported_bundle(run, model, contract, eval_samples=eval_samples, calibration=calibration, name=name,

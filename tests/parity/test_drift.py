@@ -44,7 +44,7 @@ def release(shift: float = 0.0):
 
 def write(run, model, labels=CLASSES, side=SIDE):
     from kerasport.export.stage import ExportOptions, export_bundle
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     eval_images = images(EXAMPLES, 1)
     targets = release().predict(eval_images, verbose=0).argmax(axis=1)  # the first release is right by construction

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from kerasport.app.cli import app
 from kerasport.errors import EXIT_CHECK_FAILED
 from kerasport.manifest import verify_bundle
-from kerasport.parity.explain import EXPLAIN_EDGE, EXPLAIN_EVAL, PLOT_FILE
-from kerasport.parity.explain_match import COMPARED, align
+from kerasport.parity.explain.layers import EXPLAIN_EDGE, EXPLAIN_EVAL, PLOT_FILE
+from kerasport.parity.explain.match import COMPARED, align
 from kerasport.parity.stage import ParityOptions, run_parity
 from kerasport.samples import Samples
 
@@ -67,7 +67,7 @@ def bn_after_relu_model():
 @pytest.fixture(scope="module")
 def bn_bundle(tmp_path_factory):
     from kerasport.export.stage import ExportOptions, export_bundle
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     run = tmp_path_factory.mktemp("explain") / "run"
     model = bn_after_relu_model()
@@ -190,7 +190,7 @@ def test_a_subclassed_model_is_reported_as_not_explainable():
     import keras
 
     from kerasport.contract import ModelContract
-    from kerasport.parity.explain_graph import ExplainUnavailable, KerasGraph
+    from kerasport.parity.explain.graph import ExplainUnavailable, KerasGraph
 
     class Subclassed(keras.Model):
         def call(self, inputs):

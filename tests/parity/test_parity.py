@@ -19,6 +19,7 @@ from kerasport.parity.runners import EDGE_BATCH_SIZES
 from kerasport.parity.stage import ParityOptions, run_parity
 from kerasport.parity.sweep import ORT_SWEEP_LEVELS, SWEEP_THREADS
 from kerasport.parity.tolerances import TolerancePolicy
+from kerasport.verdict import Verdict
 
 runner = CliRunner()
 
@@ -74,7 +75,7 @@ def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
     manifest = verify_bundle(exported_copy)
     for name in ("saved_model", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-dynamic",
                  "tflite-int8"):
-        assert manifest.parity_verdict(name) == "pass", name
+        assert manifest.parity_verdict(name) == Verdict.PASS, name
     assert manifest.stage("parity")["passed"] is True and manifest.stage("parity")["reference"] == "keras"
     assert "keras" not in result.report["candidates"]
     for output in ("report.json", "report.md", "junit.xml", "errors.png"):
@@ -123,8 +124,8 @@ def test_perturbed_onnx_weights_fail_the_gate_naming_the_artifact(exported_copy)
     assert result.exit_code == EXIT_CHECK_FAILED, result.output
     assert "onnx-fp32: max_abs_diff" in result.output
     manifest = load_manifest(exported_copy)
-    assert manifest.parity_verdict("onnx-fp32") == "fail"
-    assert manifest.parity_verdict("tflite-fp32") == "pass"
+    assert manifest.parity_verdict("onnx-fp32") == Verdict.FAIL
+    assert manifest.parity_verdict("tflite-fp32") == Verdict.PASS
     with pytest.raises(UsageError, match="failed parity"):
         require_verified(manifest, "onnx-fp32")
     require_verified(manifest, "onnx-fp32", allow_unverified=True)

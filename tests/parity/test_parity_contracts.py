@@ -15,6 +15,7 @@ from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.manifest import hash_artifact, load_manifest
 from kerasport.parity.stage import NO_LABELS, ParityOptions, run_parity
 from kerasport.samples import Samples, load_samples, save_samples
+from kerasport.verdict import Verdict
 
 FP32_FP16 = ["onnx-fp32", "tflite-fp32", "tflite-fp16"]
 
@@ -73,7 +74,7 @@ def test_two_inputs_two_outputs_every_output_compared_by_its_kind(two_io, tmp_pa
     assert edge[features.name]["kinds"][-1] == "alternating"
     assert edge[features.name]["range"]["source"] == "eval sample"
     manifest = load_manifest(run)
-    assert all(manifest.parity_verdict(name) == "pass" for name in report["candidates"])
+    assert all(manifest.parity_verdict(name) == Verdict.PASS for name in report["candidates"])
     markdown = (run / "parity" / "report.md").read_text()
     assert f"## Output `{classes.name}`" in markdown and f"## Output `{values.name}`" in markdown
 

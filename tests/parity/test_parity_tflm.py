@@ -20,7 +20,8 @@ from kerasport.export.tflm import read_c_array
 from kerasport.manifest import hash_artifact, load_manifest
 from kerasport.parity.budgets import BUDGET_CLASS, apply_budgets, resolve_budgets
 from kerasport.parity.stage import ParityOptions, run_parity
-from kerasport.parity.tflm import LITERT_BUILTIN_STEPS, LITERT_SETTINGS, SKIPPED, SOURCE_CHECK
+from kerasport.parity.tflm import LITERT_BUILTIN_STEPS, LITERT_SETTINGS, SOURCE_CHECK
+from kerasport.verdict import Verdict
 
 runner = CliRunner()
 ARENA_BAR = 64 * KIB  # the bar for `edge`
@@ -49,7 +50,7 @@ def test_tflm_candidate_passes_and_agrees_with_litert(edge_copy):
     result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
     tflm = result.report["candidates"]["tflm"]
-    assert tflm["verdict"] == "pass" and tflm["runtime"] == "tflite-micro"
+    assert tflm["verdict"] == Verdict.PASS and tflm["runtime"] == "tflite-micro"
     assert {check["id"] for check in tflm["checks"]} >= {SOURCE_CHECK, "top1_agreement[probabilities]",
                                                          "dynamic_batch[probabilities]"}
     assert tflm["description"].startswith("tflite-micro") and tflm["seconds"] < 10  # the bar for `edge`
@@ -61,7 +62,7 @@ def test_tflm_candidate_passes_and_agrees_with_litert(edge_copy):
     assert builtin["top1_agreement"] == 1.0
     assert not [finding for finding in result.report["findings"] if finding.startswith("tflm")]
     manifest = load_manifest(edge_copy)
-    assert manifest.parity_verdict("tflm") == "pass"
+    assert manifest.parity_verdict("tflm") == Verdict.PASS
     assert manifest.artifact("tflm").get("fit")["samd21"]["ram"] == (arena["reserve_bytes"] <= 32 * KIB)
     report_md = (edge_copy / "parity" / "report.md").read_text()
     assert "## Microcontroller (tflm)" in report_md and "MicroMutableOpResolver<" in report_md
@@ -85,7 +86,7 @@ def test_budgets_below_the_model_fail_naming_them(edge_copy):
     cases = junit_cases(edge_copy)
     assert cases[f"parity.{BUDGET_CLASS}/budget_flash"].find("failure") is not None
     assert cases[f"parity.{BUDGET_CLASS}/budget_ram"].find("failure") is None
-    assert load_manifest(edge_copy).parity_verdict("tflm") == "pass"  # the numbers still agree; the budget fails
+    assert load_manifest(edge_copy).parity_verdict("tflm") == Verdict.PASS  # the numbers still agree; the budget fails
 
 
 def test_unknown_device_exits_2_listing_the_known_ones(edge_copy):
@@ -99,10 +100,10 @@ def test_without_tflite_micro_skipped_never_passed_and_parity_fills_the_arena_la
     export_bundle(ExportOptions(run=str(edge_copy), formats=["tflite-int8", "tflm"], calibration_samples=20))
     result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
     tflm = result.report["candidates"]["tflm"]
-    assert tflm["verdict"] == SKIPPED and "tflite-micro is not importable" in tflm["skipped"]
+    assert tflm["verdict"] == Verdict.SKIPPED and "tflite-micro is not importable" in tflm["skipped"]
     assert result.exit_code == EXIT_OK and result.report["passed"]
     manifest = load_manifest(edge_copy)
-    assert manifest.parity_verdict("tflm") == SKIPPED and not manifest.artifact("tflm").passed_parity
+    assert manifest.parity_verdict("tflm") == Verdict.SKIPPED and not manifest.artifact("tflm").passed_parity
     assert junit_cases(edge_copy)["parity.tflm/tflm_runtime"].find("skipped") is not None
     assert not tflm["microcontroller"]["arena"]["measured"]
     # a RAM budget cannot be shown to hold without a measured arena: it fails, flash is still judged
@@ -113,7 +114,7 @@ def test_without_tflite_micro_skipped_never_passed_and_parity_fills_the_arena_la
     assert "not measured" in report["failures"][0]
     monkeypatch.undo()
     again = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
-    assert again.exit_code == EXIT_OK and again.report["candidates"]["tflm"]["verdict"] == "pass"
+    assert again.exit_code == EXIT_OK and again.report["candidates"]["tflm"]["verdict"] == Verdict.PASS
     arena = load_manifest(edge_copy).artifact("tflm").get("arena")
     assert arena["measured"] and 0 < arena["used_bytes"] < ARENA_BAR  # parity filled in what export could not
 

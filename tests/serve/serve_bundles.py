@@ -82,7 +82,7 @@ def rgb_samples(n: int, seed: int) -> Samples:
 def build(run: Path, model, eval_samples: Samples, *, name: str, labels=(), task: str = "auto",
           ranges: dict | None = None, formats: str = "onnx-fp32") -> Path:
     from kerasport.app.cli import app
-    from kerasport.train.importer import ContractHints, contract_from_keras, write_imported_bundle
+    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 
     contract = contract_from_keras(model, ContractHints(task=task, labels=labels), ranges or {})
     write_imported_bundle(run, model, contract, eval_samples=eval_samples, calibration=eval_samples.take(8),

@@ -19,6 +19,7 @@ from kerasport.samples import load_samples
 from kerasport.serve.app import create_app
 from kerasport.serve.batcher import MicroBatcher
 from kerasport.serve.model import SPEED_ORDER, choose_variant, load_served_model
+from kerasport.verdict import Verdict
 
 runner = CliRunner()
 
@@ -91,11 +92,12 @@ def variant_manifest(**artifacts):
 
 @pytest.mark.parametrize("artifacts, allow_unverified, expected", [
     # the fastest that passed parity, in SPEED_ORDER, whatever the manifest order
-    ({SPEED_ORDER[-1]: {"parity": {"verdict": "pass"}}, SPEED_ORDER[1]: {"parity": {"verdict": "pass"}}}, False,
+    ({SPEED_ORDER[-1]: {"parity": {"verdict": Verdict.PASS}}, SPEED_ORDER[1]: {"parity": {"verdict": Verdict.PASS}}},
+     False,
      SPEED_ORDER[1]),
     # a failed verdict is skipped, and so is a variant export recorded as failed
-    ({SPEED_ORDER[0]: {"parity": {"verdict": "fail"}}, SPEED_ORDER[1]: {"status": "failed: no op", "parity": {
-        "verdict": "pass"}}, SPEED_ORDER[2]: {"parity": {"verdict": "pass"}}}, False, SPEED_ORDER[2]),
+    ({SPEED_ORDER[0]: {"parity": {"verdict": Verdict.FAIL}}, SPEED_ORDER[1]: {"status": "failed: no op", "parity": {
+        "verdict": Verdict.PASS}}, SPEED_ORDER[2]: {"parity": {"verdict": Verdict.PASS}}}, False, SPEED_ORDER[2]),
     # unverified: the fastest servable one, never a failed export; formats not served (keras) never
     ({"keras-fp32": {"format": "keras"}, SPEED_ORDER[0]: {"status": "failed: no op"}, SPEED_ORDER[3]: {}}, True,
      SPEED_ORDER[3]),

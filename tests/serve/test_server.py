@@ -19,6 +19,7 @@ from helpers import ServerProcess
 from PIL import Image
 
 from kerasport.errors import EXIT_OK, EXIT_USAGE
+from kerasport.verdict import Verdict
 
 MODEL = "kerasport-seed"
 
@@ -70,7 +71,7 @@ def test_health_and_metadata_endpoints(client, server):
     meta = client.get(f"/v2/models/{MODEL}").json()
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
-    assert meta["parameters"]["variant"] == "onnx-fp32" and meta["parameters"]["parity"] == "pass"
+    assert meta["parameters"]["variant"] == "onnx-fp32" and meta["parameters"]["parity"] == Verdict.PASS
     assert client.get(f"/v2/models/{MODEL}/versions/1").json()["name"] == MODEL
     assert client.get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
     assert client.get(f"/v1/models/{MODEL}").json()["model_version_status"][0]["state"] == "AVAILABLE"

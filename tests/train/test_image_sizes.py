@@ -11,6 +11,7 @@ from kerasport.manifest import load_manifest, verify_bundle
 from kerasport.samples import load_samples
 from kerasport.train.config import INPUT_NAME, TrainConfig
 from kerasport.train.data import DIGIT_BOX_FRACTION, LUMA, load_dataset, load_training_data
+from kerasport.verdict import Verdict
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}
 
@@ -119,7 +120,8 @@ def test_rgb_20x24_through_train_export_and_parity(tmp_path):
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
     manifest = load_manifest(run)
-    assert manifest.parity_verdict("onnx-fp32") == "pass" and manifest.parity_verdict("tflite-fp32") == "pass"
+    assert manifest.parity_verdict("onnx-fp32") == Verdict.PASS
+    assert manifest.parity_verdict("tflite-fp32") == Verdict.PASS
 
 
 def test_image_folders_mix_the_classes_so_limit_keeps_every_class(tmp_path):

@@ -13,11 +13,11 @@ import pytest
 from helpers import write_idx_dir
 from onnx import TensorProto, helper
 
+from kerasport.canonical import ZIP_DATE, fixed_save_date
 from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.export.to_onnx import GENERATED_CONSTANT, canonicalize_generated_names
 from kerasport.export.variants import VARIANTS
 from kerasport.manifest import load_manifest
-from kerasport.train.canonical import ZIP_DATE, fixed_save_date
 from kerasport.train.config import TrainConfig
 from kerasport.train.fit import train
 

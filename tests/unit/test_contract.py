@@ -9,6 +9,7 @@ from kerasport.contract import DYNAMIC, V2_DATATYPES, ModelContract, check_pixel
 from kerasport.errors import CheckFailed, UsageError
 from kerasport.manifest import SCHEMA_VERSION, load_manifest, migrate_schema_1, new_manifest
 from kerasport.samples import Samples, load_samples, save_samples
+from kerasport.verdict import Verdict
 
 TWO_BY_TWO = {
     "inputs": [
@@ -113,7 +114,7 @@ def test_manifest_accessors_and_parity_verdicts(tmp_path):
     manifest.set_artifact("onnx-fp32", {"path": "export/model.onnx", "format": "onnx", "precision": "fp32",
                                         "sha256": "0" * 64, "bytes": 1})
     assert manifest.parity_verdict("onnx-fp32") is None and manifest.parity_verdict("absent") is None
-    manifest.set_parity("onnx-fp32", {"verdict": "pass"})
+    manifest.set_parity("onnx-fp32", {"verdict": Verdict.PASS})
     manifest.save(tmp_path)
     loaded = load_manifest(tmp_path)
     assert loaded.artifact("onnx-fp32").passed_parity and loaded.version == "3" and loaded.contract == contract

@@ -16,9 +16,9 @@ from kerasport.errors import UsageError
 from kerasport.manifest import Manifest
 from kerasport.samples import Samples
 
-from .import_data import SYNTHETIC_EXAMPLES, RawData, infer_ranges, read_data, synthetic_inputs, to_samples
-from .import_sources import PREDICT_BATCH, LoadedSource, load_source
+from .data import SYNTHETIC_EXAMPLES, RawData, infer_ranges, read_data, synthetic_inputs, to_samples
 from .importer import INPUT_KINDS, TASKS, ContractHints, write_imported_bundle
+from .sources import PREDICT_BATCH, LoadedSource, load_source
 
 
 @dataclass

@@ -25,6 +25,7 @@ from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK
 from kerasport.export.variants import VARIANTS
 from kerasport.manifest import load_manifest, verify_bundle
 from kerasport.parity.tolerances import PRECISION_CLASS, TolerancePolicy
+from kerasport.verdict import Verdict
 
 FP32_ATOL = TolerancePolicy().fp32.atol
 FP32_VARIANTS = ("onnx-fp32", "tflite-fp32")
@@ -130,7 +131,8 @@ def test_mobilenet_parity(mobilenet):
     assert set(verdicts) >= {name for name, v in VARIANTS.items() if v.runnable}
     for name, result in report["candidates"].items():
         if PRECISION_CLASS[result["precision"]] != "int8":
-            assert result["verdict"] == "pass", (name, [c["message"] for c in result["checks"] if not c["passed"]])
+            failures = [c["message"] for c in result["checks"] if not c["passed"]]
+            assert result["verdict"] == Verdict.PASS, (name, failures)
         if PRECISION_CLASS[result["precision"]] == "fp32":
             assert result["outputs"]["predictions"]["eval"]["max_abs_diff"] <= FP32_ATOL, name
     failing = {failure.split(":")[0] for failure in report["failures"]}

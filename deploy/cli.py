@@ -1,4 +1,4 @@
-"""`kerasport package`: a thin typer shell over `export.package.package_bundle`. No heavy imports."""
+"""`kerasport package`: a thin typer shell over `deploy.stage.package_bundle`. No heavy imports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import typer
 
 from kerasport.cli_support import console, user_errors
 
-from .package import DEFAULT_MAX_BATCH, TARGET_NAMES, PackageOptions, package_bundle
+from .base import DEFAULT_MAX_BATCH, PackageOptions
+from .stage import TARGET_NAMES, package_bundle
 
 TARGETS_HELP = " | ".join(TARGET_NAMES)
 

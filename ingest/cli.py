@@ -46,7 +46,7 @@ class ImportArgs:
     seed: Annotated[int, typer.Option("--seed", help="Seed for subsampling and generated inputs.")] = 42
 
     def options(self, source: str):
-        from .import_stage import ImportOptions
+        from .stage import ImportOptions
 
         return ImportOptions(source=source, **dataclasses.asdict(self))
 
@@ -61,7 +61,7 @@ def import_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Import a Keras model trained elsewhere into a bundle that export, parity and serve read."""
-    from .import_stage import import_model
+    from .stage import import_model
 
     result = import_model(args.options(source))
     print_import_summary(console(), result)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .package import PackageContext, TargetOutput, copy_verified
+from .base import PackageContext, TargetOutput, copy_verified
 
 CONFIG_NAME = "models.config"
 MOUNT = "/models"

@@ -21,12 +21,16 @@ from typer.testing import CliRunner
 
 from kerasport.app.cli import app
 from kerasport.contract import DYNAMIC, InputSpec, ModelContract, OutputSpec, image_input_spec
+from kerasport.deploy import container as package_container
+from kerasport.deploy import kserve as package_kserve
+from kerasport.deploy import triton as package_triton
+from kerasport.deploy.base import DEFAULT_MAX_BATCH
+from kerasport.deploy.rss import memory_request_mib, read_status_mib, warmup_body
+from kerasport.deploy.stage import DEPLOY_NAME, TARGET_NAMES, targets
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_RUNTIME, EXIT_USAGE
-from kerasport.export import package_container, package_kserve, package_triton
-from kerasport.export.package import DEFAULT_MAX_BATCH, DEPLOY_NAME, TARGET_NAMES, targets
-from kerasport.export.package_rss import memory_request_mib, read_status_mib, warmup_body
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import load_manifest
+from kerasport.verdict import Verdict
 
 runner = CliRunner()
 ONNX_VARIANTS = ("onnx-fp32", "onnx-int8")
@@ -395,7 +399,7 @@ def test_unknown_target_missing_bundle_and_bad_names_exit_2_with_one_line(bundle
 
 def test_a_variant_that_failed_parity_is_refused_unless_allowed(bundle, tmp_path):
     manifest = load_manifest(bundle)
-    manifest.set_parity("onnx-int8", {**manifest.artifact("onnx-int8").parity, "verdict": "fail"})
+    manifest.set_parity("onnx-int8", {**manifest.artifact("onnx-int8").parity, "verdict": Verdict.FAIL})
     manifest.save(bundle)
     assert_one_line_error(package(bundle, "triton", tmp_path / "o", "--variants", "onnx-int8"), EXIT_USAGE,
                           "onnx-int8", "failed parity", "--allow-unverified")
@@ -418,7 +422,7 @@ def test_package_help_runs_without_tensorflow():
                         "sys.argv = ['kerasport', 'package', '--help']",
                         "try:", "    app()", "except SystemExit:", "    pass",
                         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'",
-                        "assert 'kerasport.export.package_container' not in sys.modules, 'targets were imported'"])
+                        "assert 'kerasport.deploy.container' not in sys.modules, 'targets were imported'"])
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            cwd=Path(sys.executable).anchor, timeout=120)
     assert shown.returncode == 0 and "--target" in shown.stdout, shown.stderr[-2000:]

@@ -27,9 +27,9 @@ from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import Samples, load_samples
 
-from .compare import accuracy_statistics, agreement_statistics, class_scores, error_statistics, regression_statistics
-from .explain_match import ScopeIndex
-from .runners import SIGNATURE, run_batched
+from ..compare import accuracy_statistics, agreement_statistics, class_scores, error_statistics, regression_statistics
+from ..runners import SIGNATURE, run_batched
+from .match import ScopeIndex
 
 FIX_LAYERS = 1  # the costliest layers each tried in float alone (then the costliest with its consumers)
 ONNX_FP32 = "onnx-fp32"

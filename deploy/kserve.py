@@ -9,7 +9,7 @@ Two alternatives, one file each:
   (`kerasport serve --run /bundle --host 0.0.0.0 --port 8080`; KServe reads a custom container's protocol from its
   `PROTOCOL` environment variable), with readiness and liveness probes on `/v2/health/ready` and `/v2/health/live`,
   the bundle mounted read-only from a PersistentVolumeClaim, and a memory request sized from the server's measured
-  resident memory (see package_rss.py).
+  resident memory (see rss.py).
 
 The YAML is written by a small emitter (block style, every string double-quoted), so packaging needs no YAML library.
 """
@@ -20,9 +20,9 @@ import json
 import re
 from pathlib import Path
 
-from .package import PackageContext, TargetOutput
-from .package_rss import HEADROOM, ROUND_MIB, measure_serve_rss, memory_request_mib
-from .package_triton import write_repository
+from .base import PackageContext, TargetOutput
+from .rss import HEADROOM, ROUND_MIB, measure_serve_rss, memory_request_mib
+from .triton import write_repository
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.bundle import Stage, forget_invalidated, remove_invalidated_folders
 from kerasport.contract import (
     COLOR_MODES,
     DYNAMIC,
@@ -22,10 +23,7 @@ from kerasport.contract import (
 )
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, remove_path, write_json_atomic
-from kerasport.manifest import Manifest, artifact_entry, new_manifest, utc_now
-from kerasport.samples import Samples
-
-from .bundle import (
+from kerasport.keras_bundle import (
     CALIBRATION_SAMPLE,
     EVAL_SAMPLE,
     SIGNATURE,
@@ -34,8 +32,10 @@ from .bundle import (
     save_keras_model,
     write_samples,
 )
+from kerasport.manifest import Manifest, artifact_entry, new_manifest, utc_now
+from kerasport.samples import Samples
 
-STAGE_DIR_NAME = "model"
+STAGE_DIR_NAME = Stage.IMPORT.folder
 TASKS = ("auto", "classification", "regression")
 INPUT_KINDS = ("auto", "image", "tensor")
 
@@ -269,12 +269,12 @@ def write_imported_bundle(run_dir: Path, model, contract: ModelContract, *, eval
         parameters = int(model.count_params()) if model is not None else 0
     manifest = new_manifest(
         model={"name": name, "version": version, "task": contract.task, "source": source, "parameters": parameters},
-        contract=contract, stages={"import": {"finished": utc_now(), "config": f"{STAGE_DIR_NAME}/config.json",
+        contract=contract, stages={Stage.IMPORT: {"finished": utc_now(), "config": f"{STAGE_DIR_NAME}/config.json",
                                               "labelled_eval_data": eval_samples.labelled}},
         artifacts=artifacts)
+    forget_invalidated(manifest, Stage.IMPORT)
     manifest.save(run_dir)
-    for stale in ("export", "parity", "train"):
-        remove_path(run_dir / stale)
+    remove_invalidated_folders(run_dir, Stage.IMPORT)
     return manifest
 
 

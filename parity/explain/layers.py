@@ -1,7 +1,7 @@
 """`kerasport parity --explain`: where a candidate starts to differ from Keras, layer by layer.
 
 On a few inputs (the first EXPLAIN_EVAL eval examples and the first EXPLAIN_EDGE edge patterns) every layer of the
-Keras model is compared with its counterpart in each ONNX / TFLite candidate (`explain_match.py` says which tensor
+Keras model is compared with its counterpart in each ONNX / TFLite candidate (`match.py` says which tensor
 that is). Per layer: max / mean |diff|, the relative error (max |diff| over the layer's largest |value|; the
 probabilities of an output layer are compared as they are), the growth factor (relative error over the previous
 compared layer's) and the local error (the Keras layer run in float on the candidate's own inputs to it, against
@@ -9,7 +9,7 @@ the candidate's output: what the layer adds by itself). A layer is within the ca
 values, divided by the layer's scale, pass the gate's own bound (`tolerances.allowed_difference`) with the noise
 floor measured at that layer (Keras batch-order noise, or the fp16-weight twin's error for fp16). The first layer
 that is not is named in the report and on the console. int8 values are not bounded by the gate: their layers are
-ranked by local error instead, and `--explain` re-quantizes with the fixes for the costliest (`explain_int8.py`).
+ranked by local error instead, and `--explain` re-quantizes with the fixes for the costliest (`int8.py`).
 
 Runs for every ONNX/TFLite candidate with `--explain`, and for a candidate that fails the gate without it. It never
 changes the gate's verdicts; when it cannot run, the report says why.
@@ -28,10 +28,10 @@ import numpy as np
 from kerasport.contract import ModelContract
 from kerasport.manifest import Artifact, Manifest
 
-from .explain_graph import ExplainUnavailable, KerasGraph, batch_order_noise, fp16_twin
-from .explain_match import COMPARED, Match, ScopeIndex, match_layers
-from .explain_runtime import ONNX_SETTINGS, TFLITE_SETTINGS, onnx_tensors, tflite_tensors
-from .tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
+from ..tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
+from .graph import ExplainUnavailable, KerasGraph, batch_order_noise, fp16_twin
+from .match import COMPARED, Match, ScopeIndex, match_layers
+from .runtime import ONNX_SETTINGS, TFLITE_SETTINGS, onnx_tensors, tflite_tensors
 
 EXPLAIN_EVAL = 8
 EXPLAIN_EDGE = 4
@@ -218,7 +218,7 @@ def rank_int8_layers(context: ExplainContext, matches: list[Match], local: dict[
 
 def _output_change(contract: ModelContract, base: list[np.ndarray], moved: list[np.ndarray]) -> tuple[float, int]:
     """Mean |output change| (over the output's scale, averaged over outputs) and top-1 flips of classification."""
-    from .compare import class_scores
+    from ..compare import class_scores
 
     changes, flips = [], 0
     for spec, before, after in zip(contract.output_specs(), base, moved, strict=False):

@@ -2,10 +2,10 @@
 
 One function per target writes a complete directory (`--out`):
 
-- `triton` (package_triton.py): a Triton model repository, one entry per ONNX variant that passed parity;
-- `tfserving` (package_tfserving.py): the SavedModel in TF Serving's `<model>/<version>/` layout + `models.config`;
-- `kserve` (package_kserve.py): InferenceService YAML for Triton and for kerasport's own TF-free server;
-- `container` (package_container.py): a Dockerfile and its build context for a TF-free serving image.
+- `triton` (triton.py): a Triton model repository, one entry per ONNX variant that passed parity;
+- `tfserving` (tfserving.py): the SavedModel in TF Serving's `<model>/<version>/` layout + `models.config`;
+- `kserve` (kserve.py): InferenceService YAML for Triton and for kerasport's own TF-free server;
+- `container` (container.py): a Dockerfile and its build context for a TF-free serving image.
 
 The chosen artifacts are re-hashed against the manifest before anything is copied, and every copy is re-hashed
 after; a variant that failed parity (or never ran it) is refused unless `allow_unverified`. Everything is written in
@@ -18,77 +18,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kerasport import __version__
+from kerasport.bundle import Stage
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, sha256_file, write_text_atomic
-from kerasport.manifest import Artifact, Manifest, hash_artifact, load_manifest, manifest_path, utc_now, verify_bundle
+from kerasport.manifest import Artifact, Manifest, load_manifest, utc_now, verify_bundle
+from kerasport.verdict import Verdict
+
+from .base import PackageContext, PackageOptions, TargetOutput, parity_state
 
 DEPLOY_NAME = "DEPLOY.md"
-STAGE = "package"
+STAGE = Stage.PACKAGE
 # A name every target accepts: a DNS-1035 label (KServe's InferenceService names), which Triton and TF Serving
 # model names and directory names take too. Short enough for the derived names ("-triton", "-int8") to stay < 64.
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 48
-DEFAULT_MAX_BATCH = 8
-PARITY_PASSED = ("pass", "reference")
 # The targets' names, for --help without importing their modules; `targets()` lists the same, in this order.
 TARGET_NAMES = ("triton", "tfserving", "kserve", "container")
-
-
-@dataclass
-class PackageOptions:
-    """What `kerasport package` was asked for; target-specific fields are ignored by the other targets."""
-
-    run: str = "build"
-    target: str = ""
-    out: str = ""
-    variants: list[str] | None = None
-    model_name: str | None = None
-    version: str | None = None
-    allow_unverified: bool = False
-    max_batch: int = DEFAULT_MAX_BATCH
-    image: str | None = None
-    storage_uri: str | None = None
-    bundle_claim: str | None = None
-    wheel: str | None = None
-    base_image: str = "python:3.11-slim"
-    check_install: bool = False
-
-
-@dataclass
-class PackageContext:
-    """The verified inputs a target writer gets."""
-
-    run_dir: Path
-    manifest: Manifest
-    options: PackageOptions
-    model_name: str
-    version: int
-    chosen: list[Artifact]
-
-    def parity(self, artifact: Artifact) -> str:
-        """'pass', 'reference' (the artifact parity compared against), the failed verdict, or 'unchecked'."""
-        return parity_state(self.manifest, artifact)
-
-    @property
-    def manifest_sha256(self) -> str:
-        return sha256_file(manifest_path(self.run_dir))
-
-    @property
-    def unverified(self) -> list[str]:
-        return [artifact.name for artifact in self.chosen if self.parity(artifact) not in PARITY_PASSED]
-
-
-@dataclass
-class TargetOutput:
-    """What a target wrote: the one command that runs it, markdown notes for DEPLOY.md, and the manifest record."""
-
-    command: str
-    notes: list[str] = field(default_factory=list)
-    record: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,10 +65,10 @@ class PackageResult:
 
 def targets() -> dict[str, Target]:
     """The registry of deploy targets, in the order `--help` lists them."""
-    from .package_container import write_container
-    from .package_kserve import write_kserve
-    from .package_tfserving import write_tfserving
-    from .package_triton import write_triton
+    from .container import write_container
+    from .kserve import write_kserve
+    from .tfserving import write_tfserving
+    from .triton import write_triton
 
     return {target.name: target for target in (
         Target("triton", "Triton Inference Server (onnxruntime backend)", ("onnx",), write_triton),
@@ -127,7 +76,6 @@ def targets() -> dict[str, Target]:
         Target("kserve", "KServe (V2 protocol)", ("onnx",), write_kserve, needs_variants=False),
         Target("container", "a TF-free kerasport serving image", ("onnx", "tflite"), write_container),
     )}
-
 
 
 def package_bundle(options: PackageOptions) -> PackageResult:
@@ -214,15 +162,6 @@ def resolve_version(requested: str | None, manifest: Manifest) -> int:
     return int(requested)
 
 
-def parity_state(manifest: Manifest, artifact: Artifact) -> str:
-    """'pass', 'reference' (parity's own reference), the failed verdict, or 'unchecked'."""
-    if artifact.passed_parity:
-        return "pass"
-    if manifest.stage("parity").get("reference") == artifact.name:
-        return "reference"
-    return artifact.verdict or "unchecked"
-
-
 def select_variants(manifest: Manifest, target: Target, requested: list[str] | None,
                     allow_unverified: bool) -> list[Artifact]:
     """The artifacts a target packages: those requested, or every one of its formats that passed parity.
@@ -244,7 +183,7 @@ def select_variants(manifest: Manifest, target: Target, requested: list[str] | N
     usable = [artifact for artifact in manifest.artifacts()
               if artifact.format in target.formats and artifact.status == "ok"]
     chosen = [artifact for artifact in usable
-              if allow_unverified or parity_state(manifest, artifact) in PARITY_PASSED]
+              if allow_unverified or parity_state(manifest, artifact).shippable]
     if not chosen and target.needs_variants:
         have = ", ".join(f"{a.name} ({parity_state(manifest, a)})" for a in usable) or "none"
         raise UsageError(f"no {'/'.join(target.formats)} artifact of this bundle passed parity (it has: {have}); "
@@ -262,34 +201,12 @@ def _requested_variant(manifest: Manifest, target: Target, name: str, allow_unve
     if artifact.status != "ok":
         raise UsageError(f"--variants {name}: export recorded it as {artifact.status}; expected a built artifact")
     state = parity_state(manifest, artifact)
-    if state not in PARITY_PASSED and not allow_unverified:
-        detail = ("has no parity verdict (run `kerasport parity`)" if state == "unchecked"
+    if not state.shippable and not allow_unverified:
+        detail = ("has no parity verdict (run `kerasport parity`)" if state == Verdict.UNCHECKED
                   else f"failed parity ({state})")
         raise UsageError(f"--variants {name}: the artifact {detail}; refusing to package it without "
                          f"--allow-unverified")
     return artifact
-
-
-def copy_verified(context: PackageContext, artifact: Artifact, destination: Path) -> None:
-    """Copy an artifact (file or SavedModel tree) and check the copy hashes to the manifest's sha256.
-
-    Raises:
-        CheckFailed: the copy differs from what the manifest recorded (a disk or concurrency problem).
-    """
-    import shutil
-
-    from kerasport.errors import CheckFailed
-
-    source = artifact.resolve(context.run_dir)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, destination)
-    else:
-        shutil.copyfile(source, destination)
-    sha256, _ = hash_artifact(destination)
-    if sha256 != artifact.sha256:
-        raise CheckFailed(f"the copy of {artifact.name} at {destination} has sha256 {sha256[:12]}…; the manifest "
-                          f"expects {artifact.sha256[:12]}…")
 
 
 def file_hashes(root: Path) -> dict[str, str]:

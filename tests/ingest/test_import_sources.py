@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from import_helpers import CLASSES, EXAMPLES, invoke, invoke_json, mlp_regressor, two_io_arrays, two_io_model
 
+from kerasport.ingest.data import PIXEL_RANGE, SYNTHETIC_EXAMPLES
+from kerasport.ingest.sources import CUSTOM_OBJECTS_FLAG, UNSAFE_FLAG
 from kerasport.manifest import load_manifest, verify_bundle
 from kerasport.samples import load_samples
-from kerasport.train.import_data import PIXEL_RANGE, SYNTHETIC_EXAMPLES
-from kerasport.train.import_sources import CUSTOM_OBJECTS_FLAG, UNSAFE_FLAG
 
 BUNDLE_ARTIFACTS = {"keras", "saved_model", "eval_sample", "calibration_sample"}
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from devtools.keys import write_key_pair
 from devtools.repository_bundles import flip_byte, write_version
 from kerasport.app.cli import app
+from kerasport.deploy import container as package_container
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
-from kerasport.export import package_container
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import MANIFEST_NAME
 from kerasport.signing import SIGNATURE_NAME, sign_bundle

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kerasport.canonical import canonicalize_saved_model, normalize_keras_archive
 from kerasport.contract import DYNAMIC, ModelContract
 from kerasport.manifest import artifact_entry
 from kerasport.samples import Samples, save_samples
-
-from .canonical import canonicalize_saved_model, normalize_keras_archive
 
 SIGNATURE = "serving_default"
 EVAL_SAMPLE = "eval_sample.npz"

@@ -38,11 +38,12 @@ import tomllib
 import venv
 from pathlib import Path
 
+from kerasport.bundle import Stage
 from kerasport.errors import ConversionError, UsageError
 from kerasport.fsutil import sha256_file
 from kerasport.manifest import verify_bundle
 
-from .package import PackageContext, TargetOutput, copy_verified
+from .base import PackageContext, TargetOutput, copy_verified
 
 WHEEL_DIR, BUNDLE_DIR, CONSTRAINTS, DOCKERFILE = "wheels", "bundle", "constraints.txt", "Dockerfile"
 BUNDLE_MOUNT, PORT, USER_ID = "/bundle", 8080, 10001
@@ -165,7 +166,7 @@ def write_trimmed_bundle(context: PackageContext, dest: Path) -> dict:
         trimmed.remove_artifact(name)
     for artifact in context.chosen:
         copy_verified(context, artifact, dest / artifact.path)
-    trimmed.set_stage("package", {"container": {"trimmed": {
+    trimmed.set_stage(Stage.PACKAGE, {"container": {"trimmed": {
         "from_manifest_sha256": sha256_file(manifest_path(context.run_dir)), "kept": kept, "dropped": dropped}}})
     trimmed.save(dest)
     verify_bundle(dest)  # what the Dockerfile's `RUN kerasport bundle verify` does at build time

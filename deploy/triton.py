@@ -17,7 +17,7 @@ from kerasport.contract import DYNAMIC, V2_DATATYPES, ModelContract, OutputSpec
 from kerasport.errors import ConversionError
 from kerasport.manifest import Artifact
 
-from .package import PackageContext, TargetOutput, copy_verified
+from .base import PackageContext, TargetOutput, copy_verified
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .explain_graph import KerasGraph, LayerNode
-from .explain_runtime import Tensor
+from .graph import KerasGraph, LayerNode
+from .runtime import Tensor
 
 _SCOPE_NUMBER = re.compile(r"_\d+$")
 MAX_PERMUTED_AXES = 5

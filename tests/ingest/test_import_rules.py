@@ -7,9 +7,9 @@ import pytest
 
 from kerasport.contract import OutputSpec
 from kerasport.errors import UsageError
-from kerasport.train.import_data import PIXEL_RANGE, data_range
-from kerasport.train.import_stage import parse_labels, parse_range
-from kerasport.train.importer import attach_labels, looks_like_probabilities, signature_output_kind
+from kerasport.ingest.data import PIXEL_RANGE, data_range
+from kerasport.ingest.importer import attach_labels, looks_like_probabilities, signature_output_kind
+from kerasport.ingest.stage import parse_labels, parse_range
 
 
 @pytest.mark.parametrize(("values", "kind", "expected"), [
