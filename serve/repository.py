@@ -310,6 +310,8 @@ class ModelRepository:
         """Bring the served versions in line with the folder (every model, or `only`)."""
         async with self.lock:
             scanned = await asyncio.to_thread(self._scan)
+            if scanned is None:  # the folder could not be read this time: keep serving what serves
+                return
             names = [only] if only is not None else sorted(set(scanned) | set(self.models))
             for name in names:
                 entry = self.models.setdefault(name, ModelEntry())
@@ -326,7 +328,7 @@ class ModelRepository:
         Raises:
             NotFound: no such model folder. BadRequest: no version of it could be loaded (the reasons).
         """
-        scanned = await asyncio.to_thread(self._scan)
+        scanned = await asyncio.to_thread(self._scan) or {}
         if name not in scanned:
             raise NotFound(f"no model {name!r} in the repository; it holds {sorted(scanned)}")
         self.models.setdefault(name, ModelEntry()).unloaded = False
@@ -372,12 +374,12 @@ class ModelRepository:
 
     # --- internals ----------------------------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, dict[int, Path]]:
+    def _scan(self) -> dict[str, dict[int, Path]] | None:
         try:
             return self.source.scan()
-        except (OSError, KerasportError) as error:
+        except (OSError, KerasportError) as error:  # e.g. the --run manifest caught mid-rewrite
             log_event("scan_failed", reason=str(error))
-            return {}
+            return None
 
     async def _poll(self) -> None:
         while True:
