@@ -11,8 +11,8 @@ removed versions; `explicit` loads every model once at start and changes only th
 (`load` re-reads a model's folder, `unload` drops it). Both answer the repository extension's index.
 
 Hot swap, per version: verify (the signature when `--trusted-key` is set; the sha256 of every artifact served,
-against the manifest; the parity verdict) and open the runtime in a thread, start its micro-batcher, warm it up with
-one inference, then switch it in with one assignment on the event loop. A request takes its version when its
+against the manifest; the parity verdict) and open the runtime in a thread, warm it up with one inference (on the
+model, so statistics never count it), start its micro-batcher, then switch it in with one assignment on the event loop. A request takes its version when its
 inference starts (`resolve`, with no await before `run_inference` counts it in flight), so it finishes there; a
 replaced or removed version leaves the routing table at once and is released (batcher stopped, runtime dropped)
 after its last in-flight request. A version that fails a check is refused: a JSON log line with the reason, the
@@ -439,13 +439,11 @@ class ModelRepository:
                   seconds=round(time.perf_counter() - started, 3))
 
     async def _switch_in(self, name: str, version: int, model: ServedModel, fingerprint: str) -> None:
+        # The warm-up runs on the model itself, not through the batcher: it is not a request, so the inference
+        # statistics and metrics never count it. Nothing else can call this model yet (it is not switched in).
+        await asyncio.to_thread(model.predict, warmup_inputs(model))
         state = self.make_state(model)
         await state.batcher.start()
-        try:
-            await state.batcher.submit(warmup_inputs(model))
-        except Exception:
-            await state.batcher.stop()
-            raise
         entry = self.models.setdefault(name, ModelEntry())
         replaced = entry.versions.get(version)
         state.ready = True  # the version's own flag; the server's readiness (and its gauge) is the app's
