@@ -12,12 +12,13 @@ removed versions; `explicit` loads every model once at start and changes only th
 
 Hot swap, per version: verify (the signature when `--trusted-key` is set; the sha256 of every artifact served,
 against the manifest; the parity verdict) and open the runtime in a thread, warm it up with one inference (on the
-model, so statistics never count it), start its micro-batcher, then switch it in with one assignment on the event loop. A request takes its version when its
-inference starts (`resolve`, with no await before `run_inference` counts it in flight), so it finishes there; a
-replaced or removed version leaves the routing table at once and is released (batcher stopped, runtime dropped)
-after its last in-flight request. A version that fails a check is refused: a JSON log line with the reason, the
-`kerasport_repository_refused_total` counter, `UNAVAILABLE` with the reason in the index; what served before keeps
-serving, and the version is not tried again until its folder changes (`folder_fingerprint`).
+model, so statistics never count it), start its micro-batcher, then switch it in with one assignment on the event
+loop. A request takes its version when its inference starts (`resolve`, with no await before `run_inference` counts
+it in flight), so it finishes there; a replaced or removed version leaves the routing table at once and is released
+(batcher stopped, runtime dropped) after its last in-flight request. A version that fails a check is refused: a
+JSON log line with the reason, the `kerasport_repository_refused_total` counter, `UNAVAILABLE` with the reason in the
+index; what served before keeps serving, and the version is not tried again until its folder changes
+(`folder_fingerprint`).
 
 Version policies are Triton's: `latest:N` (the N highest loadable versions; a refused version does not count, so
 the previous one keeps serving), `all`, `specific:V,...`.
