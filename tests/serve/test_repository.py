@@ -15,7 +15,7 @@ import pytest
 from helpers import ServerProcess
 
 from devtools.keys import write_key_pair
-from devtools.repository_bundles import MODEL_NAME, PROBE, drop_in, expected_output, flip_byte, write_version
+from devtools.repository_bundles import MODEL_NAME, PROBE, drop_in, expected_output, flip_byte
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from kerasport.serve.repository import NOT_IN_POLICY_REASON, READY, UNAVAILABLE, UNLOADED_REASON, VersionPolicy
 
@@ -24,13 +24,13 @@ SWAP_DEADLINE = POLL_SECONDS + 5  # the bar: a new version serves within --poll-
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory):
+def versions(tmp_path_factory, regressor_versions):
     """Signed source bundles 1 and 2 (different weights), their answers to PROBE, and the key pair."""
     from kerasport.signing import sign_bundle
 
     root = tmp_path_factory.mktemp("versions")
     keys = write_key_pair(root / "keys")
-    runs = {version: write_version(root / f"v{version}", seed=version) for version in (1, 2)}
+    runs = {version: Path(shutil.copytree(run, root / f"v{version}")) for version, run in regressor_versions.items()}
     for run in runs.values():
         sign_bundle(run, keys.private)
     answers = {version: expected_output(run) for version, run in runs.items()}
