@@ -159,6 +159,7 @@ def test_tritonclient_http_lists_unloads_loads_and_infers_a_named_version(explic
     client = triton_http.InferenceServerClient(explicit.url.removeprefix("http://"))
     rows = {(row["name"], row["version"]): row["state"] for row in client.get_model_repository_index()}
     assert rows == {(MODEL_NAME, "1"): READY, (MODEL_NAME, "2"): READY, ("other", "7"): READY}
+    assert client.get_model_config(MODEL_NAME)["version_policy"] == VersionPolicy.parse("all").to_config()
     request = triton_http.InferInput("row", list(PROBE.shape), "FP32")
     request.set_data_from_numpy(PROBE)
     for version in ("1", "2"):
@@ -183,6 +184,7 @@ def test_tritonclient_grpc_lists_unloads_loads_and_infers_a_named_version(explic
     listed = client.get_model_repository_index(as_json=True)["models"]
     assert {(row["name"], row["version"]) for row in listed} == {(MODEL_NAME, "1"), (MODEL_NAME, "2"), ("other", "7")}
     assert "model_repository" in client.get_server_metadata(as_json=True)["extensions"]
+    assert "all" in client.get_model_config(MODEL_NAME, as_json=True)["config"]["version_policy"]
     request = triton_grpc.InferInput("row", list(PROBE.shape), "FP32")
     request.set_data_from_numpy(PROBE)
     result = client.infer(MODEL_NAME, [request], model_version="1")
