@@ -92,7 +92,7 @@ def measure(repository: Path, policy: str) -> dict:
     from kerasport.manifest import load_manifest
 
     server = ServerProcess(repository, "--repository", str(repository), "--version-policy", policy,
-                           "--allow-unverified", "--no-access-log", "--workers", "1")
+                           "--no-access-log", "--workers", "1")
     try:
         ready_rss = tree_rss_mb(server.pid)
         with httpx.Client(timeout=60) as client:

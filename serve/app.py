@@ -73,7 +73,8 @@ def create_app(model: ServedModel | None, *, max_batch: int = 32, max_delay_ms: 
     settings = ServeSettings(max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes,
                              max_image_pixels=max_image_pixels or (default_max_image_pixels(model.contract) if model
                                                                    else DEFAULT_MAX_IMAGE_PIXELS),
-                             workers=workers)
+                             workers=workers,
+                             **({"version_policy": repository.settings.policy.to_config()} if repository else {}))
     offload = offload or Offload()
 
     def version_state(served: ServedModel) -> ServingState:

@@ -11,13 +11,14 @@ removed versions; `explicit` loads every model once at start and changes only th
 (`load` re-reads a model's folder, `unload` drops it). Both answer the repository extension's index.
 
 Hot swap, per version: verify (the signature when `--trusted-key` is set; the sha256 of every artifact served,
-against the manifest; the parity verdict) and open the runtime in a thread, start its micro-batcher, warm it up with
-one inference, then switch it in with one assignment on the event loop. A request takes its version when its
-inference starts (`resolve`, with no await before `run_inference` counts it in flight), so it finishes there; a
-replaced or removed version leaves the routing table at once and is released (batcher stopped, runtime dropped)
-after its last in-flight request. A version that fails a check is refused: a JSON log line with the reason, the
-`kerasport_repository_refused_total` counter, `UNAVAILABLE` with the reason in the index; what served before keeps
-serving, and the version is not tried again until its folder changes (`folder_fingerprint`).
+against the manifest; the parity verdict) and open the runtime in a thread, warm it up with one inference (on the
+model, so statistics never count it), start its micro-batcher, then switch it in with one assignment on the event
+loop. A request takes its version when its inference starts (`resolve`, with no await before `run_inference` counts
+it in flight), so it finishes there; a replaced or removed version leaves the routing table at once and is released
+(batcher stopped, runtime dropped) after its last in-flight request. A version that fails a check is refused: a
+JSON log line with the reason, the `kerasport_repository_refused_total` counter, `UNAVAILABLE` with the reason in the
+index; what served before keeps serving, and the version is not tried again until its folder changes
+(`folder_fingerprint`).
 
 Version policies are Triton's: `latest:N` (the N highest loadable versions; a refused version does not count, so
 the previous one keeps serving), `all`, `specific:V,...`.
@@ -310,6 +311,8 @@ class ModelRepository:
         """Bring the served versions in line with the folder (every model, or `only`)."""
         async with self.lock:
             scanned = await asyncio.to_thread(self._scan)
+            if scanned is None:  # the folder could not be read this time: keep serving what serves
+                return
             names = [only] if only is not None else sorted(set(scanned) | set(self.models))
             for name in names:
                 entry = self.models.setdefault(name, ModelEntry())
@@ -326,7 +329,7 @@ class ModelRepository:
         Raises:
             NotFound: no such model folder. BadRequest: no version of it could be loaded (the reasons).
         """
-        scanned = await asyncio.to_thread(self._scan)
+        scanned = await asyncio.to_thread(self._scan) or {}
         if name not in scanned:
             raise NotFound(f"no model {name!r} in the repository; it holds {sorted(scanned)}")
         self.models.setdefault(name, ModelEntry()).unloaded = False
@@ -372,12 +375,12 @@ class ModelRepository:
 
     # --- internals ----------------------------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, dict[int, Path]]:
+    def _scan(self) -> dict[str, dict[int, Path]] | None:
         try:
             return self.source.scan()
-        except (OSError, KerasportError) as error:
+        except (OSError, KerasportError) as error:  # e.g. the --run manifest caught mid-rewrite
             log_event("scan_failed", reason=str(error))
-            return {}
+            return None
 
     async def _poll(self) -> None:
         while True:
@@ -437,13 +440,11 @@ class ModelRepository:
                   seconds=round(time.perf_counter() - started, 3))
 
     async def _switch_in(self, name: str, version: int, model: ServedModel, fingerprint: str) -> None:
+        # The warm-up runs on the model itself, not through the batcher: it is not a request, so the inference
+        # statistics and metrics never count it. Nothing else can call this model yet (it is not switched in).
+        await asyncio.to_thread(model.predict, warmup_inputs(model))
         state = self.make_state(model)
         await state.batcher.start()
-        try:
-            await state.batcher.submit(warmup_inputs(model))
-        except Exception:
-            await state.batcher.stop()
-            raise
         entry = self.models.setdefault(name, ModelEntry())
         replaced = entry.versions.get(version)
         state.ready = True  # the version's own flag; the server's readiness (and its gauge) is the app's

@@ -67,7 +67,7 @@ def model_config(state: ServingState) -> dict:
         entry["label_filename"] = ""
         outputs.append(entry)
     return {"name": model.name, "platform": PLATFORMS.get(model.artifact.format, model.artifact.format),
-            "backend": model.runtime_name, "version_policy": {"latest": {"num_versions": 1}},
+            "backend": model.runtime_name, "version_policy": settings.version_policy,
             "max_batch_size": settings.max_batch, "input": [tensor(spec) for spec in contract.inputs],
             "output": outputs,
             "dynamic_batching": {"preferred_batch_size": [settings.max_batch],

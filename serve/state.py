@@ -38,6 +38,7 @@ class ServeSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 16_000_000
     workers: int = 1
+    version_policy: dict = field(default_factory=lambda: {"latest": {"num_versions": 1}})  # Triton's form
 
 
 @dataclass

@@ -56,3 +56,13 @@ def verified(exported, tmp_path_factory) -> Path:
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == 0, result.failures
     return run
+
+
+@pytest.fixture(scope="session")
+def regressor_versions(tmp_path_factory) -> dict[int, Path]:
+    """Versions 1 and 2 of one small regressor, other weights each, exported and parity-checked (unsigned);
+    devtools/repository_bundles.py. Tests copy them before changing or signing anything."""
+    from devtools.repository_bundles import write_version
+
+    root = tmp_path_factory.mktemp("regressor-versions")
+    return {version: write_version(root / f"v{version}", seed=version) for version in (1, 2)}

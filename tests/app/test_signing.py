@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from devtools.keys import write_key_pair
-from devtools.repository_bundles import write_version
 from kerasport.app.cli import app
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CheckFailed
 from kerasport.manifest import MANIFEST_NAME
@@ -27,8 +26,8 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory, keys) -> Path:
-    run = write_version(tmp_path_factory.mktemp("signed") / "run", seed=1)
+def signed(tmp_path_factory, keys, regressor_versions) -> Path:
+    run = Path(shutil.copytree(regressor_versions[1], tmp_path_factory.mktemp("signed") / "run"))
     result = runner.invoke(app, ["bundle", "sign", "--run", str(run), "--key", str(keys["alice"].private)])
     assert result.exit_code == EXIT_OK, result.output
     return run

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from devtools.keys import write_key_pair
-from devtools.repository_bundles import flip_byte, write_version
+from devtools.repository_bundles import flip_byte
 from kerasport.app.cli import app
 from kerasport.deploy import container as package_container
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
@@ -25,10 +25,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory):
+def context(tmp_path_factory, regressor_versions):
     root = tmp_path_factory.mktemp("signed-package")
     keys = write_key_pair(root / "keys")
-    run = write_version(root / "run", seed=3)
+    run = Path(shutil.copytree(regressor_versions[1], root / "run"))
     sign_bundle(run, keys.private)
     before = sha256_file(run / MANIFEST_NAME)
     out = root / "context"

@@ -15,7 +15,7 @@ import pytest
 from helpers import ServerProcess
 
 from devtools.keys import write_key_pair
-from devtools.repository_bundles import MODEL_NAME, PROBE, drop_in, expected_output, flip_byte, write_version
+from devtools.repository_bundles import MODEL_NAME, PROBE, drop_in, expected_output, flip_byte
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from kerasport.serve.repository import NOT_IN_POLICY_REASON, READY, UNAVAILABLE, UNLOADED_REASON, VersionPolicy
 
@@ -24,13 +24,13 @@ SWAP_DEADLINE = POLL_SECONDS + 5  # the bar: a new version serves within --poll-
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory):
+def versions(tmp_path_factory, regressor_versions):
     """Signed source bundles 1 and 2 (different weights), their answers to PROBE, and the key pair."""
     from kerasport.signing import sign_bundle
 
     root = tmp_path_factory.mktemp("versions")
     keys = write_key_pair(root / "keys")
-    runs = {version: write_version(root / f"v{version}", seed=version) for version in (1, 2)}
+    runs = {version: Path(shutil.copytree(run, root / f"v{version}")) for version, run in regressor_versions.items()}
     for run in runs.values():
         sign_bundle(run, keys.private)
     answers = {version: expected_output(run) for version, run in runs.items()}
@@ -159,6 +159,7 @@ def test_tritonclient_http_lists_unloads_loads_and_infers_a_named_version(explic
     client = triton_http.InferenceServerClient(explicit.url.removeprefix("http://"))
     rows = {(row["name"], row["version"]): row["state"] for row in client.get_model_repository_index()}
     assert rows == {(MODEL_NAME, "1"): READY, (MODEL_NAME, "2"): READY, ("other", "7"): READY}
+    assert client.get_model_config(MODEL_NAME)["version_policy"] == VersionPolicy.parse("all").to_config()
     request = triton_http.InferInput("row", list(PROBE.shape), "FP32")
     request.set_data_from_numpy(PROBE)
     for version in ("1", "2"):
@@ -183,6 +184,7 @@ def test_tritonclient_grpc_lists_unloads_loads_and_infers_a_named_version(explic
     listed = client.get_model_repository_index(as_json=True)["models"]
     assert {(row["name"], row["version"]) for row in listed} == {(MODEL_NAME, "1"), (MODEL_NAME, "2"), ("other", "7")}
     assert "model_repository" in client.get_server_metadata(as_json=True)["extensions"]
+    assert "all" in client.get_model_config(MODEL_NAME, as_json=True)["config"]["version_policy"]
     request = triton_grpc.InferInput("row", list(PROBE.shape), "FP32")
     request.set_data_from_numpy(PROBE)
     result = client.infer(MODEL_NAME, [request], model_version="1")
