@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.cli_support import console, user_errors
 
 from .base import DEFAULT_MAX_BATCH, PackageOptions
@@ -16,7 +17,7 @@ TARGETS_HELP = " | ".join(TARGET_NAMES)
 
 @user_errors
 def package_command(
-    run: str = typer.Option("build", "--run", help="Run directory holding a verified bundle."),
+    run: RunOption = DEFAULT_RUN,
     target: str = typer.Option(None, "--target", help=f"Deploy target: {TARGETS_HELP}."),
     out: str = typer.Option(None, "--out", help="Directory to write (replaced only when the target succeeds)."),
     variants: str = typer.Option(None, "--variants",

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kerasport.cli_options import DEFAULT_RUN, RunOption
+
 from .variants import DEFAULT_FORMATS, DEFAULT_OPSET, parse_formats
 
 if TYPE_CHECKING:
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ExportArgs:
-    run: Annotated[str, typer.Option("--run", help="Run directory written by `kerasport train`.")] = "build"
+    run: RunOption = DEFAULT_RUN
     formats: Annotated[str, typer.Option("--formats", help="Comma list of variants.")] = ",".join(DEFAULT_FORMATS)
     opset: Annotated[int, typer.Option(
         "--opset", help=f"ONNX opset ({DEFAULT_OPSET}: the newest tf2onnx 1.17 emits; onnxruntime runs it).")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kerasport.cli_options import takes_options
+from kerasport.cli_options import DEFAULT_RUN, RunOption, takes_options
 from kerasport.cli_support import console, user_errors
 
 _HELP_DATA = ("npz:FILE (one array per input name, or x; targets y or y:<output>) | images:DIR (one sub-folder "
@@ -18,7 +18,7 @@ _HELP_DATA = ("npz:FILE (one array per input name, or x; targets y or y:<output>
 
 @dataclass
 class ImportArgs:
-    run: Annotated[str, typer.Option("--run", help="Run directory (the release bundle).")] = "build"
+    run: RunOption = DEFAULT_RUN
     eval_data: Annotated[str | None, typer.Option(
         "--eval-data", help=f"Held-out inputs and targets: {_HELP_DATA} Default: generated noise, no targets.")
     ] = None

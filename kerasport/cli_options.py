@@ -22,9 +22,15 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from typer.models import OptionInfo
+
+DEFAULT_RUN = "build"
+RUN_HELP = "Run directory: one release bundle (manifest.json and each stage's folder)."
+# `--run`, declared once for every command that takes a bundle.
+RunOption = Annotated[str, typer.Option("--run", help=RUN_HELP)]
 
 
 def option_fields(group: type) -> list[inspect.Parameter]:

@@ -6,12 +6,13 @@ import json
 
 import typer
 
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.cli_support import console, fail, user_errors
 
 
 @user_errors
 def parity_command(
-    run: str = typer.Option("build", "--run", help="Run directory with an exported bundle."),
+    run: RunOption = DEFAULT_RUN,
     sweep: bool = typer.Option(True, "--sweep/--no-sweep",
                                help="Also run ORT optimization levels, LiteRT with/without XNNPACK, 1 and 2 threads."),
     fp32_atol: float = typer.Option(None, "--fp32-atol", help="Override the fp32 max |diff| tolerance."),

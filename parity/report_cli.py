@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import typer
-
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.cli_support import console, user_errors
 
 
 @user_errors
 def report_command(
-    run: str = typer.Option("build", "--run", help="Run directory of the bundle."),
+    run: RunOption = DEFAULT_RUN,
 ) -> None:
     """Write <run>/report.html: training, parity, explain, drift, budgets, versions and hashes on one page."""
     from .html import write_html_report

@@ -7,13 +7,14 @@ import sys
 
 import typer
 
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.cli_support import console, user_errors
 from kerasport.errors import UsageError
 
 
 @user_errors
 def serve_command(
-    run: str = typer.Option("build", "--run", help="Run directory with a verified bundle."),
+    run: RunOption = DEFAULT_RUN,
     variant: str = typer.Option("auto", "--variant", help="Artifact to serve; auto: the server CPU recommendation "
                                 "(lowest measured batch-1 p50 that passed parity; without measurements, a fixed "
                                 "order). The choice and why are in the ready line."),
@@ -81,7 +82,7 @@ def predict_command(
     inputs: str = typer.Option(None, "--inputs",
                                help="npz:FILE with one array per input name (or `x` for a single input), for any "
                                     "model."),
-    run: str = typer.Option("build", "--run"),
+    run: RunOption = DEFAULT_RUN,
     variant: str = typer.Option("auto", "--variant", help="Artifact to run; auto: the server CPU recommendation."),
     output_format: str = typer.Option("table", "--format", help="table | json | csv"),
     top_k: int = typer.Option(3, "--top-k", min=1),

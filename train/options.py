@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from kerasport.cli_options import RunOption
+
 from .config import TrainConfig
 
 _DEFAULT = TrainConfig()
@@ -22,7 +24,7 @@ class TrainArgs:
     data: Annotated[str, typer.Option(
         "--data", help="digits | mnist | fashion_mnist | idx:DIR | npz:FILE | images:DIR (one sub-folder per class)."
     )] = _DEFAULT.data
-    run: Annotated[str, typer.Option("--run", help="Run directory (the release bundle).")] = _DEFAULT.run
+    run: RunOption = _DEFAULT.run
     arch: Annotated[str, typer.Option(
         "--arch", help="seed (the reference CNN) | edge (≤100k params) | package.module:function (your own "
         "builder, called with keyword arguments input_shape, n_outputs, task, activation, kernel_initializer, "

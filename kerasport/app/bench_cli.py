@@ -7,13 +7,14 @@ import json
 
 import typer
 
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.cli_support import console, user_errors
 from kerasport.perf import DEFAULT_BUDGET_S
 
 
 @user_errors
 def bench_command(
-    run: str = typer.Option("build", "--run", help="Run directory with a bundle that went through parity."),
+    run: RunOption = DEFAULT_RUN,
     seconds: float = typer.Option(DEFAULT_BUDGET_S, "--seconds", help="Time cap of the measurement."),
     max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop",
                                             help="Recommend for server CPU only candidates within this accuracy "

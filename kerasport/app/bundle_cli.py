@@ -9,6 +9,7 @@ import json
 
 import typer
 
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.cli_support import user_errors
 from kerasport.errors import CheckFailed
 from kerasport.manifest import artifact_problems, load_manifest
@@ -19,7 +20,7 @@ bundle_app = typer.Typer(help="Inspect and verify a run's release bundle.", no_a
 @bundle_app.command("verify")
 @user_errors
 def verify_command(
-    run: str = typer.Option("build", "--run", help="Run directory holding manifest.json."),
+    run: RunOption = DEFAULT_RUN,
     public_key: str = typer.Option(None, "--public-key",
                                    help="Also check the bundle's signature (bundle.sig) with this elliptic-curve "
                                         "public key (PEM): unsigned, signed by another key or altered since "
@@ -44,7 +45,7 @@ def verify_command(
 @bundle_app.command("sign")
 @user_errors
 def sign_command(
-    run: str = typer.Option("build", "--run", help="Run directory holding manifest.json."),
+    run: RunOption = DEFAULT_RUN,
     key: str = typer.Option(..., "--key", help="Elliptic-curve private key (PEM) to sign with."),
     password: str = typer.Option(None, "--key-password", envvar="KERASPORT_KEY_PASSWORD",
                                  help="The private key's password, if it is encrypted."),
