@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kerasport import __version__
-from kerasport.bundle import Stage
+from kerasport.bundle import Bundle, Stage
 from kerasport.errors import UsageError
 from kerasport.fsutil import atomic_path, sha256_file, write_text_atomic
-from kerasport.manifest import Artifact, Manifest, load_manifest, utc_now, verify_bundle
+from kerasport.manifest import Artifact, Manifest, load_manifest, utc_now
 from kerasport.verdict import Verdict
 
 from .base import PackageContext, PackageOptions, TargetOutput, parity_state
@@ -99,12 +99,13 @@ def package_bundle(options: PackageOptions) -> PackageResult:
         raise UsageError(f"{given}; expected one of {', '.join(registry)}")
     target = registry[options.target]
     run_dir, out = Path(options.run), _check_out(options.out, Path(options.run))
-    manifest = load_manifest(run_dir)
+    bundle = Bundle.open(run_dir)
+    manifest = bundle.manifest
     context = PackageContext(run_dir=run_dir, manifest=manifest, options=options,
                              model_name=resolve_model_name(options.model_name, manifest),
                              version=resolve_version(options.version, manifest),
                              chosen=select_variants(manifest, target, options.variants, options.allow_unverified))
-    verify_bundle(run_dir, [artifact.name for artifact in context.chosen])
+    bundle.verify([artifact.name for artifact in context.chosen])
     with atomic_path(out) as staging:
         staging.mkdir()
         output = target.write(context, staging)

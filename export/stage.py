@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from kerasport.bundle import Stage, forget_invalidated
+from kerasport.bundle import Bundle, Stage, forget_invalidated
 from kerasport.errors import CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, remove_path
 from kerasport.int8_recipe import AUTO, parse_recipe_option
 from kerasport.isolation import run_isolated
-from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
+from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now
 from kerasport.samples import Samples, load_samples
 
 from .int8_recipe import RecipeRequest
@@ -134,10 +134,10 @@ def _check_options(options: ExportOptions) -> None:
 
 
 def _load_sources(run_dir: Path, calibration_samples: int) -> _Sources:
-    load_manifest(run_dir)  # exit 2 when there is no bundle at all
+    bundle = Bundle.open(run_dir)  # exit 2 when there is no bundle at all
+    manifest = bundle.manifest
     try:
-        names = [*INPUT_ARTIFACTS, *([KERAS_ARTIFACT] if load_manifest(run_dir).has(KERAS_ARTIFACT) else [])]
-        manifest = verify_bundle(run_dir, names)
+        bundle.verify([*INPUT_ARTIFACTS, *([KERAS_ARTIFACT] if manifest.has(KERAS_ARTIFACT) else [])])
         calibration = load_samples(manifest.artifact("calibration_sample").resolve(run_dir), manifest.contract)
         eval_sample = load_samples(manifest.artifact("eval_sample").resolve(run_dir), manifest.contract)
     except CheckFailed as error:

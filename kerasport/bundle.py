@@ -8,11 +8,14 @@ its folder is and what its rewrite makes stale, so no stage spells another's fol
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from .errors import CheckFailed, UsageError
 from .fsutil import remove_path
-from .manifest import Manifest
+from .manifest import Artifact, Manifest, load_manifest, require_verified, verify_bundle
+from .selection import SERVABLE_FORMATS, Choice, choose
 
 
 class Stage(StrEnum):
@@ -84,3 +87,61 @@ def remove_invalidated_folders(run_dir: str | Path, stage: Stage) -> None:
     for later in invalidated_by(stage):
         if later.folder is not None:
             remove_path(stage_folder(run_dir, later))
+
+
+@dataclass
+class Bundle:
+    """One run directory, opened once: its manifest read and validated once, its artifacts verified on request.
+
+    Stages and consumers ask it for their folder, for the artifact the one selection policy picks
+    (`kerasport.selection`), and record themselves in one manifest write.
+    """
+
+    run_dir: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Bundle:
+        """Read and validate `<run_dir>/manifest.json` (once).
+
+        Raises:
+            UsageError: there is no bundle at `run_dir` (exit 2).
+            CheckFailed: the manifest is not valid (exit 1).
+        """
+        return cls(Path(run_dir), load_manifest(run_dir))
+
+    def verify(self, names: list[str] | None = None) -> Bundle:
+        """Check the listed artifacts' hashes (all when None) against the manifest already read.
+
+        Raises:
+            CheckFailed: naming each missing or altered artifact.
+        """
+        verify_bundle(self.run_dir, names, manifest=self.manifest)
+        return self
+
+    def folder(self, stage: Stage) -> Path:
+        return stage_folder(self.run_dir, stage)
+
+    def select(self, *, formats: tuple[str, ...] = SERVABLE_FORMATS, requested: str | None = None,
+               allow_unverified: bool = False) -> tuple[Choice, Artifact]:
+        """The artifact a consumer running `formats` uses, chosen by the selection policy, gated on its parity
+        verdict and re-hashed: what serve, predict and package load.
+
+        Raises:
+            UsageError: nothing runnable, an unverified choice without `allow_unverified`, or an altered artifact
+                (the user's to fix: exit 2).
+        """
+        choice = choose(self.manifest, formats=formats, requested=requested, allow_unverified=allow_unverified)
+        artifact = require_verified(self.manifest, choice.variant, allow_unverified=allow_unverified)
+        try:
+            self.verify([choice.variant])
+        except CheckFailed as error:
+            raise UsageError(str(error)) from error
+        return choice, artifact
+
+    def record(self, stage: Stage, record: dict) -> Manifest:
+        """One manifest transaction for a stage: its record, the stages it invalidates forgotten, one atomic write."""
+        self.manifest.set_stage(stage, record)
+        forget_invalidated(self.manifest, stage)
+        self.manifest.save(self.run_dir)
+        return self.manifest

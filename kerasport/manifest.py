@@ -328,13 +328,13 @@ def artifact_problems(run_dir: str | Path, manifest: Manifest, names: list[str] 
     return problems
 
 
-def verify_bundle(run_dir: str | Path, names: list[str] | None = None) -> Manifest:
-    """Load the manifest, check its schema and the artifacts' hashes.
+def verify_bundle(run_dir: str | Path, names: list[str] | None = None, *, manifest: Manifest | None = None) -> Manifest:
+    """Load the manifest (unless it is given, already loaded), check its schema and the artifacts' hashes.
 
     Raises:
         CheckFailed: naming each missing or altered artifact.
     """
-    manifest = load_manifest(run_dir)
+    manifest = manifest if manifest is not None else load_manifest(run_dir)
     problems = artifact_problems(run_dir, manifest, names)
     if problems:
         raise CheckFailed(f"bundle {run_dir} failed verification: {'; '.join(problems)}")

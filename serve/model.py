@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasport.bundle import Bundle
 from kerasport.contract import ModelContract
-from kerasport.errors import CheckFailed, UsageError
-from kerasport.manifest import Artifact, Manifest, load_manifest, require_verified, verify_bundle
+from kerasport.errors import UsageError
+from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
-from kerasport.selection import FALLBACK_ORDER, Choice, choose
+from kerasport.selection import FALLBACK_ORDER, SERVABLE_FORMATS, Choice, choose
 
 # The fixed order of bundles without measured speed now lives in the core's one selection policy.
 SPEED_ORDER = FALLBACK_ORDER
-SERVABLE_FORMATS = ("onnx", "tflite")
 
 
 @dataclass
@@ -102,15 +102,10 @@ def load_served_model(run: str | Path, *, variant: str | None = None, model_name
         ConversionError: the runtime cannot load the artifact (exit 3).
     """
     started = time.perf_counter()
-    run_dir = Path(run)
-    manifest = load_manifest(run_dir)
-    choice = explain_choice(manifest, variant, allow_unverified)
+    bundle = Bundle.open(run)
+    run_dir, manifest = bundle.run_dir, bundle.manifest
+    choice, artifact = bundle.select(formats=SERVABLE_FORMATS, requested=variant, allow_unverified=allow_unverified)
     chosen = choice.variant
-    artifact = require_verified(manifest, chosen, allow_unverified=allow_unverified)
-    try:
-        verify_bundle(run_dir, [chosen])
-    except CheckFailed as error:
-        raise UsageError(str(error)) from error
     runtime = open_runtime(artifact.resolve(run_dir), artifact.format,
                            RuntimeSettings(threads=threads, spinning=spinning, memory_pattern=False))
     contract = manifest.contract

@@ -27,7 +27,7 @@ import signal
 import socket
 import time
 
-from kerasport.errors import CheckFailed, UsageError
+from kerasport.errors import UsageError
 
 from .process import GRACEFUL_SHUTDOWN_SECONDS, configure_logs, tune_process
 
@@ -148,23 +148,21 @@ def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_n
                                                   repository=str(source.root), **repository_options, **settings),
                              announce=announce_repository, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS,
                              backlog=BACKLOG)
-    from kerasport.manifest import load_manifest, require_verified, verify_bundle
+    from kerasport.bundle import Bundle
+    from kerasport.selection import SERVABLE_FORMATS
 
-    from .model import explain_choice
 
     # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
     if load.trusted_key is not None:
         from kerasport.signing import verify_signature
 
         verify_signature(run, load.trusted_key)
-    manifest = load_manifest(run)
-    choice = explain_choice(manifest, variant, settings["allow_unverified"])
+    bundle = Bundle.open(run)
+    manifest = bundle.manifest
+    # an altered artifact is the user's to fix (exit 2), as when one process loads
+    choice, artifact = bundle.select(formats=SERVABLE_FORMATS, requested=variant,
+                                     allow_unverified=settings["allow_unverified"])
     chosen = choice.variant
-    artifact = require_verified(manifest, chosen, allow_unverified=settings["allow_unverified"])
-    try:
-        verify_bundle(run, [chosen])
-    except CheckFailed as error:  # an altered artifact is the user's to fix (exit 2), as when one process loads
-        raise UsageError(str(error)) from error
     configure_logs(settings["access_log"])
     log_to_stderr()
     per_worker = threads_per_worker(workers, threads)

@@ -47,3 +47,31 @@ def test_package_writes_outside_the_run(tmp_path):
     assert invalidated_by(Stage.PACKAGE) == ()
     with pytest.raises(ValueError, match="writes outside the run directory"):
         stage_folder(tmp_path, Stage.PACKAGE)
+
+
+def test_a_bundle_is_read_once_and_verifies_against_what_it_read(tmp_path):
+    from kerasport.bundle import Bundle
+    from kerasport.errors import CheckFailed, UsageError
+    from kerasport.manifest import artifact_entry
+
+    contract = ModelContract(inputs=(InputSpec(name="x", dtype="float32", shape=(-1, 2)),),
+                             outputs=(OutputSpec(name="y", dtype="float32", shape=(-1, 1)),))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_bytes(b"onnx bytes")
+    manifest = new_manifest(model={"name": "m"}, contract=contract, artifacts={
+        "onnx-fp32": artifact_entry(tmp_path, "export/model.onnx", format="onnx", precision="fp32")})
+    manifest.save(tmp_path)
+    bundle = Bundle.open(tmp_path)
+    assert bundle.folder(Stage.EXPORT) == tmp_path / "export"
+    bundle.verify()
+    with pytest.raises(UsageError, match="no artifact of this bundle passed parity"):
+        bundle.select()
+    with pytest.raises(UsageError, match="has no parity verdict"):
+        bundle.select(requested="onnx-fp32")
+    (tmp_path / "export" / "model.onnx").write_bytes(b"altered")
+    with pytest.raises(CheckFailed, match="onnx-fp32"):
+        bundle.verify()
+    with pytest.raises(UsageError, match="onnx-fp32"):
+        bundle.select(allow_unverified=True)
+    bundle.record(Stage.EXPORT, {"finished": "now"})
+    assert Bundle.open(tmp_path).manifest.stage(Stage.EXPORT) == {"finished": "now"}
