@@ -34,6 +34,7 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
+from .options import DEFAULT_PERF_SECONDS
 from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .runners import (
@@ -76,7 +77,7 @@ class ParityOptions:
     tflm: str = "sample"
     # After the gate: measure every passing candidate's speed (perf.py), capped in time; recommend per target.
     perf: bool = field(default_factory=perf_by_default)
-    perf_seconds: float = 90.0
+    perf_seconds: float = DEFAULT_PERF_SECONDS
 
 
 @dataclass
