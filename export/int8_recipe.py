@@ -218,7 +218,9 @@ class Ladder:
             built[tuple(sorted(layers))] = Candidate(recipe, path, figures)
             return figures
 
-        search = search_float_layers(candidates, judge, MAX_FLOAT_LAYERS)
+        index = self.backend.request.layers
+        consumers = {node.name: index.consumers(node.name) for node in index.nodes}
+        search = search_float_layers(candidates, judge, MAX_FLOAT_LAYERS, consumers)
         record.update(ranking=search.ranking, trials=search.trials, passed=search.float_layers is not None)
         if search.float_layers is None:
             return record, None
@@ -238,10 +240,8 @@ class Ladder:
             path = self.backend.build(recipe)
         except Exception as error:  # noqa: BLE001
             return {**record, "passed": False, "error": _error_line(error)}, None
-        figures = self.backend.judge(path)
-        record.update(recipe=recipe.describe(), figures=figures)
-        if not figures.get("passed"):
-            return {**record, "passed": False}, None
+        record["recipe"] = recipe.describe()
+        # The speed bar first: it is cheap, and a model that loses it is not judged at all.
         twin = self.backend.fp32_twin()
         if twin is None:
             return {**record, "passed": False, "rejected": "no fp32 twin was built to hold the speed bar against"}, None
@@ -251,6 +251,10 @@ class Ladder:
         if speedup < MIN_SPEEDUP:
             return {**record, "passed": False, "rejected": f"batch-1 speed-up over fp32 {speedup:.2f}x < "
                                                            f"{MIN_SPEEDUP:g}x"}, None
+        figures = self.backend.judge(path)
+        record["figures"] = figures
+        if not figures.get("passed"):
+            return {**record, "passed": False}, None
         return {**record, "passed": True}, Candidate(recipe, path, figures)
 
     def _calibration(self) -> tuple[dict, Candidate | None]:
