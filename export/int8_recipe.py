@@ -61,8 +61,8 @@ class RecipeRequest:
     """What the build functions need to apply or search a recipe (one per export); the tuning set, the Keras
     layer names and the whole calibration sample are loaded on first use."""
 
-    def __init__(self, mode: str | Int8Recipe, *, run_dir: Path, manifest: Manifest, saved_model: Path,
-                 formats: tuple[str, ...] = ()):
+    def __init__(self, mode: str | Int8Recipe | dict[str, Int8Recipe], *, run_dir: Path, manifest: Manifest,
+                 saved_model: Path, formats: tuple[str, ...] = ()):
         self.mode, self.run_dir, self.manifest, self.saved_model = mode, run_dir, manifest, saved_model
         self.formats = formats
         self._tuning: TuningSet | None = None
@@ -115,7 +115,7 @@ class Candidate:
     figures: dict = field(default_factory=dict)
 
 
-def mode_name(mode: str | Int8Recipe) -> str:
+def mode_name(mode: str | Int8Recipe | dict) -> str:
     return mode if isinstance(mode, str) else "file"
 
 
@@ -323,6 +323,11 @@ def apply_recipe(backend, variant_name: str, path: Path, request: RecipeRequest)
         ConversionError: the converter fails on the full-integer model or the recipe's.
     """
     mode = request.mode
+    if isinstance(mode, dict):
+        if variant_name not in mode:
+            raise UsageError(f"--int8-recipe: the folder has recipes for {', '.join(mode)} but none for "
+                             f"{variant_name} ({variant_name}{RECIPE_SUFFIX}); expected one per int8 variant")
+        mode = mode[variant_name]
     if isinstance(mode, Int8Recipe):
         resolve_layers(mode, request)
         return {**backend.write(mode, path), "int8_recipe": record_recipe(path, variant_name, mode, mode)}

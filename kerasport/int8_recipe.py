@@ -117,18 +117,28 @@ def load_recipe(path: Path) -> Int8Recipe:
     return Int8Recipe.from_dict(data, str(path))
 
 
-def parse_recipe_option(text: str) -> str | Int8Recipe:
-    """`--int8-recipe`: "auto", "full", or a recipe file (read and validated now, before any conversion).
+def parse_recipe_option(text: str) -> str | Int8Recipe | dict[str, Int8Recipe]:
+    """`--int8-recipe`: "auto", "full", a recipe file (for every int8 variant) or a folder of
+    `<variant>.recipe.json` files (a previous bundle's `export/`: each variant its own), read and validated now,
+    before any conversion.
 
     Raises:
-        UsageError: an empty value, or a file that is not a valid recipe.
+        UsageError: an empty value, a file that is not a valid recipe, or a folder without recipes.
     """
     value = (text or "").strip()
     if value in (AUTO, FULL):
         return value
     if not value:
-        raise UsageError("--int8-recipe ''; expected auto, full or a recipe JSON file")
-    return load_recipe(Path(value))
+        raise UsageError("--int8-recipe ''; expected auto, full, a recipe JSON file or a folder of them")
+    path = Path(value)
+    if path.is_dir():
+        recipes = {item.name[:-len(RECIPE_SUFFIX)]: load_recipe(item)
+                   for item in sorted(path.glob(f"*{RECIPE_SUFFIX}"))}
+        if not recipes:
+            raise UsageError(f"--int8-recipe {path}: a folder without *{RECIPE_SUFFIX} files; expected a bundle's "
+                             f"export/ folder or a recipe file")
+        return recipes
+    return load_recipe(path)
 
 
 # -- judging one candidate on the tuning sample ------------------------------------------------------------------
