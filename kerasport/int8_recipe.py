@@ -215,13 +215,14 @@ def search_float_layers(candidates: list[str], judge: Callable[[tuple[str, ...]]
                         consumers: Mapping[str, list[str]] | None = None) -> FloatLayerSearch:
     """The fewest Keras layers to keep in float so that the tuning sample passes.
 
-    Rank every candidate layer by its int8 cost (the tuning figures with that layer alone in float — passing,
-    agreement, accuracy, MAE — and, where a few hundred examples tie them, the mean output error: the better the
-    model gets, the costlier that layer's int8 was), add layers in rank order until the sample passes, then try
-    dropping each kept layer again (the last added first) and keep every drop that still passes. A kept layer's
-    consumers are added before the next layer in rank order: a float layer's output is quantized again where an
-    int8 layer reads it, which is where the error is made (measured on `seed`: conv1 alone or bn1 alone in float
-    leave the eval agreement at 0.9749, both together raise it to 0.9944).
+    Rank the candidate layers by their int8 cost: each alone in float, in graph order (stopping at the first that
+    passes alone: one layer is the fewest), ranked by the tuning figures it reaches — passing, agreement,
+    accuracy, MAE — and, where a few hundred examples tie them, the mean output error (the better the model gets,
+    the costlier that layer's int8 was). Add layers in rank order until the sample passes, then try dropping
+    each kept layer again (the last added first) and keep every drop that still passes. A kept layer's consumers
+    are added before the next layer in rank order: a float layer's output is quantized again where an int8 layer
+    reads it, which is where the error is made (measured on `seed`: conv1 alone or bn1 alone in float leave the
+    eval agreement at 0.9749, both together raise it to 0.9944).
 
     Args:
         candidates: Keras layers that own quantized nodes, in graph order (ties rank by it).
@@ -242,11 +243,16 @@ def search_float_layers(candidates: list[str], judge: Callable[[tuple[str, ...]]
             trials.append({"float_layers": list(layers), "purpose": purpose, **seen[key]})
         return seen[key]
 
-    single = {layer: trial((layer,), "rank") for layer in candidates}
+    single: dict[str, dict] = {}
+    for layer in candidates:
+        single[layer] = trial((layer,), "rank")
+        if single[layer].get("passed"):
+            break  # one layer is the fewest there can be: the rest need not be judged
     order = {layer: position for position, layer in enumerate(candidates)}
-    ranking = sorted(candidates, key=lambda layer: (*tuning_score(single[layer])[:-1],
-                                                    -single[layer].get("mean_error", np.inf), -order[layer]),
-                     reverse=True)
+    judged = sorted(single, key=lambda layer: (*tuning_score(single[layer])[:-1],
+                                               -single[layer].get("mean_error", np.inf), -order[layer]),
+                    reverse=True)
+    ranking = judged + [layer for layer in candidates if layer not in single]
     kept: list[str] = []
     passed = False
     queue = list(ranking)
