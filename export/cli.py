@@ -25,8 +25,6 @@ def export_command(
     out = console()
     result = export_bundle(args.options(), console=out)
     print_export_table(out, result)
-    for line in recipe_lines(result):
-        out.print(line)
     if json_output:
         typer.echo(json.dumps(result.rows))
 
@@ -49,6 +47,8 @@ def print_export_table(out, result) -> None:
                   f"{tflm['all_ops_supported']}"
                   + (f" (unsupported: {', '.join(tflm['unsupported_ops'])})" if tflm["unsupported_ops"] else "")
                   + f"; fits: {', '.join(fits) if fits else 'none of the listed devices'}")
+    for line in recipe_lines(result):
+        out.print(line)
 
 
 def recipe_lines(result) -> list[str]:
