@@ -38,6 +38,7 @@ from kerasport.int8_recipe import (
     RUNG_FLOAT_LAYERS,
     RUNG_FULL,
     RUNG_INT16,
+    VALUE_PRESERVING_LAYERS,
     Int8Recipe,
     judge_tuning,
     search_float_layers,
@@ -206,6 +207,9 @@ class Ladder:
         candidates, why_not = self.backend.layer_candidates()
         if why_not:
             return {**record, "not_tried": why_not}, None
+        kinds = {node.name: node.kind for node in self.backend.request.layers.nodes}
+        record["skipped_layers"] = [layer for layer in candidates if kinds.get(layer) in VALUE_PRESERVING_LAYERS]
+        candidates = [layer for layer in candidates if layer not in record["skipped_layers"]]
         built: dict[tuple[str, ...], Candidate] = {}
 
         def judge(layers: tuple[str, ...]) -> dict:

@@ -36,6 +36,14 @@ ACTIVATION_BITS = (8, 16)
 # The ladder's rungs, in the order they are climbed.
 RUNG_FULL, RUNG_FLOAT_LAYERS, RUNG_INT16, RUNG_CALIBRATION = ("full", "float-layers", "16-bit-activations",
                                                               "calibration")
+# Keras layers that only select or move values: in int8 they pass their input's quantized values (and scale)
+# through unchanged, so keeping one in float cannot lower the error, only add (de)quantize ops; never candidates.
+VALUE_PRESERVING_LAYERS = frozenset({
+    "ActivityRegularization", "Cropping1D", "Cropping2D", "Cropping3D", "Dropout", "Flatten", "GaussianDropout",
+    "GaussianNoise", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "MaxPooling1D",
+    "MaxPooling2D", "MaxPooling3D", "Permute", "RepeatVector", "Reshape", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "ZeroPadding1D", "ZeroPadding2D",
+    "ZeroPadding3D"})
 # Batch-1 speed an int8 variant must keep over its fp32 twin (the bar; a 16-bit rung that loses it is
 # rejected): the point of int8 on a CPU is speed and size.
 MIN_SPEEDUP = 2.0
