@@ -47,3 +47,19 @@ def print_export_table(out, result) -> None:
                   f"{tflm['all_ops_supported']}"
                   + (f" (unsupported: {', '.join(tflm['unsupported_ops'])})" if tflm["unsupported_ops"] else "")
                   + f"; fits: {', '.join(fits) if fits else 'none of the listed devices'}")
+    for line in recipe_lines(result):
+        out.print(line)
+
+
+def recipe_lines(result) -> list[str]:
+    """One line per exported int8 variant: the recipe it shipped with and how it was chosen."""
+    lines = []
+    for row in result.rows:
+        if row.get("status", "ok") != "ok" or not result.manifest.has(row["variant"]):
+            continue
+        record = result.manifest.artifact(row["variant"]).get("int8_recipe")
+        if isinstance(record, dict):
+            search = f", search {record['search_seconds']:.1f} s" if record.get("search_seconds") is not None else ""
+            lines.append(f"int8 recipe {row['variant']}: {record['summary']} ({record['mode']}{search}; "
+                         f"{record.get('outcome', 'applied as given')}) → export/{record['file']}")
+    return lines

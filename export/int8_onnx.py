@@ -95,8 +95,11 @@ class OnnxRecipes:
                   "entropy": CalibrationMethod.Entropy}[recipe.calibration_method]
         activations = QuantType.QUInt16 if recipe.activation_bits == 16 else QuantType.QUInt8
         try:
-            quantize_static(str(self.prepared()), str(destination), CalibrationBatches(calibration,
-                                                                                       self.context.contract),
+            # The histogram calibrators stack every batch's tensors into one array: batches of one example keep
+            # them equal-shaped (a short last batch makes onnxruntime's stacking fail).
+            batch = CALIBRATION_BATCH if recipe.calibration_method == "minmax" else 1
+            quantize_static(str(self.prepared()), str(destination),
+                            CalibrationBatches(calibration, self.context.contract, batch),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activations,
                             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=nodes)
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types

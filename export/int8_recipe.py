@@ -38,6 +38,7 @@ from kerasport.int8_recipe import (
     RUNG_FLOAT_LAYERS,
     RUNG_FULL,
     RUNG_INT16,
+    VALUE_PRESERVING_LAYERS,
     Int8Recipe,
     judge_tuning,
     search_float_layers,
@@ -61,8 +62,8 @@ class RecipeRequest:
     """What the build functions need to apply or search a recipe (one per export); the tuning set, the Keras
     layer names and the whole calibration sample are loaded on first use."""
 
-    def __init__(self, mode: str | Int8Recipe, *, run_dir: Path, manifest: Manifest, saved_model: Path,
-                 formats: tuple[str, ...] = ()):
+    def __init__(self, mode: str | Int8Recipe | dict[str, Int8Recipe], *, run_dir: Path, manifest: Manifest,
+                 saved_model: Path, formats: tuple[str, ...] = ()):
         self.mode, self.run_dir, self.manifest, self.saved_model = mode, run_dir, manifest, saved_model
         self.formats = formats
         self._tuning: TuningSet | None = None
@@ -115,7 +116,7 @@ class Candidate:
     figures: dict = field(default_factory=dict)
 
 
-def mode_name(mode: str | Int8Recipe) -> str:
+def mode_name(mode: str | Int8Recipe | dict) -> str:
     return mode if isinstance(mode, str) else "file"
 
 
@@ -206,6 +207,9 @@ class Ladder:
         candidates, why_not = self.backend.layer_candidates()
         if why_not:
             return {**record, "not_tried": why_not}, None
+        kinds = {node.name: node.kind for node in self.backend.request.layers.nodes}
+        record["skipped_layers"] = [layer for layer in candidates if kinds.get(layer) in VALUE_PRESERVING_LAYERS]
+        candidates = [layer for layer in candidates if layer not in record["skipped_layers"]]
         built: dict[tuple[str, ...], Candidate] = {}
 
         def judge(layers: tuple[str, ...]) -> dict:
@@ -218,7 +222,9 @@ class Ladder:
             built[tuple(sorted(layers))] = Candidate(recipe, path, figures)
             return figures
 
-        search = search_float_layers(candidates, judge, MAX_FLOAT_LAYERS)
+        index = self.backend.request.layers
+        consumers = {node.name: index.consumers(node.name) for node in index.nodes}
+        search = search_float_layers(candidates, judge, MAX_FLOAT_LAYERS, consumers)
         record.update(ranking=search.ranking, trials=search.trials, passed=search.float_layers is not None)
         if search.float_layers is None:
             return record, None
@@ -238,10 +244,8 @@ class Ladder:
             path = self.backend.build(recipe)
         except Exception as error:  # noqa: BLE001
             return {**record, "passed": False, "error": _error_line(error)}, None
-        figures = self.backend.judge(path)
-        record.update(recipe=recipe.describe(), figures=figures)
-        if not figures.get("passed"):
-            return {**record, "passed": False}, None
+        record["recipe"] = recipe.describe()
+        # The speed bar first: it is cheap, and a model that loses it is not judged at all.
         twin = self.backend.fp32_twin()
         if twin is None:
             return {**record, "passed": False, "rejected": "no fp32 twin was built to hold the speed bar against"}, None
@@ -251,6 +255,10 @@ class Ladder:
         if speedup < MIN_SPEEDUP:
             return {**record, "passed": False, "rejected": f"batch-1 speed-up over fp32 {speedup:.2f}x < "
                                                            f"{MIN_SPEEDUP:g}x"}, None
+        figures = self.backend.judge(path)
+        record["figures"] = figures
+        if not figures.get("passed"):
+            return {**record, "passed": False}, None
         return {**record, "passed": True}, Candidate(recipe, path, figures)
 
     def _calibration(self) -> tuple[dict, Candidate | None]:
@@ -319,6 +327,11 @@ def apply_recipe(backend, variant_name: str, path: Path, request: RecipeRequest)
         ConversionError: the converter fails on the full-integer model or the recipe's.
     """
     mode = request.mode
+    if isinstance(mode, dict):
+        if variant_name not in mode:
+            raise UsageError(f"--int8-recipe: the folder has recipes for {', '.join(mode)} but none for "
+                             f"{variant_name} ({variant_name}{RECIPE_SUFFIX}); expected one per int8 variant")
+        mode = mode[variant_name]
     if isinstance(mode, Int8Recipe):
         resolve_layers(mode, request)
         return {**backend.write(mode, path), "int8_recipe": record_recipe(path, variant_name, mode, mode)}

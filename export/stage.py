@@ -305,7 +305,7 @@ def _record(sources: _Sources, options: ExportOptions, outcome: _Outcome, rows: 
 
 
 def _recipe_option(value: str) -> str:
-    return value if value in ("auto", "full") else f"file: {Path(value).name}"
+    return value if value in ("auto", "full") else f"file: {Path(value).resolve().name}"
 
 
 def _row(name: str, outcome: _Outcome) -> dict:

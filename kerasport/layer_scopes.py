@@ -114,15 +114,35 @@ def keras_archive_layers(path: Path, output_names: list[str] | tuple[str, ...] =
             config = json.loads(archive.read("config.json"))
         layers = config["config"]["layers"]
         model_name = str(config["config"].get("name") or "")
-        names = [(str(layer["config"]["name"]), str(layer["class_name"])) for layer in layers
-                 if layer.get("class_name") != "InputLayer"]
+        kept = [layer for layer in layers if layer.get("class_name") != "InputLayer"]
+        names = [(str(layer["config"]["name"]), str(layer["class_name"])) for layer in kept]
+        # A Sequential model is a chain; a functional one names each call's inputs in `inbound_nodes`.
+        reads = [_history_names(layer.get("inbound_nodes")) for layer in kept] if config.get(
+            "class_name") != "Sequential" else [[names[i - 1][0]] if i else [] for i in range(len(names))]
         outputs = _output_layers(config["config"].get("output_layers")) or [names[-1][0]]
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
         raise UsageError(f"{path}: not a Keras archive with a layer list in config.json ({error}); expected a "
                          f"functional or sequential model saved by Keras 3") from None
     produces = dict(zip(outputs, output_names, strict=False))
-    nodes = [LayerNode(index, name, name, kind, output=produces.get(name)) for index, (name, kind) in enumerate(names)]
+    position = {name: index for index, (name, _) in enumerate(names)}
+    nodes = [LayerNode(index, name, name, kind, producers=[position.get(read, -1) for read in reads[index]],
+                       output=produces.get(name)) for index, (name, kind) in enumerate(names)]
     return nodes, model_name
+
+
+def _history_names(value) -> list[str]:
+    """The layer names in every `keras_history` under a layer's `inbound_nodes` (its inputs), in order."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        history = value.get("keras_history")
+        if isinstance(history, list) and history and isinstance(history[0], str):
+            found.append(history[0])
+        for item in value.values():
+            found += _history_names(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _history_names(item)
+    return list(dict.fromkeys(found))
 
 
 def _output_layers(entries) -> list[str]:

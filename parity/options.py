@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kerasport.cli_options import DEFAULT_RUN, RunOption
+from kerasport.perf import DEFAULT_BUDGET_S
 
 if TYPE_CHECKING:
     from .stage import ParityOptions
 
-DEFAULT_PERF_SECONDS = 90.0
 TFLM_HELP = ("sample: run the tflm candidate in TFLite Micro on a bounded sample, and take the rest from LiteRT's "
              "built-in kernels where they are bit-identical there; full: every example in TFLite Micro.")
 
@@ -62,7 +62,7 @@ class ParityArgs:
                                  "and memory (each in its own process) and recommend a variant per target "
                                  "(default: on, unless KERASPORT_PERF=0).")] = None
     perf_seconds: Annotated[float, typer.Option(
-        "--perf-seconds", help="Time cap of the measurement.")] = DEFAULT_PERF_SECONDS
+        "--perf-seconds", help="Time cap of the measurement.")] = DEFAULT_BUDGET_S
 
     def options(self) -> ParityOptions:
         """The `ParityOptions` these options ask for."""

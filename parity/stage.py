@@ -24,7 +24,7 @@ from kerasport.contract import ModelContract
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, sha256_file
 from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest, utc_now, verify_bundle
-from kerasport.perf import perf_by_default
+from kerasport.perf import DEFAULT_BUDGET_S, perf_by_default
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
 from kerasport.tolerances import TolerancePolicy, load_policy
@@ -34,7 +34,6 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
-from .options import DEFAULT_PERF_SECONDS
 from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .runners import (
@@ -77,7 +76,7 @@ class ParityOptions:
     tflm: str = "sample"
     # After the gate: measure every passing candidate's speed (perf.py), capped in time; recommend per target.
     perf: bool = field(default_factory=perf_by_default)
-    perf_seconds: float = DEFAULT_PERF_SECONDS
+    perf_seconds: float = DEFAULT_BUDGET_S
 
 
 @dataclass

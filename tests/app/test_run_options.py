@@ -59,6 +59,7 @@ VALUES = {
     "int8_io": (["--int8-io"], True),
     "allow_select_tf_ops": (["--allow-select-tf-ops"], True),
     "keep_going": (["--keep-going"], True),
+    "int8_recipe": (["--int8-recipe", "full"], "full"),
 }
 NOT_FORWARDED = {"json_output", "help"}  # the command's own output switch, and click's --help
 

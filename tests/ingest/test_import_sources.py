@@ -13,6 +13,7 @@ from import_helpers import CLASSES, EXAMPLES, invoke, invoke_json, mlp_regressor
 
 from kerasport.ingest.data import PIXEL_RANGE, SYNTHETIC_EXAMPLES
 from kerasport.ingest.sources import CUSTOM_OBJECTS_FLAG, UNSAFE_FLAG
+from kerasport.int8_recipe import TUNING_ARTIFACT
 from kerasport.manifest import load_manifest, verify_bundle
 from kerasport.samples import load_samples
 
@@ -240,3 +241,16 @@ def test_eval_samples_subsample_and_calibration_default(two_io_keras, two_io_npz
                            f"npz:{two_io_npz}", "--eval-samples", "9", "--calibration-samples", "4"])
     assert (summary["eval_examples"], summary["calibration_examples"]) == (9, 4)
     assert EXAMPLES > 9
+
+
+def test_tuning_data_is_pinned_for_the_int8_recipe_search(mlp_keras, mlp_npz, tmp_path):
+    run = tmp_path / "run"
+    invoke_json(["import", str(mlp_keras), "--run", str(run), "--eval-data", f"npz:{mlp_npz}",
+                 "--eval-samples", "12", "--tuning-data", f"npz:{mlp_npz}"])
+    manifest = load_manifest(run)
+    tuning = load_samples(manifest.artifact(TUNING_ARTIFACT).resolve(run), manifest.contract)
+    output = manifest.contract.outputs[0].name
+    assert len(tuning) == 12 and tuning.targets[output].shape == (12, 1)  # targets kept: accuracy/MAE count
+    without = tmp_path / "without"
+    invoke_json(["import", str(mlp_keras), "--run", str(without), "--eval-data", f"npz:{mlp_npz}"])
+    assert not load_manifest(without).has(TUNING_ARTIFACT)  # export then tunes on the calibration inputs

@@ -47,6 +47,8 @@ def test_every_section_is_present_with_its_content(reported):
     assert '<img alt="error by layer depth"' in section_html(page, "explain")
     assert "Drift against the baseline" in section_html(page, "drift")
     assert "tensor arena" in section_html(page, "budgets")
+    recipes = section_html(page, "recipes")  # the tiny model's full int8 passes its tuning sample: kept as is
+    assert all(name in recipes for name in ("onnx-int8", "tflite-int8", "tflm")) and "byte-identical" in recipes
     manifest_hash = re.search(r'"sha256": "([0-9a-f]{64})"', (reported / "manifest.json").read_text()).group(1)
     assert manifest_hash in section_html(page, "versions")
 

@@ -137,3 +137,18 @@ def test_layers_are_named_from_the_keras_archive_and_mapped_by_scope(tmp_path):
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(UsageError, match="not a Keras archive"):
         keras_archive_layers(tmp_path / "broken.keras")
+
+
+def test_the_search_stops_ranking_at_the_first_layer_that_passes_alone():
+    judge, calls = _judge_needing({"b"}, {"b": 0.05})
+    found = search_float_layers(["a", "b", "c", "d"], judge, max_layers=3)
+    assert found.float_layers == ("b",)
+    assert calls == [("a",), ("b",)]  # one layer is the fewest: c and d are never built
+    assert found.ranking[0] == "b" and set(found.ranking) == {"a", "b", "c", "d"}
+
+
+def test_a_kept_layers_consumers_join_it_before_the_next_ranked_layer():
+    judge, calls = _judge_needing({"a", "d"}, {"a": 0.05, "b": 0.04, "c": 0.03})
+    found = search_float_layers(["a", "b", "c", "d"], judge, max_layers=3, consumers={"a": ["d"]})
+    assert found.float_layers == ("a", "d")
+    assert ("a", "d") in calls and ("a", "b") not in calls
