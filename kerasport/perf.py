@@ -284,6 +284,8 @@ def remeasure_bundle(run_dir: str | Path, *, budget_seconds: float = DEFAULT_BUD
     from .manifest import verify_bundle
     from .selection import recommend
 
+    if not budget_seconds > 0:
+        raise UsageError(f"--seconds {budget_seconds}; expected a time cap > 0")
     manifest = load_manifest(run_dir)
     passed = [artifact.name for artifact in manifest.artifacts() if artifact.passed_parity and artifact.status == "ok"]
     if not passed:
