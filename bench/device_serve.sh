@@ -4,7 +4,7 @@
 # bench/serve.py's sweep + workers sections with the server (and the in-process sweep) on the first half of the
 # cores and the load generator on the other half, and `kerasport bench` on the bundle (all cores).
 #
-#   bench/device_serve.sh BUNDLE WHEELS OUT_DIR [SECONDS] [serve-only]
+#   bench/device_serve.sh BUNDLE WHEELS OUT_DIR [SECONDS] [serve-only | bench-only]
 set -euo pipefail
 bundle=$1 wheels=$2 out=$3 seconds=${4:-2} only=${5:-}
 mkdir -p "$out"
@@ -32,6 +32,7 @@ cp -r "$bundle" "$work"
   || echo "kerasport bench failed: $(tail -2 "$out/kerasport_bench.log")"
 [ "$only" = serve-only ] || tail -8 "$out/kerasport_bench.log"
 [ "$only" = serve-only ] || "$venv/bin/python" bench/perf_check.py --run "$work" --json "$out/perf_check.json" || echo "perf_check: exit $?"
+[ "$only" = bench-only ] && exit 0
 taskset -c "0-$((half - 1))" "$venv/bin/python" bench/serve.py --run "$work" --sections sweep,workers \
   --scale-variants onnx-fp32,onnx-int8 --seconds "$seconds" --worker-counts "$((half / 2)),$half" \
   --load-cpus "$half-$((cores - 1))" --load-processes "$half" --json "$out/serve.json" 2>&1 | tee "$out/serve.log" | grep -v '^INFO'

@@ -4,6 +4,7 @@ connections, side by side with the same runtime called in-process — all in one
     python bench/serve.py [--run build] [--variants onnx-fp32,tflite-fp32,tflite-int8]
                           [--scale-variants onnx-fp32,onnx-int8] [--sections basic,sweep,workers,health,grpc]
                           [--requests 400] [--seconds 4] [--rounds 2] [--json out.json]
+                          [--load-cpus 8-15 --load-processes 8]   (run under `taskset -c 0-7`)
 
 Sections:
 - basic: per variant, latency at 1 client and throughput at 32 (JSON and binary tensors) against the runtime

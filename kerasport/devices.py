@@ -299,7 +299,7 @@ def parse_c_array(source_text: str) -> bytes:
 
     body = source_text[source_text.index("= {") + 3:source_text.index("};")]
     text = np.frombuffer(body.encode("ascii"), dtype=np.uint8)
-    marks = np.flatnonzero(text == ord("x"))
+    marks = np.flatnonzero((text == ord("x")) | (text == ord("X")))
     if marks.size and marks[-1] + 2 >= text.size:
         raise ValueError("the C array ends inside a 0xHH token")
     digits = np.full(256, 255, dtype=np.uint8)

@@ -5,6 +5,8 @@ re-measure a bundle there (`kerasport bench --run DIR`). Per candidate, in a chi
 (one runtime's memory and thread pools never colour the next):
 
 - load time: opening the artifact in its runtime (threads at the runtime's default);
+  (load, RSS and latency of every candidate first, each in its own process, then each one's throughput grid in
+  another: a grid's threads never colour the next candidate's batch-1 figure)
 - peak RSS of that fresh process once it has loaded the artifact and answered one batch-1 request;
 - batch-1 latency p50 / p99 over LATENCY_RUNS warm runs (after WARMUP_RUNS);
 - throughput (examples/s) at batch 1, the serving default `--max-batch` and 32, with 1..n intra-op threads;
@@ -130,26 +132,43 @@ def _throughput(runtime, inputs: dict[str, np.ndarray]) -> float:
     return batch * calls / (time.perf_counter() - started)
 
 
-def measure_here(run_dir: str | Path, name: str, *, threads: list[int] | None = None) -> dict:
+PARTS = ("latency", "throughput")
+
+
+def measure_here(run_dir: str | Path, name: str, part: str = "latency", *,
+                 threads: list[int] | None = None) -> dict:
     """Measure one artifact in this process (call it in a fresh process: the RSS figure is this process's peak).
 
     Args:
         run_dir: the bundle. name: the artifact (onnx or tflite).
+        part: "latency" (load time, peak RSS after one answer, batch-1 p50/p99) or "throughput" (the grid).
         threads: the intra-op thread counts of the throughput grid (default: 1..the usable cores).
 
     Returns:
-        {"load_seconds", "peak_rss_bytes_first_answer", "latency_ms": {"batch": 1, "runs", "p50", "p99", "mean"},
-        "throughput": [{"threads", "batch", "examples_per_second"}], "file_bytes"}.
+        latency: {"load_seconds", "peak_rss_bytes_first_answer", "latency_ms": {"batch": 1, "runs", "p50", "p99",
+        "mean"}, "file_bytes", "runtime"}; throughput: {"throughput": [{"threads", "batch", "examples_per_second"}]}.
 
     Raises:
-        ConversionError: the runtime cannot load or run it.
+        ConversionError: the runtime cannot load or run it. UsageError: an unknown part.
     """
+    from .errors import UsageError
     from .runtimes import RuntimeSettings, open_runtime
 
+    if part not in PARTS:
+        raise UsageError(f"part {part!r}; expected one of {', '.join(PARTS)}")
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
     artifact = manifest.artifact(name)
     path = artifact.resolve(run_dir)
+    if part == "throughput":
+        grid = []
+        for count in threads or thread_counts(host_info()["usable_cores"]):
+            runtime = open_runtime(path, artifact.format, RuntimeSettings(threads=count))
+            for batch in THROUGHPUT_BATCHES:
+                rate = _throughput(runtime, synthetic_inputs(manifest, batch))
+                grid.append({"threads": count, "batch": batch, "examples_per_second": round(rate, 1)})
+            del runtime
+        return {"throughput": grid}
     one = synthetic_inputs(manifest, 1)
     started = time.perf_counter()
     runtime = open_runtime(path, artifact.format, RuntimeSettings())
@@ -163,37 +182,31 @@ def measure_here(run_dir: str | Path, name: str, *, threads: list[int] | None = 
         begun = time.perf_counter()
         runtime.run(one)
         samples.append((time.perf_counter() - begun) * 1e3)
-    del runtime
-    grid = []
-    for count in threads or thread_counts(host_info()["usable_cores"]):
-        runtime = open_runtime(path, artifact.format, RuntimeSettings(threads=count))
-        for batch in THROUGHPUT_BATCHES:
-            grid.append({"threads": count, "batch": batch,
-                         "examples_per_second": round(_throughput(runtime, synthetic_inputs(manifest, batch)), 1)})
-        del runtime
     return {"load_seconds": round(load_seconds, 4), "peak_rss_bytes_first_answer": int(peak_rss),
             "latency_ms": {"batch": 1, "runs": LATENCY_RUNS, "warmup": WARMUP_RUNS,
                            "p50": round(_percentile(samples, 0.5), 4), "p99": round(_percentile(samples, 0.99), 4),
                            "mean": round(float(np.mean(samples)), 4)},
-            "throughput": grid, "file_bytes": artifact.bytes,
+            "file_bytes": artifact.bytes,
             "runtime": artifact.runtime or {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}[artifact.format]}
 
 
-def measure_in_child(run_dir: str | Path, name: str, *, timeout: float = CHILD_TIMEOUT_S) -> dict:
-    """`measure_here` in a fresh Python process (`python -m kerasport.perf RUN NAME`).
+def measure_in_child(run_dir: str | Path, name: str, part: str = "latency", *,
+                     timeout: float = CHILD_TIMEOUT_S) -> dict:
+    """`measure_here` in a fresh Python process (`python -m kerasport.perf RUN NAME PART`).
 
     Raises:
         ConversionError: the child failed, crashed or ran past `timeout` (its last words in the message).
     """
-    command = [sys.executable, "-m", "kerasport.perf", str(run_dir), name]
+    command = [sys.executable, "-m", "kerasport.perf", str(run_dir), name, part]
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
-        raise ConversionError(f"measuring {name} ran past {timeout:.0f} s") from error
+        raise ConversionError(f"measuring {name} ({part}) ran past {timeout:.0f} s") from error
     lines = child.stdout.strip().splitlines()
     if child.returncode != 0 or not lines:
         said = (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1]
-        raise ConversionError(f"measuring {name} failed in its child process (exit {child.returncode}): {said}")
+        raise ConversionError(f"measuring {name} ({part}) failed in its child process (exit {child.returncode}): "
+                              f"{said}")
     return json.loads(lines[-1])
 
 
@@ -230,11 +243,23 @@ def measure_bundle(run_dir: str | Path, names: list[str], *, budget_seconds: flo
             candidates[name] = not_measured(artifact, f"the performance time cap ({budget_seconds:g} s) was reached")
             continue
         try:
-            candidates[name] = {"measured": True, **measure_in_child(run_dir, name)}
+            candidates[name] = {"measured": True, **measure_in_child(run_dir, name, "latency")}
         except ConversionError as error:
             candidates[name] = not_measured(artifact, str(error))
+    # Throughput after every latency: a grid's many threads leave the CPU (clock, caches) unlike an idle one, which
+    # would colour the next candidate's batch-1 figure.
+    for name, figures in candidates.items():
+        if figures.get("measured"):
+            if time.perf_counter() - started > budget_seconds:
+                figures.update(throughput=[], throughput_why=f"the performance time cap ({budget_seconds:g} s) "
+                                                             f"was reached")
+            else:
+                try:
+                    figures.update(measure_in_child(run_dir, name, "throughput"))
+                except ConversionError as error:
+                    figures.update(throughput=[], throughput_why=str(error))
         if console is not None:
-            console.print(performance_line(name, candidates[name]))
+            console.print(performance_line(name, figures))
     return {"host": host_info(), "measured": utc_now(), "seconds": round(time.perf_counter() - started, 2),
             "settings": {"warmup_runs": WARMUP_RUNS, "latency_runs": LATENCY_RUNS,
                          "throughput_batches": list(THROUGHPUT_BATCHES), "throughput_seconds": THROUGHPUT_SECONDS,
@@ -255,10 +280,11 @@ def performance_line(name: str, figures: dict) -> str:
     if not figures.get("measured"):
         return f"perf   {name:<15} not measured: {figures['why']}"
     latency, best = figures["latency_ms"], best_throughput(figures)
+    rate = (f"best {best['examples_per_second']:.0f}/s (batch {best['batch']}, {best['threads']} threads)" if best
+            else f"throughput not measured ({figures.get('throughput_why')})")
     return (f"perf   {name:<15} p50 {latency['p50']:.3f} ms, p99 {latency['p99']:.3f} ms, load "
             f"{figures['load_seconds'] * 1e3:.0f} ms, RSS {figures['peak_rss_bytes_first_answer'] / 2**20:.0f} MiB, "
-            f"best {best['examples_per_second']:.0f}/s (batch {best['batch']}, {best['threads']} threads), "
-            f"{figures['file_bytes'] / 2**20:.2f} MiB")
+            f"{rate}, {figures['file_bytes'] / 2**20:.2f} MiB")
 
 
 def remeasure_bundle(run_dir: str | Path, *, budget_seconds: float = DEFAULT_BUDGET_S,
@@ -284,6 +310,8 @@ def remeasure_bundle(run_dir: str | Path, *, budget_seconds: float = DEFAULT_BUD
     from .manifest import verify_bundle
     from .selection import recommend
 
+    if not budget_seconds > 0:
+        raise UsageError(f"--seconds {budget_seconds}; expected a time cap > 0")
     manifest = load_manifest(run_dir)
     passed = [artifact.name for artifact in manifest.artifacts() if artifact.passed_parity and artifact.status == "ok"]
     if not passed:
@@ -302,11 +330,11 @@ def remeasure_bundle(run_dir: str | Path, *, budget_seconds: float = DEFAULT_BUD
 
 
 def _child(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m kerasport.perf RUN_DIR ARTIFACT", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print(f"usage: python -m kerasport.perf RUN_DIR ARTIFACT [{'|'.join(PARTS)}]", file=sys.stderr)
         return 2
     try:
-        figures = measure_here(argv[0], argv[1])
+        figures = measure_here(*argv)
     except Exception as error:  # noqa: BLE001 - reported to the parent in one line
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return 3

@@ -30,7 +30,8 @@ LITERT_UNAVAILABLE = ("LiteRT's Python Interpreter exposes no per-op timing (op 
 def keras_layer(node_name: str) -> str | None:
     """The Keras layer a tf2onnx node came from (`.../<model>_1/conv2_1/Relu` -> `conv2`); None for nodes the
     converter added outside any layer (`Transpose__8`)."""
-    segments = [segment for segment in node_name.split("/") if segment not in _WRAPPER_SCOPES]
+    # onnxruntime names a node it fused "fused <first node's name>"
+    segments = [segment for segment in node_name.split(" ")[-1].split("/") if segment not in _WRAPPER_SCOPES]
     if len(segments) < 3:
         return None
     return _TRACE_SUFFIX.sub("", segments[1])
@@ -42,7 +43,7 @@ def profile_onnx(path: str | Path, inputs: Mapping[str, np.ndarray], runs: int =
 
     Returns:
         {"runtime", "runs", "total_us_per_run", "ops": [{"node", "op_type", "layer", "us_per_run", "share"}],
-        "layers": {layer: share}} — shares of the summed kernel time of all nodes.
+        "layers": {layer: share}}: per node its median kernel time over the runs; shares of their sum.
     """
     import onnxruntime as ort
 
@@ -56,21 +57,22 @@ def profile_onnx(path: str | Path, inputs: Mapping[str, np.ndarray], runs: int =
         for _ in range(runs):
             session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text())
-    per_node: dict[str, list] = {}
+    per_node: dict[str, tuple[list[float], str]] = {}
     for event in trace:
         if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
             continue
         node = event["name"][: -len("_kernel_time")]
-        entry = per_node.setdefault(node, [0.0, event.get("args", {}).get("op_name", "?")])
-        entry[0] += float(event.get("dur", 0))
-    total = sum(duration for duration, _ in per_node.values()) or 1.0
-    ranked = sorted(per_node.items(), key=lambda item: -item[1][0])
+        per_node.setdefault(node, ([], event.get("args", {}).get("op_name", "?")))[0].append(float(event["dur"]))
+    # The median run of each node: a run preempted on a shared machine does not inflate one kernel's share.
+    typical = {node: (float(np.median(durations)), op_type) for node, (durations, op_type) in per_node.items()}
+    total = sum(duration for duration, _ in typical.values()) or 1.0
+    ranked = sorted(typical.items(), key=lambda item: -item[1][0])
     layers: dict[str, float] = {}
-    for node, (duration, _) in per_node.items():
+    for node, (duration, _) in typical.items():
         layer = keras_layer(node) or "(added by the converter)"
         layers[layer] = layers.get(layer, 0.0) + duration / total
     return {"runtime": f"onnxruntime {ort.__version__} (SessionOptions.enable_profiling)", "runs": runs,
-            "total_us_per_run": round(total / runs, 2),
-            "ops": [{"node": node, "op_type": op_type, "layer": keras_layer(node), "us_per_run": round(d / runs, 2),
+            "total_us_per_run": round(total, 2),
+            "ops": [{"node": node, "op_type": op_type, "layer": keras_layer(node), "us_per_run": round(d, 2),
                      "share": round(d / total, 4)} for node, (d, op_type) in ranked[:top]],
             "layers": {name: round(share, 4) for name, share in sorted(layers.items(), key=lambda kv: -kv[1])}}

@@ -73,10 +73,11 @@ def performance_markdown(report: dict) -> list[str]:
                          f"{figures['file_bytes'] / 2**20:.2f} | {delta_text} |")
             continue
         latency, best = figures["latency_ms"], best_throughput(figures)
+        rate = (f"{best['examples_per_second']:,.0f} (batch {best['batch']}, {best['threads']} threads)" if best
+                else f"not measured: {figures.get('throughput_why')}")
         lines.append(f"| {name} | {latency['p50']:.3f} | {latency['p99']:.3f} | {figures['load_seconds'] * 1e3:.0f} "
-                     f"| {figures['peak_rss_bytes_first_answer'] / 2**20:.0f} | {best['examples_per_second']:,.0f} "
-                     f"(batch {best['batch']}, {best['threads']} threads) | {figures['file_bytes'] / 2**20:.2f} "
-                     f"| {delta_text} |")
+                     f"| {figures['peak_rss_bytes_first_answer'] / 2**20:.0f} | {rate} | "
+                     f"{figures['file_bytes'] / 2**20:.2f} | {delta_text} |")
     return lines + [""]
 
 

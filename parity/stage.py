@@ -128,6 +128,8 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     run_dir = Path(options.run)
     if options.tflm not in TFLM_MODES:
         raise UsageError(f"--tflm {options.tflm!r}; expected one of {', '.join(TFLM_MODES)}")
+    if not options.perf_seconds > 0:
+        raise UsageError(f"--perf-seconds {options.perf_seconds}; expected a time cap > 0 (or --no-perf)")
     budgets = resolve_budgets(options.device, options.max_flash_kib, options.max_ram_kib)
     plan = plan_parity(run_dir)
     if not options.baseline and options.max_flips is not None:

@@ -206,3 +206,9 @@ def test_triton_package_names_the_fastest_onnx_entry(measured, tmp_path):
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["recommended"]["variant"] == fastest and record["recommended"]["entry"] in record["entries"]
     assert "Recommended entry" in (tmp_path / "repo" / "DEPLOY.md").read_text()
+
+
+def test_bad_time_caps_are_usage_errors(measured):
+    assert runner.invoke(app, ["bench", "--run", str(measured), "--seconds", "0"]).exit_code == EXIT_USAGE
+    result = runner.invoke(app, ["parity", "--run", str(measured), "--perf-seconds", "-1"])
+    assert result.exit_code == EXIT_USAGE and "--perf-seconds -1" in result.output
