@@ -19,7 +19,7 @@ from kerasport.bundle import Bundle, Stage, forget_invalidated
 from kerasport.errors import CheckFailed, ConversionError, UsageError
 from kerasport.fsutil import atomic_path, remove_path
 from kerasport.int8_recipe import AUTO, parse_recipe_option
-from kerasport.isolation import run_isolated
+from kerasport.isolation import preload, run_isolated
 from kerasport.manifest import Manifest, artifact_entry, load_manifest, utc_now
 from kerasport.samples import Samples, load_samples
 
@@ -30,6 +30,7 @@ from .variant import BuildContext, Built
 from .variants import DEFAULT_OPSET, MIN_OPSET, VARIANTS, Variant, build_order
 
 STAGE_DIR_NAME = Stage.EXPORT.folder
+CHILD_PRELOAD = "kerasport.export.child_preload"
 SCRATCH_DIR_NAME = ".scratch"
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 # What the export reads from the bundle (all verified against their recorded sha256 first).
@@ -115,6 +116,7 @@ def export_bundle(options: ExportOptions, *, console=None) -> ExportResult:
     """
     _check_options(options)
     recipe_mode = parse_recipe_option(options.int8_recipe)
+    preload(CHILD_PRELOAD)  # every converter child starts with TensorFlow and tf2onnx imported
     sources = _load_sources(Path(options.run), options.calibration_samples)
     outcome = _build_variants(sources, options, console, recipe_mode)
     rows = [_row(name, outcome) for name in options.formats]

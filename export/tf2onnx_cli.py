@@ -44,5 +44,28 @@ def main() -> None:
     convert.main()
 
 
+def convert_in_child(arguments: list[str]) -> dict:
+    """Inside a `kerasport.isolation.run_isolated` child: tf2onnx's command line on `arguments`.
+
+    Returns:
+        `returncode` (0: converted; 1: tf2onnx raised or exited non-zero) and `log`, everything the child wrote to
+        stdout and stderr (tf2onnx names ops it cannot map there).
+    """
+    import sys
+
+    from kerasport.isolation import child_output
+
+    sys.argv = ["tf2onnx.convert", *arguments]
+    returncode = 0
+    try:
+        main()
+    except SystemExit as stop:
+        returncode = 0 if stop.code in (0, None) else 1
+    except Exception as error:  # noqa: BLE001 - tf2onnx raises anything; its message ends the log
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        returncode = 1
+    return {"returncode": returncode, "log": child_output()}
+
+
 if __name__ == "__main__":
     main()

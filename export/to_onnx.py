@@ -41,24 +41,25 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         ConversionError: tf2onnx fails, crashes or has no conversion for an op, the names differ from the contract,
             or the ONNX checker rejects the graph.
     """
-    import sys
     import tempfile
 
     import onnx
 
-    from kerasport.isolation import run_command
+    from kerasport.isolation import run_isolated
+
+    from .tf2onnx_cli import convert_in_child
 
     with tempfile.TemporaryDirectory(prefix="kerasport-tf2onnx-") as scratch:
         converted = Path(scratch) / "model.onnx"
-        completed = run_command(f"{TF2ONNX_STEP} opset {opset}", [
-            sys.executable, "-m", TF2ONNX_CLI_MODULE, "--saved-model", str(saved_model), "--tag", "serve",
-            "--signature_def", "serving_default", "--opset", str(opset), "--output", str(converted)], check=False)
-        unmapped = _unsupported_ops(completed.stderr)
+        completed = run_isolated(f"{TF2ONNX_STEP} opset {opset}", convert_in_child, [
+            "--saved-model", str(saved_model), "--tag", "serve", "--signature_def", "serving_default",
+            "--opset", str(opset), "--output", str(converted)])
+        unmapped = _unsupported_ops(completed["log"])
         if unmapped:
             raise ConversionError(f"tf2onnx has no ONNX opset-{opset} conversion for op(s) {', '.join(unmapped)}")
-        if completed.returncode != 0 or not converted.is_file():
+        if completed["returncode"] != 0 or not converted.is_file():
             raise ConversionError(f"tf2onnx could not convert the SavedModel at opset {opset}: "
-                                  f"{_last_error_line(completed.stderr)}")
+                                  f"{_last_error_line(completed['log'])}")
         proto = onnx.load(str(converted))
     _match_contract(proto.graph, contract)
     canonicalize_generated_names(proto.graph)
@@ -68,8 +69,8 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         raise ConversionError(f"the ONNX checker rejects tf2onnx's graph: {first_line(error)}") from error
     onnx.save(proto, str(destination))
     return {"opset": opset, "onnx_checker": "passed", "producer": f"{proto.producer_name} {proto.producer_version}",
-            "converter": f"python -m {TF2ONNX_CLI_MODULE} --saved-model (tf2onnx.convert.main in a child process, "
-                         f"extra conversions: {ADDED_CONVERSIONS})",
+            "converter": f"tf2onnx's command line --saved-model (tf2onnx.convert.main via {TF2ONNX_CLI_MODULE}, in a "
+                         f"child process; extra conversions: {ADDED_CONVERSIONS})",
             # bench/export.py: a pre-optimized model started no faster (76.7 vs 78.2 ms for `seed`), and
             # ORT_ENABLE_ALL output is tied to the CPU it was optimized on, so the portable graph ships.
             "offline_graph_optimization": False}

@@ -2,8 +2,8 @@
 
 TensorFlow's converters, tf2onnx, TFLite Micro and the runtimes are C++ underneath: on a model they mishandle
 they can `abort()` or segfault instead of raising, which would take the whole `kerasport` process down (and with
-it every variant already built). `run_isolated` calls one importable function in a fresh Python process and
-returns its result; `run_command` runs a command line (tf2onnx's own CLI). A crash becomes a ConversionError
+it every variant already built). `run_isolated` calls one importable function in a child process and
+returns its result (tf2onnx's own command line runs that way too). A crash becomes a ConversionError
 that names the step and the signal — `TFLite Micro crashed (SIGABRT): <the child's last line>` — so the caller
 decides, like for any failed conversion, whether it costs one variant (`--keep-going`) or the export (exit 3).
 
@@ -15,19 +15,22 @@ value, the child that reaches that step calls `os.abort()` (a real SIGABRT, as a
 `KERASPORT_TEST_ABORT_STEP="TFLite converter int8"` crashes every rung of the tflite-int8 ladder. Nothing else
 reads it, and the parent process never aborts.
 
-The child is `python -m kerasport.isolation REQUEST REPLY`; arguments and results travel as pickles in a private
-temporary folder outside any bundle, which is removed whatever happens.
+A `run_isolated` child is forked from a multiprocessing forkserver that has imported the heavy libraries once
+(`preload`), so each step costs a fork, not an interpreter start and a TensorFlow import; a crash still
+takes only the child. Arguments and results travel as pickles in a private temporary folder outside any bundle,
+which is removed whatever happens; the child's stdout and stderr go to a file there (its last line is the crash's
+detail, `child_output()` reads it from inside).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,11 @@ from .errors import ConversionError, KerasportError
 ABORT_STEP_ENV = "KERASPORT_TEST_ABORT_STEP"
 TIMEOUT_ENV = "KERASPORT_STEP_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 3600.0
-# Where the child writes the step it is in (set by the parent for each child).
+# Where the child writes the step it is in, and its output (set by the parent for each child).
 _STEP_FILE_ENV = "KERASPORT_STEP_FILE"
+_OUTPUT_FILE_ENV = "KERASPORT_STEP_OUTPUT"
+# Modules the forkserver imports once, before it forks a child (`preload`).
+_preloaded: list[str] = []
 _TAIL_CHARACTERS = 200
 
 
@@ -90,56 +96,35 @@ def run_isolated(step: str, function: Callable[..., Any], *args: Any, timeout_s:
         StepCrashed: the child died from a signal, exited without a result or ran past the limit.
     """
     with tempfile.TemporaryDirectory(prefix="kerasport-step-") as scratch:
-        request, reply = Path(scratch) / "request.pickle", Path(scratch) / "reply.pickle"
+        scratch = Path(scratch)
+        request, reply, output = scratch / "request.pickle", scratch / "reply.pickle", scratch / "output.txt"
+        step_file = scratch / "step.txt"
+        step_file.write_text(step)
         with open(request, "wb") as handle:
             pickle.dump({"module": function.__module__, "name": function.__qualname__, "args": args,
                          "kwargs": kwargs, "step": step}, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        completed = run_command(step, [sys.executable, "-m", __name__, str(request), str(reply)],
-                                timeout_s=timeout_s, scratch=Path(scratch), check=False)
+        # The child is forked from a server process that imported the heavy libraries once (forkserver), and
+        # takes this process's environment as it is now (the server's is the one it started with).
+        environment = {**os.environ, _STEP_FILE_ENV: str(step_file), _OUTPUT_FILE_ENV: str(output)}
+        process = _context().Process(target=_forked_child, args=(str(request), str(reply), str(output),
+                                                                 environment))
+        limit = timeout_s or step_timeout_s()
+        process.start()
+        process.join(limit)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            raise StepCrashed(step_file.read_text() or step, f"timed out after {limit:g} s")
+        detail = _last_line(output.read_text(errors="replace") if output.is_file() else "")
         if not reply.is_file():
-            raise StepCrashed(step, f"exit code {completed.returncode} without a result", _tail(completed))
+            if process.exitcode is not None and process.exitcode < 0:
+                raise StepCrashed(step_file.read_text() or step, signal_name(-process.exitcode), detail)
+            raise StepCrashed(step, f"exit code {process.exitcode} without a result", detail)
         with open(reply, "rb") as handle:
             outcome = pickle.load(handle)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
-
-
-def run_command(step: str, argv: Sequence[str], *, timeout_s: float | None = None, scratch: Path | None = None,
-                check: bool = True) -> subprocess.CompletedProcess:
-    """Run `argv` as a child process; a signal or a timeout becomes StepCrashed naming the step.
-
-    Args:
-        step: what the command does, for messages.
-        argv: the command line.
-        timeout_s: the wall-clock limit (default: `step_timeout_s()`).
-        scratch: a folder for the child's step file (a private temporary one when None).
-        check: raise ConversionError (`<step> failed: <last line of its output>`) on a non-zero exit code.
-
-    Returns:
-        The completed process (stdout and stderr captured as text).
-
-    Raises:
-        StepCrashed: the child died from a signal or ran past the limit.
-        ConversionError: `check` and the child exited with a non-zero code.
-    """
-    if scratch is None:
-        with tempfile.TemporaryDirectory(prefix="kerasport-step-") as private:
-            return run_command(step, argv, timeout_s=timeout_s, scratch=Path(private), check=check)
-    step_file = scratch / "step.txt"
-    step_file.write_text(step)
-    environment = {**os.environ, _STEP_FILE_ENV: str(step_file)}
-    limit = timeout_s or step_timeout_s()
-    try:
-        completed = subprocess.run(list(argv), capture_output=True, text=True, errors="replace", env=environment,
-                                   timeout=limit)
-    except subprocess.TimeoutExpired as expired:
-        raise StepCrashed(step_file.read_text() or step, f"timed out after {limit:g} s") from expired
-    if completed.returncode < 0:
-        raise StepCrashed(step_file.read_text() or step, signal_name(-completed.returncode), _tail(completed))
-    if check and completed.returncode != 0:
-        raise ConversionError(f"{step} failed (exit code {completed.returncode}): {_tail(completed)}")
-    return completed
 
 
 def signal_name(number: int) -> str:
@@ -150,13 +135,47 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _tail(completed: subprocess.CompletedProcess) -> str:
-    """The child's last non-empty line of output (stderr first), cut short: usually the native library's reason."""
-    for text in (completed.stderr, completed.stdout):
-        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:_TAIL_CHARACTERS]
-    return ""
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:_TAIL_CHARACTERS] if lines else ""
+
+
+def child_output() -> str:
+    """Inside a `run_isolated` child: everything it has written to stdout and stderr so far (native libraries'
+    logs included); outside a child, an empty string."""
+    path = os.environ.get(_OUTPUT_FILE_ENV)
+    if not path:
+        return ""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return Path(path).read_text(errors="replace")
+
+
+def preload(*modules: str) -> None:
+    """Have the forkserver import `modules` once when it starts, so each child starts warm (a stage names the heavy
+    libraries its children use: the export stage, TensorFlow and tf2onnx, ~4 s of CPU per child otherwise).
+    Effective until the forkserver has started."""
+    _preloaded.extend(module for module in modules if module not in _preloaded)
+
+
+def _context():
+    """The forkserver every child is forked from."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(_preloaded))
+    return context
+
+
+def _forked_child(request_path: str, reply_path: str, output_path: str, environment: dict) -> None:
+    """The child's side in the forked process: the parent's environment, output into a file, then `_child`."""
+    os.environ.clear()
+    os.environ.update(environment)
+    descriptor = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+    _child(request_path, reply_path)
 
 
 def _child(request_path: str, reply_path: str) -> None:
@@ -187,7 +206,3 @@ def _child(request_path: str, reply_path: str) -> None:
                                                          f"({type(error).__name__})")})
     with open(reply_path, "wb") as handle:
         handle.write(payload)
-
-
-if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
