@@ -10,7 +10,7 @@ runs every application in `ALL_APPLICATIONS`. Each model runs in its own child p
 With `weights=None` the outputs are near-uniform, and agreement on near-ties proves little, so each model is first
 fine-tuned briefly on scikit-learn's `digits` (8x8 pictures of 10 digits, resized to the model's input; rows of the
 picture as a sequence for the recurrent and attention models, pixel values as tokens for the embedding model), and
-then its softmax layer's kernel and bias are scaled (x2 steps) until at most 10 % of examples are near-ties.
+then the head (its last layer with a kernel) is scaled, x2 steps, until at most 10 % of examples are near-ties.
 The table reports the share of eval examples whose top-2 margin is below the int8 tie margin (near-ties).
 
 Per model and variant it prints: built / failed (why) / parity verdict, max |diff| against Keras on the eval
@@ -127,15 +127,25 @@ def fine_tune(model, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
     return float(history.history["accuracy"][-1])
 
 
+def last_kernel_layer(model):
+    """The last layer with a kernel, looking into nested models: the classification head (Dense or 1x1 Conv)."""
+    found = None
+    for layer in model.layers:
+        inner = last_kernel_layer(layer) if hasattr(layer, "layers") else None
+        if inner is not None:
+            found = inner
+        elif getattr(layer, "kernel", None) is not None:
+            found = layer
+    return found
+
+
 def sharpen_head(model, x: np.ndarray, tie_margin: float, target_share: float = 0.1) -> float:
     """Scale the softmax layer's kernel and bias (x2 steps) until few examples are near-ties; the factor used.
 
     A briefly fine-tuned model with `weights=None` can still answer near-uniformly; multiplying the logits keeps
     its ranking and makes the outputs decisive, so agreement between runtimes is tested on real decisions.
     """
-    from kerasport.train.importer import producing_layer
-
-    layer, _ = producing_layer(model, 0)
+    layer = last_kernel_layer(model)
     weights = layer.get_weights() if layer is not None else []
     factor = 1.0
     while weights and factor < 4096:
