@@ -124,7 +124,33 @@ def fine_tune(model, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    set_batch_norm_statistics(model, x[:64])
     return float(history.history["accuracy"][-1])
+
+
+def set_batch_norm_statistics(model, x: np.ndarray) -> None:
+    """Batch norms' moving statistics from one training-mode pass (momentum 0), as devtools/imported_models.py.
+
+    Two epochs move the moving averages (momentum 0.99) only a little, so in inference mode the untrained
+    statistics would flatten the activations and every output would be near-uniform.
+    """
+    import keras
+
+    norms = [layer for layer in iterate_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
+
+
+def iterate_layers(model):
+    """Every layer, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from iterate_layers(layer)
 
 
 def last_kernel_layer(model):
