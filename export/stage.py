@@ -129,9 +129,9 @@ def _check_options(options: ExportOptions) -> None:
 
 
 def _load_sources(run_dir: Path, calibration_samples: int) -> _Sources:
-    load_manifest(run_dir)  # exit 2 when there is no bundle at all
+    recorded = load_manifest(run_dir)  # exit 2 when there is no bundle at all
     try:
-        names = [*INPUT_ARTIFACTS, *([KERAS_ARTIFACT] if load_manifest(run_dir).has(KERAS_ARTIFACT) else [])]
+        names = [*INPUT_ARTIFACTS, *([KERAS_ARTIFACT] if recorded.has(KERAS_ARTIFACT) else [])]
         manifest = verify_bundle(run_dir, names)
         calibration = load_samples(manifest.artifact("calibration_sample").resolve(run_dir), manifest.contract)
         eval_sample = load_samples(manifest.artifact("eval_sample").resolve(run_dir), manifest.contract)
