@@ -41,17 +41,16 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         ConversionError: tf2onnx fails, crashes or has no conversion for an op, the names differ from the contract,
             or the ONNX checker rejects the graph.
     """
-    import sys
     import tempfile
 
     import onnx
 
-    from kerasport.isolation import run_command
+    from kerasport.isolation import python_command, run_command
 
     with tempfile.TemporaryDirectory(prefix="kerasport-tf2onnx-") as scratch:
         converted = Path(scratch) / "model.onnx"
         completed = run_command(f"{TF2ONNX_STEP} opset {opset}", [
-            sys.executable, "-m", TF2ONNX_CLI_MODULE, "--saved-model", str(saved_model), "--tag", "serve",
+            *python_command(), TF2ONNX_CLI_MODULE, "--saved-model", str(saved_model), "--tag", "serve",
             "--signature_def", "serving_default", "--opset", str(opset), "--output", str(converted)], check=False)
         unmapped = _unsupported_ops(completed.stderr)
         if unmapped:

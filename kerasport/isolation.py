@@ -94,7 +94,7 @@ def run_isolated(step: str, function: Callable[..., Any], *args: Any, timeout_s:
         with open(request, "wb") as handle:
             pickle.dump({"module": function.__module__, "name": function.__qualname__, "args": args,
                          "kwargs": kwargs, "step": step}, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        completed = run_command(step, [sys.executable, "-m", __name__, str(request), str(reply)],
+        completed = run_command(step, [*python_command(), __name__, str(request), str(reply)],
                                 timeout_s=timeout_s, scratch=Path(scratch), check=False)
         if not reply.is_file():
             raise StepCrashed(step, f"exit code {completed.returncode} without a result", _tail(completed))
@@ -103,6 +103,16 @@ def run_isolated(step: str, function: Callable[..., Any], *args: Any, timeout_s:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def python_command() -> list[str]:
+    """`python -P -m`: this interpreter, without the working directory on sys.path (`-P`, Python 3.11+).
+
+    A child started with plain `-m` imports from the working directory first, so a user's `random.py` or
+    `bisect.py` there would replace the standard library in the child (as it would not in the `kerasport`
+    console script, whose sys.path has no working directory).
+    """
+    return [sys.executable, "-P", "-m"]
 
 
 def run_command(step: str, argv: Sequence[str], *, timeout_s: float | None = None, scratch: Path | None = None,
