@@ -226,7 +226,9 @@ def run_one(name: str, formats: list[str], epochs: int, examples: int, work: Pat
         rows.append({"variant": row["variant"], "status": row["status"], "export_seconds": row["seconds"],
                      "verdict": candidate.get("verdict"), "parity_seconds": candidate.get("seconds"),
                      "max_abs_diff": outputs.get("eval", {}).get("max_abs_diff"),
-                     "rung": exported.manifest.artifact(row["variant"]).get("rung")})
+                     "rung": exported.manifest.artifact(row["variant"]).get("rung"),
+                     "why": [f"{check['id']}: {check['message']}" for check in candidate.get("checks", [])
+                             if not check["passed"]][:2]})
     return {"model": name, "input": list(contract.inputs[0].shape), "train_accuracy": round(accuracy, 3),
             "head_scale": factor,
             "near_tie_share": round(near_ties, 3), "tie_margin": tie_margin, "rows": rows,
@@ -268,6 +270,8 @@ def print_table(results: list[dict]) -> None:
             parity = f"{row['parity_seconds']:.2f}" if row.get("parity_seconds") is not None else "-"
             print(f"{model['model']:<18} {row['variant']:<15} {result:<58} {diff:>10} {row['export_seconds']:>9.1f} "
                   f"{parity:>9}")
+            for why in row.get("why", []):
+                print(f"{'':<34}  {why[:200]}")
         print(f"{model['model']:<18} {'(model)':<15} train acc {model['train_accuracy']:.2f}, head x"
               f"{model['head_scale']:g}, near-ties "
               f"{model['near_tie_share']:.0%} (top-2 margin < {model['tie_margin']}), export "
