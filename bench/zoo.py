@@ -10,7 +10,7 @@ runs every application in `ALL_APPLICATIONS`. Each model runs in its own child p
 With `weights=None` the outputs are near-uniform, and agreement on near-ties proves little, so each model is first
 fine-tuned briefly on scikit-learn's `digits` (8x8 pictures of 10 digits, resized to the model's input; rows of the
 picture as a sequence for the recurrent and attention models, pixel values as tokens for the embedding model), and
-then its softmax layer's kernel and bias are scaled (x2 steps) until at most 10 % of examples are near-ties.
+then the head (its last layer with a kernel) is scaled, x2 steps, until at most 10 % of examples are near-ties.
 The table reports the share of eval examples whose top-2 margin is below the int8 tie margin (near-ties).
 
 Per model and variant it prints: built / failed (why) / parity verdict, max |diff| against Keras on the eval
@@ -124,7 +124,45 @@ def fine_tune(model, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    set_batch_norm_statistics(model, x[:64])
     return float(history.history["accuracy"][-1])
+
+
+def set_batch_norm_statistics(model, x: np.ndarray) -> None:
+    """Batch norms' moving statistics from one training-mode pass (momentum 0), as devtools/imported_models.py.
+
+    Two epochs move the moving averages (momentum 0.99) only a little, so in inference mode the untrained
+    statistics would flatten the activations and every output would be near-uniform.
+    """
+    import keras
+
+    norms = [layer for layer in iterate_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
+
+
+def iterate_layers(model):
+    """Every layer, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from iterate_layers(layer)
+
+
+def last_kernel_layer(model):
+    """The last layer with a kernel, looking into nested models: the classification head (Dense or 1x1 Conv)."""
+    found = None
+    for layer in model.layers:
+        inner = last_kernel_layer(layer) if hasattr(layer, "layers") else None
+        if inner is not None:
+            found = inner
+        elif getattr(layer, "kernel", None) is not None:
+            found = layer
+    return found
 
 
 def sharpen_head(model, x: np.ndarray, tie_margin: float, target_share: float = 0.1) -> float:
@@ -133,9 +171,7 @@ def sharpen_head(model, x: np.ndarray, tie_margin: float, target_share: float = 
     A briefly fine-tuned model with `weights=None` can still answer near-uniformly; multiplying the logits keeps
     its ranking and makes the outputs decisive, so agreement between runtimes is tested on real decisions.
     """
-    from kerasport.ingest.importer import producing_layer
-
-    layer, _ = producing_layer(model, 0)
+    layer = last_kernel_layer(model)
     weights = layer.get_weights() if layer is not None else []
     factor = 1.0
     while weights and factor < 4096:
@@ -190,7 +226,9 @@ def run_one(name: str, formats: list[str], epochs: int, examples: int, work: Pat
         rows.append({"variant": row["variant"], "status": row["status"], "export_seconds": row["seconds"],
                      "verdict": candidate.get("verdict"), "parity_seconds": candidate.get("seconds"),
                      "max_abs_diff": outputs.get("eval", {}).get("max_abs_diff"),
-                     "rung": exported.manifest.artifact(row["variant"]).get("rung")})
+                     "rung": exported.manifest.artifact(row["variant"]).get("rung"),
+                     "why": [f"{check['id']}: {check['message']}" for check in candidate.get("checks", [])
+                             if not check["passed"]][:2]})
     return {"model": name, "input": list(contract.inputs[0].shape), "train_accuracy": round(accuracy, 3),
             "head_scale": factor,
             "near_tie_share": round(near_ties, 3), "tie_margin": tie_margin, "rows": rows,
@@ -232,6 +270,8 @@ def print_table(results: list[dict]) -> None:
             parity = f"{row['parity_seconds']:.2f}" if row.get("parity_seconds") is not None else "-"
             print(f"{model['model']:<18} {row['variant']:<15} {result:<58} {diff:>10} {row['export_seconds']:>9.1f} "
                   f"{parity:>9}")
+            for why in row.get("why", []):
+                print(f"{'':<34}  {why[:200]}")
         print(f"{model['model']:<18} {'(model)':<15} train acc {model['train_accuracy']:.2f}, head x"
               f"{model['head_scale']:g}, near-ties "
               f"{model['near_tie_share']:.0%} (top-2 margin < {model['tie_margin']}), export "

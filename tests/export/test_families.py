@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 from export_checks import imported_bundle, run_onnx
 
 from kerasport.export.builders import ONNX_FALLBACK_OPSETS
@@ -48,6 +49,7 @@ def test_gelu_and_attention_convert_to_onnx_through_tf2onnx_and_match_keras(tmp_
     np.testing.assert_allclose(served["probs"], keras_answer(model, x), atol=FP32_ATOL, rtol=0)
 
 
+@pytest.mark.slow  # ~100 s on 2 shared cores: two TFLite rungs and a tf2onnx child, each importing TF
 def test_a_recurrent_model_gets_a_batch_1_tflite_and_keeps_its_failed_onnx_per_variant(tmp_path):
     rows = keras.Input((5, 4), name="rows")
     model = keras.Model(rows, keras.layers.Dense(3, activation="softmax", name="probs")(keras.layers.GRU(6)(rows)))
