@@ -17,6 +17,8 @@ LIMIT  ?=
 TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each takes whole files (--dist loadfile), so a file's module fixtures are built once.
+TEST_WORKERS ?= auto
 
 TRAIN_OPTS := --run $(RUN) \
 	$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--arch $(ARCH)) \
@@ -48,10 +50,10 @@ verify: install
 	$(BIN)/kerasport bundle verify --run $(RUN)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

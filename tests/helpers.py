@@ -5,9 +5,13 @@ What benchmarks need too (ServerProcess) lives in the repository's devtools/ pac
 
 from __future__ import annotations
 
+import fcntl
 import gzip
+import os
+import shutil
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +24,8 @@ if _ROOT not in sys.path:
 
 from devtools.serving import ServerProcess  # noqa: E402
 
-__all__ = ["ServerProcess", "synthetic_digits", "trained_bundle", "write_idx", "write_idx_dir", "write_npz",
-           "write_png_folders"]
+__all__ = ["ServerProcess", "copy_bundle", "shared_bundle", "synthetic_digits", "trained_bundle", "write_idx",
+           "write_idx_dir", "write_npz", "write_png_folders"]
 
 IMAGE = 28
 
@@ -90,3 +94,47 @@ def trained_bundle(root: Path, **overrides) -> Path:
                             "batch_size": 16, **overrides})
     train(config)
     return root / "run"
+
+
+def copy_bundle(run: Path, destination: Path) -> Path:
+    """A private copy of a shared (session fixture) bundle, for a test that changes it: destination/run."""
+    copy = destination / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+BUILT_MARKER = "built"
+
+
+def shared_bundle(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """A bundle built once per test session, shared by every pytest-xdist worker of the session, read-only.
+
+    The first worker to ask builds it (`build(root)` returns the run directory it wrote under root) while holding
+    a lock; the others wait for it and reuse it. A build that fails leaves no marker, so the next one tries again.
+    Without xdist it is an ordinary session-scoped build.
+
+    Args:
+        tmp_path_factory: pytest's session-scoped tmp_path_factory.
+        name: a folder name for the bundle, unique among shared bundles.
+        build: writes the bundle under the given folder and returns its run directory.
+
+    Returns:
+        The run directory; a test that changes it must work on a copy (copy_bundle).
+    """
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist every worker has its own basetemp (.../pytest-N/popen-gw0); their parent belongs to this session.
+    session_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = session_root / f"shared-{name}"
+    with open(session_root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            marker = root / BUILT_MARKER
+            if marker.is_file():
+                return root / marker.read_text()
+            shutil.rmtree(root, ignore_errors=True)  # what a failed build left
+            root.mkdir()
+            run = build(root)
+            marker.write_text(run.relative_to(root).as_posix())
+            return run
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

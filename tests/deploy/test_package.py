@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, trained_bundle
+from helpers import ServerProcess, copy_bundle
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
@@ -37,11 +37,11 @@ ONNX_VARIANTS = ("onnx-fp32", "onnx-int8")
 
 
 @pytest.fixture(scope="module")
-def packaged_source(tmp_path_factory) -> Path:
+def packaged_source(trained, tmp_path_factory) -> Path:
     from kerasport.export.stage import ExportOptions, export_bundle
     from kerasport.parity.stage import ParityOptions, run_parity
 
-    run = trained_bundle(tmp_path_factory.mktemp("package"))
+    run = copy_bundle(trained, tmp_path_factory.mktemp("package"))
     export_bundle(ExportOptions(run=str(run), formats=list(ONNX_VARIANTS), calibration_samples=50))
     assert run_parity(ParityOptions(run=str(run), sweep=False)).exit_code == 0
     return run

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 from export_checks import eval_inputs, run_litert, run_onnx
-from helpers import trained_bundle
+from helpers import copy_bundle
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
@@ -143,8 +143,8 @@ def test_unknown_format_bad_opset_and_missing_bundle_exit_2(tmp_path, exported):
     assert missing.exit_code == EXIT_USAGE and "manifest.json is missing" in missing.output
 
 
-def test_regression_model_and_int8_io_export(tmp_path):
-    run = trained_bundle(tmp_path, task="regression", epochs=1)
+def test_regression_model_and_int8_io_export(regression_trained, tmp_path):
+    run = copy_bundle(regression_trained, tmp_path)
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32", "tflite-int8", "tflm"], int8_io=True,
                                 calibration_samples=20))
     manifest = verify_bundle(run)
@@ -160,10 +160,8 @@ def test_regression_model_and_int8_io_export(tmp_path):
         manifest.artifact("tflite-int8").resolve(run).read_bytes()
 
 
-def test_edge_int8_has_batchnorm_folded_into_the_convolution(tmp_path):
-    run = trained_bundle(tmp_path, arch="edge", epochs=1)
-    export_bundle(ExportOptions(run=str(run), formats=["tflite-int8", "tflm"], calibration_samples=20))
-    tflm = load_manifest(run).artifact("tflm")
+def test_edge_int8_has_batchnorm_folded_into_the_convolution(edge_exported):
+    tflm = load_manifest(edge_exported).artifact("tflm")
     assert "MUL" not in tflm.get("ops") and "ADD" not in tflm.get("ops"), tflm.get("ops")
     assert tflm.get("all_ops_supported") and tflm.get("model_bytes") < DEVICE_FLASH[SMALLEST_DEVICE]
 

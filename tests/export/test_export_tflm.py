@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from helpers import trained_bundle
 
 from kerasport.devices import ARENA_MARGIN, DEVICES, KIB, arena_reserve, resolver_method
 from kerasport.export.stage import ExportOptions, export_bundle
@@ -32,11 +31,10 @@ needs_compiler = pytest.mark.skipif(COMPILER is None or C_COMPILER is None or sh
 ARENA_BAR = 64 * KIB  # the issue's bar for `edge`
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory) -> Path:
-    run = trained_bundle(tmp_path_factory.mktemp("edge"), arch="edge", epochs=1)
-    export_bundle(ExportOptions(run=str(run), formats=["tflite-int8", "tflm"], calibration_samples=20))
-    return run
+@pytest.fixture
+def edge(edge_exported) -> Path:
+    """The shared edge bundle (tests/conftest.py), read-only here."""
+    return edge_exported
 
 
 def model_ops(tflite: Path) -> set[str]:

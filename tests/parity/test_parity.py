@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from helpers import trained_bundle
+from helpers import copy_bundle
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
@@ -210,8 +210,8 @@ def test_tolerance_file_and_option_override(exported_copy):
     assert bad.exit_code == EXIT_USAGE and "unknown key 'slack'" in bad.output
 
 
-def test_regression_model_parity(tmp_path):
-    run = trained_bundle(tmp_path, task="regression", epochs=2)
+def test_regression_model_parity(regression_trained, tmp_path):
+    run = copy_bundle(regression_trained, tmp_path)
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32", "tflite-fp32", "tflite-fp16"]))
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures

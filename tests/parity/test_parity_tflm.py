@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from helpers import trained_bundle
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
@@ -39,11 +38,10 @@ runner = CliRunner()
 ARENA_BAR = 64 * KIB  # the issue's bar for `edge`
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory) -> Path:
-    run = trained_bundle(tmp_path_factory.mktemp("edge"), arch="edge", epochs=1)
-    export_bundle(ExportOptions(run=str(run), formats=["tflite-int8", "tflm"], calibration_samples=20))
-    return run
+@pytest.fixture
+def edge(edge_exported) -> Path:
+    """The shared edge bundle (tests/conftest.py), read-only here."""
+    return edge_exported
 
 
 @pytest.fixture

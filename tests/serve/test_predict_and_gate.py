@@ -194,15 +194,15 @@ def test_batcher_waits_only_with_a_delay_and_propagates_errors():
     assert message == "runtime exploded" and waited >= 0.04
 
 
-def test_regression_bundle_serves_values(tmp_path):
+def test_regression_bundle_serves_values(regression_trained, tmp_path):
     import io
 
-    from helpers import trained_bundle
+    from helpers import copy_bundle
 
     from kerasport.export.stage import ExportOptions, export_bundle
     from kerasport.parity.stage import ParityOptions, run_parity
 
-    run = trained_bundle(tmp_path, task="regression", epochs=1)
+    run = copy_bundle(regression_trained, tmp_path)
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32"]))
     assert run_parity(ParityOptions(run=str(run), sweep=False)).exit_code == EXIT_OK
     model = load_served_model(run)
