@@ -63,6 +63,9 @@ def convert_saved_model_to_onnx(saved_model: Path, destination: Path, *, opset: 
         proto = onnx.load(str(converted))
     _match_contract(proto.graph, contract)
     canonicalize_generated_names(proto.graph)
+    # tf2onnx's command line writes "converted from <SavedModel path>" here: the same model exported from another
+    # run directory must give the same bytes.
+    proto.graph.doc_string = ""
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # noqa: BLE001 - onnx raises ValidationError and shape-inference errors

@@ -15,7 +15,7 @@ value, the child that reaches that step calls `os.abort()` (a real SIGABRT, as a
 `KERASPORT_TEST_ABORT_STEP="TFLite converter int8"` crashes every rung of the tflite-int8 ladder. Nothing else
 reads it, and the parent process never aborts.
 
-A `run_isolated` child is forked from a multiprocessing forkserver that has imported the heavy libraries once
+A `run_isolated` child is forked from a fork server, a helper process that has imported the heavy libraries once
 (`preload`), so each step costs a fork, not an interpreter start and a TensorFlow import; a crash still
 takes only the child. Arguments and results travel as pickles in a private temporary folder outside any bundle,
 which is removed whatever happens; the child's stdout and stderr go to a file there (its last line is the crash's
@@ -24,12 +24,17 @@ detail, `child_output()` reads it from inside).
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import json
 import os
 import pickle
+import select
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
+import traceback
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -43,8 +48,9 @@ DEFAULT_TIMEOUT_S = 3600.0
 # Where the child writes the step it is in, and its output (set by the parent for each child).
 _STEP_FILE_ENV = "KERASPORT_STEP_FILE"
 _OUTPUT_FILE_ENV = "KERASPORT_STEP_OUTPUT"
-# Modules the forkserver imports once, before it forks a child (`preload`).
+# Modules the fork server imports once, before it forks a child (`preload`).
 _preloaded: list[str] = []
+_SERVER_FLAG = "--fork-server"
 _TAIL_CHARACTERS = 200
 
 
@@ -103,23 +109,18 @@ def run_isolated(step: str, function: Callable[..., Any], *args: Any, timeout_s:
         with open(request, "wb") as handle:
             pickle.dump({"module": function.__module__, "name": function.__qualname__, "args": args,
                          "kwargs": kwargs, "step": step}, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        # The child is forked from a server process that imported the heavy libraries once (forkserver), and
-        # takes this process's environment as it is now (the server's is the one it started with).
+        # The child is forked from a server process that imported the heavy libraries once, and takes this
+        # process's environment as it is now (the server's is the one it started with).
         environment = {**os.environ, _STEP_FILE_ENV: str(step_file), _OUTPUT_FILE_ENV: str(output)}
-        process = _context().Process(target=_forked_child, args=(str(request), str(reply), str(output),
-                                                                 environment))
         limit = timeout_s or step_timeout_s()
-        process.start()
-        process.join(limit)
-        if process.is_alive():
-            process.kill()
-            process.join()
+        exitcode = _fork_server().run(str(request), str(reply), str(output), environment, limit)
+        if exitcode is None:
             raise StepCrashed(step_file.read_text() or step, f"timed out after {limit:g} s")
         detail = _last_line(output.read_text(errors="replace") if output.is_file() else "")
         if not reply.is_file():
-            if process.exitcode is not None and process.exitcode < 0:
-                raise StepCrashed(step_file.read_text() or step, signal_name(-process.exitcode), detail)
-            raise StepCrashed(step, f"exit code {process.exitcode} without a result", detail)
+            if exitcode < 0:
+                raise StepCrashed(step_file.read_text() or step, signal_name(-exitcode), detail)
+            raise StepCrashed(step, f"exit code {exitcode} without a result", detail)
         with open(reply, "rb") as handle:
             outcome = pickle.load(handle)
     if "error" in outcome:
@@ -158,11 +159,83 @@ def preload(*modules: str) -> None:
     _preloaded.extend(module for module in modules if module not in _preloaded)
 
 
-def _context():
-    """The forkserver every child is forked from."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(_preloaded))
-    return context
+class _ForkServer:
+    """A helper process (`python -P -m kerasport.isolation --fork-server MODULE...`) that imported the preloaded
+    modules once and forks one child per step: JSON lines in on its stdin, the child's pid then its exit status
+    (negative: the signal that killed it) out on its stdout. It exits when this process closes its stdin.
+
+    Not multiprocessing's forkserver: that one re-runs the caller's `__main__` script in every child, which a
+    script calling kerasport without an `if __name__ == "__main__"` guard does not survive.
+    """
+
+    def __init__(self, modules: list[str]):
+        self.modules = list(modules)
+        self.process = subprocess.Popen([sys.executable, "-P", "-m", __name__, _SERVER_FLAG, *modules],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def run(self, request: str, reply: str, output: str, environment: dict, limit: float) -> int | None:
+        """Fork one child for the step; its exit code (negative: killed by that signal), None when it ran past
+        `limit` seconds (it is killed)."""
+        with self.lock:
+            self.process.stdin.write(json.dumps([request, reply, output, environment]) + "\n")
+            self.process.stdin.flush()
+            pid = int(self._line(None))
+            try:
+                return int(self._line(limit))
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self._line(None)  # the killed child's status
+                return None
+
+    def _line(self, limit: float | None) -> str:
+        ready, _, _ = select.select([self.process.stdout], [], [], limit)
+        if not ready:
+            raise TimeoutError
+        line = self.process.stdout.readline()
+        if not line:
+            raise ConversionError(f"the isolation helper process exited ({self.process.poll()}); expected it to "
+                                  f"report its child's exit status")
+        return line
+
+
+_server: _ForkServer | None = None
+
+
+def _fork_server() -> _ForkServer:
+    """The running fork server, started (again) when there is none or it lacks a module asked for since."""
+    global _server
+    if _server is None or not _server.alive or set(_preloaded) - set(_server.modules):
+        if _server is not None and _server.alive:
+            _server.process.stdin.close()
+        _server = _ForkServer(_preloaded)
+    return _server
+
+
+def _serve_forks(modules: list[str]) -> None:
+    """The fork server's side: import `modules`, then fork a child per request line until stdin closes."""
+    for module in modules:
+        import_module(module)
+    for line in sys.stdin:
+        request, reply, output, environment = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _forked_child(request, reply, output, environment)
+            except BaseException:  # noqa: BLE001 - the child must never return into the server's loop
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        print(pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), flush=True)
 
 
 def _forked_child(request_path: str, reply_path: str, output_path: str, environment: dict) -> None:
@@ -170,12 +243,12 @@ def _forked_child(request_path: str, reply_path: str, output_path: str, environm
     os.environ.clear()
     os.environ.update(environment)
     descriptor = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    sys.stdout.flush()
-    sys.stderr.flush()
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
     os.close(descriptor)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - the child's whole life; never the server's request pipe
     _child(request_path, reply_path)
+
 
 
 def _child(request_path: str, reply_path: str) -> None:
@@ -206,3 +279,7 @@ def _child(request_path: str, reply_path: str) -> None:
                                                          f"({type(error).__name__})")})
     with open(reply_path, "wb") as handle:
         handle.write(payload)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == [_SERVER_FLAG]:
+    _serve_forks(sys.argv[2:])

@@ -131,7 +131,9 @@ def test_builder_function(tmp_path, monkeypatch):
     run = tmp_path / "run"
     summary = invoke_json(["import", "builders_for_import:build", "--run", str(run), "--version", "7"])
     manifest = load_manifest(run)
-    assert summary["source"] == {"kind": "builder", "location": "builders_for_import:build"}
+    assert {key: summary["source"][key] for key in ("kind", "location")} == {
+        "kind": "builder", "location": "builders_for_import:build"}
+    assert "confirmed on" in next(iter(summary["source"]["output_kinds"].values()))  # how the task was decided
     assert (manifest.name, manifest.version, manifest.task) == ("build", "7", "classification")
 
 
