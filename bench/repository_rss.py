@@ -21,6 +21,8 @@ from pathlib import Path
 
 from kerasport.tfenv import quiet_tensorflow  # noqa: E402
 
+# What the figures depend on besides the runtimes, recorded with the machine.
+SERVING_PACKAGES = ("kerasport", "model-signing", "uvicorn")
 quiet_tensorflow()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,7 +119,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    from devtools.machine import machine_description
+    from kerasport.perf import host_info
 
     root = Path(tempfile.mkdtemp(prefix="kerasport-repository-rss-"))
     try:
@@ -128,7 +130,7 @@ def main() -> int:
         both = measure(repository, "all")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = {"machine": machine_description(), "artifact_mb": artifact_mb, "one_version_each": one,
+    report = {"machine": host_info(SERVING_PACKAGES), "artifact_mb": artifact_mb, "one_version_each": one,
               "two_versions_each": both, "ratio": both["rss_mb"] / one["rss_mb"]}
     print("== repository RSS (whole server process tree, after one inference per version)")
     print(f"exported files (MB): {json.dumps({k: round(v, 2) for k, v in artifact_mb.items()})}")

@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+# What the figures depend on besides the runtimes, recorded with the machine.
+SERVING_PACKAGES = ("kerasport", "model-signing", "uvicorn")
 VALID, TAMPERED, UNSIGNED = 2, 3, 4
 SWAP_SLACK_SECONDS = 5.0
 TOLERANCE = 1e-4
@@ -154,7 +156,7 @@ def print_result(result: dict) -> None:
 
 def main(args) -> int:
     """Run the swap soak for --workers 1 and, unless --workers says otherwise, 2; print and return the exit code."""
-    from devtools.machine import machine_description
+    from kerasport.perf import host_info
 
     root = Path(tempfile.mkdtemp(prefix="kerasport-swap-"))
     prepared = prepare(root)
@@ -164,7 +166,7 @@ def main(args) -> int:
                           poll_seconds=args.poll_seconds, root=root, prepared=prepared)
         print_result(result)
         results.append(result)
-    report = {"machine": machine_description(), "runs": results}
+    report = {"machine": host_info(SERVING_PACKAGES), "runs": results}
     print(f"machine: {report['machine']}")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2, default=str))

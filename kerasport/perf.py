@@ -53,9 +53,9 @@ def perf_by_default() -> bool:
     return os.environ.get(PERF_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def host_info() -> dict:
+def host_info(extra_packages: tuple[str, ...] = ()) -> dict:
     """The machine a figure was measured on: CPU model, logical cores (and those this process may use), the OS,
-    Python and the runtime versions."""
+    Python and the runtime versions (RUNTIME_PACKAGES, then `extra_packages`: what a benchmark also depends on)."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -69,7 +69,7 @@ def host_info() -> dict:
     except AttributeError:  # not Linux
         usable = os.cpu_count() or 1
     versions = {}
-    for package in RUNTIME_PACKAGES:
+    for package in (*RUNTIME_PACKAGES, *extra_packages):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
