@@ -17,10 +17,9 @@ from kerasport.errors import ConversionError
 from kerasport.int8_recipe import Int8Recipe
 from kerasport.samples import Samples
 
-from .int8_recipe import RecipeRequest, judge_file
+from .int8_recipe import RecipeBackend, RecipeRequest, judge_file
 from .messages import first_line
 from .to_onnx import quantize_onnx_static
-from .tuning import TuningSet
 from .variant import BuildContext
 
 FP32_TWIN = "onnx-fp32"
@@ -39,29 +38,16 @@ class CalibrationBatches:
         return next(self._batches, None)
 
 
-class OnnxRecipes:
+class OnnxRecipes(RecipeBackend):
     """Builds and judges onnx-int8 candidates for one export."""
 
     format = "onnx"
     calibration_methods = ("percentile", "entropy")
 
     def __init__(self, context: BuildContext, request: RecipeRequest, scratch: Path):
-        self.context, self.request = context, request
-        self.scratch = scratch
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        super().__init__(context, request, scratch)
         self.fp32 = context.prerequisite(FP32_TWIN).path
-        self.count = 0
-        self.details: dict[Path, dict] = {}
         self._prepared: Path | None = None
-
-    def calibration(self, recipe: Int8Recipe) -> Samples:
-        if recipe.calibration_samples is None:
-            return self.context.calibration
-        return self.request.calibration.take(recipe.calibration_samples)
-
-    @property
-    def tuning(self) -> TuningSet:
-        return self.request.tuning
 
     def prepared(self) -> Path:
         """The float graph after onnxruntime's quantization pre-processing (shape inference, folding), once."""
@@ -71,12 +57,6 @@ class OnnxRecipes:
             self._prepared = self.scratch / "prepared.onnx"
             quant_pre_process(str(self.fp32), str(self._prepared), skip_symbolic_shape=True)
         return self._prepared
-
-    def build(self, recipe: Int8Recipe) -> Path:
-        self.count += 1
-        destination = self.scratch / f"candidate_{self.count}.onnx"
-        self.details[destination] = self.write(recipe, destination)
-        return destination
 
     def write(self, recipe: Int8Recipe, destination: Path) -> dict:
         """Write the model the recipe describes; returns the quantizer details the manifest records.

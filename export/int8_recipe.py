@@ -107,6 +107,38 @@ class RecipeRequest:
         return self._layers
 
 
+class RecipeBackend:
+    """What the ONNX and TFLite recipe backends share: where candidates go, which calibration sample a recipe asks
+    for, the tuning sample, and `build` (a numbered candidate file written by the backend's `write`)."""
+
+    format = ""  # the artifact format, also the candidates' file suffix
+
+    def __init__(self, context, request: RecipeRequest, scratch: Path):
+        self.context, self.request = context, request
+        self.scratch = scratch
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.details: dict[Path, dict] = {}
+
+    def calibration(self, recipe: Int8Recipe) -> Samples:
+        if recipe.calibration_samples is None:
+            return self.context.calibration
+        return self.request.calibration.take(recipe.calibration_samples)
+
+    @property
+    def tuning(self) -> TuningSet:
+        return self.request.tuning
+
+    def build(self, recipe: Int8Recipe) -> Path:
+        self.count += 1
+        destination = self.scratch / f"candidate_{self.count}.{self.format}"
+        self.details[destination] = self.write(recipe, destination)
+        return destination
+
+    def write(self, recipe: Int8Recipe, destination: Path) -> dict:
+        raise NotImplementedError
+
+
 @dataclass
 class Candidate:
     """One quantized model a rung built: its recipe, file and tuning figures."""

@@ -24,7 +24,7 @@ from kerasport.int8_recipe import Int8Recipe, judge_tuning
 from kerasport.runtimes import RuntimeSettings, dequantize_output, quantize_input
 from kerasport.samples import Samples
 
-from .int8_recipe import TFLM_IDENTITY_EXAMPLES, RecipeRequest, judge_file, run_tuning
+from .int8_recipe import TFLM_IDENTITY_EXAMPLES, RecipeBackend, RecipeRequest, judge_file, run_tuning
 from .tflm import TFLM_OPS
 from .to_tflite import SIGNATURE, representative_dataset, tflite_io_details
 from .tuning import TuningSet
@@ -34,37 +34,18 @@ TFLM_VARIANT = "tflm"
 FP32_TWIN = "tflite-fp32"
 
 
-class TfliteRecipes:
+class TfliteRecipes(RecipeBackend):
     """Builds and judges tflite-int8 candidates for one export (see the module docstring)."""
 
     format = "tflite"
     calibration_methods: tuple[str, ...] = ()  # the TFLite calibrator records min/max only
 
     def __init__(self, context: BuildContext, request: RecipeRequest, scratch: Path):
-        self.context, self.request = context, request
-        self.scratch = scratch
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        self.count = 0
-        self.details: dict[Path, dict] = {}
+        super().__init__(context, request, scratch)
         self._debuggers: dict[int, object] = {}
         self.for_tflm = TFLM_VARIANT in request.formats
 
     # -- building ----------------------------------------------------------------------------------------------
-    def calibration(self, recipe: Int8Recipe) -> Samples:
-        if recipe.calibration_samples is None:
-            return self.context.calibration
-        return self.request.calibration.take(recipe.calibration_samples)
-
-    @property
-    def tuning(self) -> TuningSet:
-        return self.request.tuning
-
-    def build(self, recipe: Int8Recipe) -> Path:
-        self.count += 1
-        destination = self.scratch / f"candidate_{self.count}.tflite"
-        self.details[destination] = self.write(recipe, destination)
-        return destination
-
     def write(self, recipe: Int8Recipe, destination: Path) -> dict:
         """Write the model the recipe describes; returns the converter details the manifest records."""
         context, calibration = self.context, self.calibration(recipe)

@@ -25,6 +25,11 @@ class Verdict(StrEnum):
         """Whether an artifact in this state may be packaged or served without `--allow-unverified`."""
         return self in (Verdict.PASS, Verdict.REFERENCE)
 
+    @property
+    def headline(self) -> str:
+        """The word a report's title and console summary use for a whole gate or section: PASSED or FAILED."""
+        return "PASSED" if self is Verdict.PASS else "FAILED"
+
     @classmethod
     def of_checks(cls, passed: list[bool]) -> Verdict:
         """PASS when every check passed, else FAIL."""

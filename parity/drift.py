@@ -32,6 +32,7 @@ from kerasport.errors import UsageError
 from kerasport.manifest import Manifest, load_manifest, verify_bundle
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import load_samples
+from kerasport.verdict import Verdict
 
 from .runners import RUNTIME_FORMATS, KerasRunner, SavedModelRunner, run_batched
 
@@ -316,7 +317,7 @@ def drift_markdown(report: dict) -> list[str]:
              f"Pinned inputs: the baseline's eval slice `{sample['path']}` ({sample['examples']} examples, "
              f"`{sample['sha256'][:12]}…`, {sample['verified']}). Policy: max accuracy drop "
              f"{_limit(policy['max_accuracy_drop'], pp=True)}, max flips {_limit(policy['max_flips'])}. "
-             f"**{'PASSED' if section['passed'] else 'FAILED'}.**", "",
+             f"**{Verdict.of_checks([section['passed']]).headline}.**", "",
              "| model | output | flips | accuracy baseline → current (Δ, 95 % CI) | MAE baseline → current | "
              "mean ± std baseline → current | KS (p) |", "|---|---|---|---|---|---|---|"]
     for name, outputs in section["models"].items():
@@ -374,6 +375,6 @@ def drift_summary(report: dict) -> list[str]:
     section = report.get("drift")
     if not section:
         return []
-    lines = [f"drift {'PASSED' if section['passed'] else 'FAILED'} against {section['baseline']['run']}: "
+    lines = [f"drift {Verdict.of_checks([section['passed']]).headline} against {section['baseline']['run']}: "
              f"{len(section['models'])} models on {section['inputs']['examples']} pinned examples"]
     return lines + [f"  BREACH {failure}" for failure in section["failures"]]

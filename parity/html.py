@@ -176,7 +176,7 @@ def _summary(manifest: Manifest, report: dict | None) -> list[str]:
         drift = report.get("drift")
         passed = report["passed"] and (drift is None or drift["passed"])
         verdict = Verdict.of_checks([passed])
-        parts.append(f'<p><span class="badge {verdict}">{"PASSED" if passed else "FAILED"}'
+        parts.append(f'<p><span class="badge {verdict}">{verdict.headline}'
                      f'</span> parity finished {html.escape(report["finished"])} in {report["seconds"]} s; '
                      f'{len(report["candidates"])} candidates against {html.escape(report["reference"]["artifact"])}'
                      f'.</p>')

@@ -99,7 +99,7 @@ def markdown(report: dict) -> str:
     inputs, reference = report["inputs"], report["reference"]
     sample = inputs["eval_sample"]
     origin = "generated (no eval sample in the bundle)" if sample["generated"] else f"`{sample['path']}`"
-    lines = [f"# kerasport parity: {'PASSED' if report['passed'] else 'FAILED'}", "",
+    lines = [f"# kerasport parity: {Verdict.of_checks([report['passed']]).headline}", "",
              f"Reference: {reference['runtime']} (`{reference['artifact']}`). Inputs: {sample['examples']} eval "
              f"examples, {origin} (`{sample['sha256'][:12]}…`), plus {inputs['edge']['examples']} edge examples "
              f"per input at batch sizes {', '.join(map(str, inputs['edge']['batch_sizes']))} "
@@ -133,7 +133,7 @@ def summary_lines(report: dict, run_dir: Path | str) -> list[str]:
     """The console summary after a parity run: the verdict, then failures, unbuilt variants and findings."""
     sample = report["inputs"]["eval_sample"]
     labelled = "labelled" if report["labelled_data"]["given"] else "unlabelled: agreement only, no accuracy"
-    lines = [f"parity {'PASSED' if report['passed'] else 'FAILED'}: {len(report['candidates'])} candidates, "
+    lines = [f"parity {Verdict.of_checks([report['passed']]).headline}: {len(report['candidates'])} candidates, "
              f"{len(report['outputs'])} outputs, {sample['examples']} eval examples ({labelled}), "
              f"{report['seconds']:.1f} s; reference {report['reference']['artifact']}, noise floor "
              f"{report['reference']['noise_floor']['max_abs_diff']:.1e}; reports in {run_dir}/parity/"]

@@ -340,7 +340,7 @@ def error_histograms(reference: Reference, outputs) -> dict[str, list[int]]:
 def candidate_line(name: str, result: dict) -> str:
     """One console line: verdict and, per output, max |diff| plus agreement / accuracy Δ / MAE Δ where measured."""
     if result.get("skipped"):
-        return f"parity {name:<15} SKIPPED {result['skipped']}"
+        return f"parity {name:<15} {Verdict.SKIPPED.upper()} {result['skipped']}"
     parts = []
     for output, stats in result.get("outputs", {}).items():
         measured = stats.get("eval")

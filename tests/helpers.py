@@ -10,19 +10,12 @@ import gzip
 import os
 import shutil
 import struct
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-# devtools/ sits at the repository root, beside tests/ and bench/, and is not installed. Appended, so nothing
-# installed (kerasport itself) is shadowed by the repository's folders.
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-
-from devtools.serving import ServerProcess  # noqa: E402
+from devtools.serving import ServerProcess
 
 __all__ = ["ServerProcess", "copy_bundle", "shared_bundle", "synthetic_digits", "trained_bundle", "write_idx",
            "write_idx_dir", "write_npz", "write_png_folders"]

@@ -138,7 +138,8 @@ def test_the_checks_see_a_planted_circle_and_a_private_import(tmp_path, monkeypa
 
 # The words a verdict is spelled with; outside kerasport/verdict.py they may appear only as other vocabularies'
 # names, each listed with its reason (as JUnit's own tag names are).
-VERDICT_WORDS = {str(verdict) for verdict in Verdict}
+VERDICT_WORDS = {str(verdict) for verdict in Verdict} | {str(verdict).upper() for verdict in Verdict} | {
+    Verdict.PASS.headline, Verdict.FAIL.headline}
 OTHER_VOCABULARIES = {
     "kerasport.serve.metrics": "Triton's own inference-phase label names ('success', 'fail', ...)",
     "kerasport.serve.openapi": "Triton's own inference-phase label names, documented for /metrics",
