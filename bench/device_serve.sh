@@ -10,6 +10,18 @@ bundle=$1 wheels=$2 out=$3 seconds=${4:-2} only=${5:-}
 mkdir -p "$out"
 cores=$(nproc)
 half=$((cores / 2))
+# Server and load generator on different *physical* cores: where hyper-threads are enumerated as 0..n-1 then
+# their siblings, cores 0-7 and 8-15 would share physical cores. Split by each CPU's sibling set instead.
+read -r server_cpus load_cpus < <(python3 - <<'CPUS'
+from pathlib import Path
+groups = sorted({Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+                 for cpu in sorted(__import__("os").sched_getaffinity(0))}, key=lambda g: int(g.replace("-", ",").split(",")[0]))
+half = len(groups) // 2
+print(",".join(groups[:half]), ",".join(groups[half:]))
+CPUS
+)
+echo "physical-core split: server and in-process on CPUs $server_cpus, load generator on $load_cpus"
+lscpu | grep -E "Model name|Thread|Core\(s\)|Socket|NUMA node" || true
 venv=$(mktemp -d)/venv
 python3 -m venv --system-site-packages --without-pip "$venv"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -33,6 +45,6 @@ cp -r "$bundle" "$work"
 [ "$only" = serve-only ] || tail -8 "$out/kerasport_bench.log"
 [ "$only" = serve-only ] || "$venv/bin/python" bench/perf_check.py --run "$work" --json "$out/perf_check.json" || echo "perf_check: exit $?"
 [ "$only" = bench-only ] && exit 0
-taskset -c "0-$((half - 1))" "$venv/bin/python" bench/serve.py --run "$work" --sections sweep,workers \
-  --scale-variants onnx-fp32,onnx-int8 --seconds "$seconds" --worker-counts "$((half / 2)),$half" \
-  --load-cpus "$half-$((cores - 1))" --load-processes "$half" --json "$out/serve.json" 2>&1 | tee "$out/serve.log" | grep -v '^INFO'
+taskset -c "$server_cpus" "$venv/bin/python" bench/serve.py --run "$work" --sections sweep,workers \
+  --scale-variants onnx-fp32,onnx-int8 --seconds "$seconds" --worker-counts "${WORKER_COUNTS:-$((half / 2)),$half}" \
+  --load-cpus "$load_cpus" --load-processes "$half" --json "$out/serve.json" 2>&1 | tee "$out/serve.log" | grep -v '^INFO'

@@ -449,6 +449,21 @@ def sweep_section(run: Path, variants: list[str], bodies: Bodies, args, cores: i
     return results
 
 
+def drive_observed(server, path: str, body_file: Path, clients: int, seconds: float, cores: int) -> dict:
+    """`drive`, plus what the server did meanwhile: the share of its cores its processes kept busy, and the mean
+    examples per runtime call (is it waiting for work, or saturated?)."""
+    pids = server.ready.get("pids") or [server.pid]
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    examples_before, calls_before = batch_totals(server.url)
+    result = drive(server.url, path, body_file, clients, seconds=seconds)
+    examples, calls = batch_totals(server.url)
+    busy = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    result["server_cpu_share"] = busy / (result["seconds"] * cores)
+    result["server_cpu_ms_per_request"] = busy * 1e3 / max(1, result["requests"])
+    result["mean_batch"] = (examples - examples_before) / max(1.0, calls - calls_before)
+    return result
+
+
 def workers_section(run: Path, variants: list[str], bodies: Bodies, path: str, args, cores: int,
                     best: dict) -> dict:
     from devtools.serving import ServerProcess
@@ -462,7 +477,8 @@ def workers_section(run: Path, variants: list[str], bodies: Bodies, path: str, a
             try:
                 row = {"workers": workers, "threads": server.ready.get("threads_per_worker", cores)}
                 for clients in (32, 64):
-                    row[f"json_c{clients}"] = drive(server.url, path, bodies.json, clients, seconds=args.seconds)
+                    row[f"json_c{clients}"] = drive_observed(server, path, bodies.json, clients, args.seconds,
+                                                             cores)
                     row[f"binary_c{clients}"] = drive(server.url, path, bodies.binary, clients, seconds=args.seconds,
                                                       headers=bodies.binary_headers)
                 pids = child_pids(server.pid) if workers > 1 else []
@@ -486,6 +502,11 @@ def workers_section(run: Path, variants: list[str], bodies: Bodies, path: str, a
                   f"{r['json_c64']['rps']:>10.0f}{r['binary_c32']['rps']:>10.0f}{r['binary_c64']['rps']:>10.0f}"
                   f"{best[variant]['images_per_second']:>10.0f}{ratios:>38}"
                   f"{statistics.mean(r['rss_mb']['workers']):>11.0f}")
+            print(f"{'':<20}json: server CPU busy {r['json_c32']['server_cpu_share']:.0%} / "
+                  f"{r['json_c64']['server_cpu_share']:.0%} of its cores, mean batch "
+                  f"{r['json_c32']['mean_batch']:.1f} / {r['json_c64']['mean_batch']:.1f} (32 / 64 clients); CPU "
+                  f"{r['json_c32']['server_cpu_ms_per_request']:.3f} ms per request vs "
+                  f"{cores * 1e3 / best[variant]['images_per_second']:.3f} ms per image in-process")
     return results
 
 
