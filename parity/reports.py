@@ -84,15 +84,32 @@ def _sweep_table(report: dict) -> list[str]:
     if not sweeps:
         return []
     lines = ["## Runtime settings sweep (eval inputs, every output)", "",
-             "| candidate | settings | max abs diff | top-1 agreement | seconds | within tolerance |",
-             "|---|---|---|---|---|---|"]
+             "| candidate | settings | max abs diff | top-1 agreement | seconds | within tolerance | ran on |",
+             "|---|---|---|---|---|---|---|"]
     for name, rows in sweeps.items():
         for row in rows:
             agreement = f"{row['top1_agreement']:.4f}" if "top1_agreement" in row else "–"
             difference = f"{row['max_abs_diff']:.2e}" if row["max_abs_diff"] is not None else row.get("error", "–")
             lines.append(f"| {name} | {row['settings']} | {difference} | {agreement} | "
-                         f"{row['seconds']:.3f} | {'yes' if row['within_tolerance'] else '**no**'} |")
-    return lines + [""]
+                         f"{row['seconds']:.3f} | {'yes' if row['within_tolerance'] else '**no**'} | "
+                         f"{sweep_ran(row)} |")
+    return lines + ["", SWEEP_SAMPLE_NOTE, ""]
+
+
+SWEEP_SAMPLE_NOTE = ("A setting first runs the eval batches of each shape the full run uses (the first and the last); "
+                     "where its outputs there are bit-identical to outputs already computed on every example (the "
+                     "default settings' or another setting's), it performs the same arithmetic, and those outputs "
+                     "stand for the remaining batches.")
+
+
+def sweep_ran(row: dict) -> str:
+    """Which examples a sweep row ran: all of them, or the sampled batches plus whose outputs stood for the rest."""
+    ran = row.get("ran")
+    if not ran:
+        return "–"
+    if ran["same_as"] is None:
+        return f"all {ran['of']}"
+    return f"{ran['examples']} of {ran['of']}; bit-identical there to {ran['same_as']}, which stands for the rest"
 
 
 def markdown(report: dict) -> str:

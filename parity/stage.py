@@ -324,7 +324,8 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output)
     result["histograms"] = error_histograms(reference, outputs)
     if sweep and artifact.format in RUNTIME_FORMATS:
-        result["sweep"] = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance)
+        result["sweep"] = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance,
+                                                default_outputs=outputs.eval)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 

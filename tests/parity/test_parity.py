@@ -112,6 +112,12 @@ def test_report_json_has_every_field(exported_copy):
     assert sweep == {f"xnnpack={x}, threads={t}" for x in ("on", "off") for t in SWEEP_THREADS}
     assert {row["settings"] for row in report["candidates"]["onnx-fp32"]["sweep"]} == {
         f"optimization={level}, threads={t}" for level in ORT_SWEEP_LEVELS for t in SWEEP_THREADS}
+    examples = report["inputs"]["eval_sample"]["examples"]
+    for row in report["candidates"]["onnx-fp32"]["sweep"] + report["candidates"]["tflite-int8"]["sweep"]:
+        ran = row["ran"]  # every example, or the sampled batches bit-identical to outputs computed on every one
+        assert ran["of"] == examples
+        assert (ran["same_as"] is None and ran["examples"] == examples) or (
+            isinstance(ran["same_as"], str) and ran["examples"] <= examples)
     markdown = (exported_copy / "parity" / "report.md").read_text()
     assert "| onnx-fp32 | fp32 | onnxruntime |" in markdown and "PASSED" in markdown
     assert "no labelled data" not in markdown

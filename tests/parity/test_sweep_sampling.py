@@ -1,0 +1,67 @@
+"""The runtime-settings sweep runs a setting on every eval batch only where its sampled batches are not
+bit-identical to outputs already computed on the whole sample."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.reports import sweep_ran
+from parity.runners import EVAL_BATCH
+from parity.sweep import batch_bounds, run_setting
+
+TOTAL = 3 * EVAL_BATCH + 7  # three full batches and a shorter last one
+
+
+class CountingRunner:
+    """A runtime stand-in: y = scale * x + shift per example, recording the batch sizes it was called with."""
+
+    def __init__(self, scale: float = 2.0, shift: float = 0.0):
+        self.scale, self.shift, self.batches = np.float32(scale), np.float32(shift), []
+
+    def run(self, inputs):
+        x = inputs["x"]
+        self.batches.append(len(x))
+        return {"y": x * self.scale + self.shift}
+
+
+def eval_inputs() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(0).random((TOTAL, 3), dtype=np.float32)}
+
+
+def test_batches_cut_like_the_gate():
+    bounds = batch_bounds(TOTAL)
+    assert bounds[0] == (0, EVAL_BATCH) and bounds[-1] == (3 * EVAL_BATCH, TOTAL)
+    assert sum(stop - start for start, stop in bounds) == TOTAL
+
+
+def test_identical_setting_runs_only_the_sampled_batches_and_reuses_known_outputs():
+    inputs = eval_inputs()
+    default = CountingRunner().run(inputs)
+    runner = CountingRunner()
+    outputs, ran = run_setting(runner, inputs, [("the default settings", default)])
+    assert runner.batches == [EVAL_BATCH, 7]  # the first batch and the short last one: each shape once
+    assert ran == {"examples": EVAL_BATCH + 7, "of": TOTAL, "same_as": "the default settings"}
+    np.testing.assert_array_equal(outputs["y"], default["y"])
+    assert "bit-identical there to the default settings" in sweep_ran({"ran": ran})
+
+
+def test_differing_setting_runs_every_batch_once_in_order():
+    inputs = eval_inputs()
+    default = CountingRunner().run(inputs)
+    runner = CountingRunner(shift=1e-6)
+    outputs, ran = run_setting(runner, inputs, [("the default settings", default)])
+    assert sorted(runner.batches) == sorted([EVAL_BATCH] * 3 + [7])  # nothing ran twice
+    assert ran == {"examples": TOTAL, "of": TOTAL, "same_as": None}
+    np.testing.assert_array_equal(outputs["y"], CountingRunner(shift=1e-6).run(inputs)["y"])
+    assert sweep_ran({"ran": ran}) == f"all {TOTAL}"
+
+
+def test_a_later_setting_matches_an_earlier_full_run():
+    inputs = eval_inputs()
+    default = CountingRunner().run(inputs)
+    first, _ = run_setting(CountingRunner(scale=3.0), inputs, [("the default settings", default)])
+    known = [("the default settings", default), ("threads=1", first)]
+    runner = CountingRunner(scale=3.0)
+    outputs, ran = run_setting(runner, inputs, known)
+    assert ran["same_as"] == "threads=1" and len(runner.batches) == 2
+    np.testing.assert_array_equal(outputs["y"], first["y"])
