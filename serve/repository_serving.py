@@ -37,7 +37,7 @@ def repository_config(settings: ServeSettings) -> RepositoryConfig:
     load = LoadSettings(variant=settings.variant, threads=settings.threads,
                         allow_unverified=settings.allow_unverified, trusted_key=settings.trusted_key,
                         policy=VersionPolicy.parse(settings.version_policy), control=settings.model_control,
-                        poll_seconds=settings.poll_seconds, policy_text=settings.version_policy)
+                        poll_seconds=settings.poll_seconds)
     if settings.repository is None:
         return RepositoryConfig(RepositorySource(run=Path(settings.run), model_name=settings.model_name), load)
     root = Path(settings.repository)
