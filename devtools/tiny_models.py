@@ -91,7 +91,8 @@ def rgb_samples(n: int, seed: int) -> Samples:
 
 
 def write_imported(run: Path, model, eval_samples: Samples, calibration: Samples, *, name: str = "test-model",
-                   labels: tuple[str, ...] = (), task: str = "auto", ranges: dict | None = None) -> Path:
+                   labels: tuple[str, ...] = (), task: str = "auto", ranges: dict | None = None, version: str = "1",
+                   source: dict | None = None) -> Path:
     """Write `model` as an imported bundle into `run`, as `kerasport import` does; not exported.
 
     Args:
@@ -103,6 +104,8 @@ def write_imported(run: Path, model, eval_samples: Samples, calibration: Samples
         labels: class labels of the classification output.
         task: the contract hint (`auto` infers it from the outputs).
         ranges: value ranges per input name, e.g. {"picture": PIXEL_RANGE}.
+        version: the model version in the manifest.
+        source: what the manifest records as the source (default: a test).
 
     Returns:
         `run`.
@@ -111,7 +114,7 @@ def write_imported(run: Path, model, eval_samples: Samples, calibration: Samples
 
     contract = contract_from_keras(model, ContractHints(task=task, labels=labels), ranges or {})
     write_imported_bundle(run, model, contract, eval_samples=eval_samples, calibration=calibration, name=name,
-                          version="1", source={"kind": "test"})
+                          version=version, source=source or {"kind": "test"})
     return run
 
 
