@@ -102,13 +102,13 @@ def _log(event: str, **fields) -> None:
     supervisor_log.warning(json.dumps({"ts": time.time(), "event": event, **fields}))
 
 
-def serve_workers(sock: socket.socket, settings: WorkerSettings, *, announce, graceful_seconds: int,
+def serve_workers(sock: socket.socket, worker: WorkerSettings, *, announce, graceful_seconds: int,
                   backlog: int) -> None:
-    """Run `settings.settings.workers` worker processes on `sock` until SIGTERM/SIGINT; every worker drains first.
+    """Run `worker.settings.workers` worker processes on `sock` until SIGTERM/SIGINT; every worker drains first.
 
     Args:
         sock: the bound, listening socket the workers share.
-        settings: the workers' app settings.
+        worker: the workers' app settings.
         announce: called with the worker pids once every worker is serving (prints the ready line).
         graceful_seconds: how long each worker lets in-flight requests finish after SIGTERM.
         backlog: the socket's listen backlog.
@@ -122,12 +122,12 @@ def serve_workers(sock: socket.socket, settings: WorkerSettings, *, announce, gr
     own_metrics_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="kerasport-metrics-") if own_metrics_dir else os.environ[MULTIPROC_ENV]
     os.environ[MULTIPROC_ENV] = metrics_dir
-    os.environ[WORKER_ENV] = settings.to_json()
+    os.environ[WORKER_ENV] = worker.to_json()
     # The repository's shared control (repository_control.py): one folder for the server's lifetime.
     control_dir = tempfile.mkdtemp(prefix="kerasport-repository-")
     os.environ[CONTROL_ENV] = control_dir
     try:
-        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=settings.settings.workers,
+        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=worker.settings.workers,
                                 log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=graceful_seconds, backlog=backlog)
         Supervisor(config, [sock], metrics_dir=metrics_dir, announce=announce).run()
