@@ -31,16 +31,16 @@ def regressor(seed: int):
 def write_version(run: Path, seed: int, *, name: str = MODEL_NAME, version: str = "1") -> Path:
     """A verified bundle of `regressor(seed)` at `run` (exported to onnx-fp32, parity passed)."""
     from kerasport.export.stage import ExportOptions, export_bundle
-    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
     from kerasport.parity.stage import ParityOptions, run_parity
     from kerasport.samples import Samples
+
+    from .tiny_models import write_imported
 
     model = regressor(seed)
     rows = np.random.default_rng(seed).normal(0, 1, (16, FEATURES)).astype(np.float32)
     samples = Samples({"row": rows}, {"price": rows[:, :1] * 2})  # labels far from any version: a real error
-    contract = contract_from_keras(model, ContractHints(task="regression"), {})
-    write_imported_bundle(run, model, contract, eval_samples=samples, calibration=samples.take(8), name=name,
-                          version=version, source={"kind": "test", "seed": seed})
+    write_imported(run, model, samples, samples.take(8), name=name, task="regression", version=version,
+                   source={"kind": "test", "seed": seed})
     export_bundle(ExportOptions(run=str(run), formats=["onnx-fp32"], calibration_samples=8))
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     if result.exit_code != 0:

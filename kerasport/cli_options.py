@@ -1,6 +1,6 @@
 """Command-line options declared once, as groups, so every command that takes them shares one definition.
 
-A stage declares its options as one dataclass, an *option group* (`train.options.TrainArgs`,
+A stage declares its options as one dataclass, an *option group* (`train.config.TrainConfig`,
 `export.options.ExportArgs`): each field is an option, typed `Annotated[type, typer.Option(...)]`, and its default
 is the option's default. A command names the groups it takes as parameters and `@takes_options` does the rest:
 it shows typer one keyword option per field, then rebuilds each group from the parsed values before calling the
@@ -9,7 +9,7 @@ command:
     @takes_options
     def export_command(args: ExportArgs, json_output: Annotated[bool, typer.Option("--json")] = False): ...
 
-`kerasport run` takes `TrainArgs` and `ExportArgs` the same way, so an option added to a group appears in the
+`kerasport run` takes `TrainConfig` and `ExportArgs` the same way, so an option added to a group appears in the
 stage's command and in `run`, and reaches the stage inside the same object. A name that is in two groups
 (`--run`, `--calibration-samples`) is one option whose value goes to both; the two declarations must agree on
 the flag, the type and the default, or the command fails when it is defined.

@@ -29,9 +29,9 @@ from .routes_images import ImageEndpoints
 from .routes_repository import RepositoryEndpoints
 from .routes_tfs import TfServingEndpoints
 from .routes_v2 import V2Endpoints
-from .state import ServeSettings, ServingState
+from .settings import DEFAULT_MAX_BODY_BYTES
+from .state import AppSettings, ServingState
 
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # Pictures up to this many pixels are decoded by default (a 12 MP phone photo passes); models whose own input is
 # larger get four times their input.
 DEFAULT_MAX_IMAGE_PIXELS = 16_000_000
@@ -70,11 +70,11 @@ def create_app(model: ServedModel | None, *, max_batch: int = 32, max_delay_ms: 
         ValueError: max_batch < 1 or max_delay_ms < 0.
     """
     metrics = Metrics()
-    settings = ServeSettings(max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes,
-                             max_image_pixels=max_image_pixels or (default_max_image_pixels(model.contract) if model
-                                                                   else DEFAULT_MAX_IMAGE_PIXELS),
-                             workers=workers,
-                             **({"version_policy": repository.settings.policy.to_config()} if repository else {}))
+    settings = AppSettings(max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes,
+                           max_image_pixels=max_image_pixels or (default_max_image_pixels(model.contract) if model
+                                                                 else DEFAULT_MAX_IMAGE_PIXELS),
+                           workers=workers,
+                           **({"version_policy": repository.settings.policy.to_config()} if repository else {}))
     offload = offload or Offload()
 
     def version_state(served: ServedModel) -> ServingState:

@@ -48,7 +48,6 @@ from .repository_control import SharedControl
 from .state import ServingState
 
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
-CONTROL_MODES = ("poll", "explicit")
 DEFAULT_POLL_SECONDS = 5.0
 UNLOADED_REASON = "unloaded"
 NOT_IN_POLICY_REASON = "not selected by the version policy"
@@ -146,7 +145,6 @@ class LoadSettings:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     control: str = "poll"
     poll_seconds: float = DEFAULT_POLL_SECONDS
-    policy_text: str = "latest:1"  # as given, for the worker processes
 
 
 def folder_fingerprint(path: Path) -> str:

@@ -18,41 +18,33 @@ from kerasport.errors import UsageError
 
 from .model import ServedModel, load_served_model
 from .repository import (
-    CONTROL_MODES,
     LoadSettings,
     RepositoryConfig,
     RepositorySource,
     VersionPolicy,
     repository_log,
 )
+from .settings import ServeSettings
 from .state import ServingState
 
 
-def repository_config(*, run: str, repository: str | None, model_name: str | None, variant: str | None,
-                      threads: int, allow_unverified: bool, trusted_key: str | None, version_policy: str,
-                      model_control: str, poll_seconds: float) -> RepositoryConfig:
-    """The served repository from `kerasport serve`'s options.
+def repository_config(settings: ServeSettings) -> RepositoryConfig:
+    """The served repository from `kerasport serve`'s settings.
 
     Raises:
-        UsageError: an unknown control mode or version policy, a poll interval <= 0, a repository that is not a
-            folder, or `--model-name` with `--repository` (folder names are the model names).
+        UsageError: an unknown version policy, or a repository that is not a folder.
     """
-    if model_control not in CONTROL_MODES:
-        raise UsageError(f"--model-control {model_control!r}; expected one of {', '.join(CONTROL_MODES)}")
-    if not poll_seconds > 0:
-        raise UsageError(f"--poll-seconds {poll_seconds}; expected a positive number of seconds")
-    settings = LoadSettings(variant=variant, threads=threads, allow_unverified=allow_unverified,
-                            trusted_key=trusted_key, policy=VersionPolicy.parse(version_policy), control=model_control,
-                            poll_seconds=poll_seconds, policy_text=version_policy)
-    if repository is None:
-        return RepositoryConfig(RepositorySource(run=Path(run), model_name=model_name), settings)
-    if model_name is not None:
-        raise UsageError("--model-name with --repository; expected neither: the repository's folder names are the "
-                         "model names")
-    root = Path(repository)
+    load = LoadSettings(variant=settings.variant, threads=settings.threads,
+                        allow_unverified=settings.allow_unverified, trusted_key=settings.trusted_key,
+                        policy=VersionPolicy.parse(settings.version_policy), control=settings.model_control,
+                        poll_seconds=settings.poll_seconds)
+    if settings.repository is None:
+        return RepositoryConfig(RepositorySource(run=Path(settings.run), model_name=settings.model_name), load)
+    root = Path(settings.repository)
     if not root.is_dir():
-        raise UsageError(f"--repository {repository}: not a folder; expected <model>/<version>/ run directories")
-    return RepositoryConfig(RepositorySource(root=root), settings)
+        raise UsageError(f"--repository {settings.repository}: not a folder; expected <model>/<version>/ run "
+                         f"directories")
+    return RepositoryConfig(RepositorySource(root=root), load)
 
 
 def preload_run(config: RepositoryConfig) -> ServedModel | None:

@@ -26,10 +26,12 @@ import json
 import signal
 import socket
 import time
+from dataclasses import replace
 
 from kerasport.errors import UsageError
 
 from .process import GRACEFUL_SHUTDOWN_SECONDS, configure_logs, tune_process
+from .settings import ServeSettings
 
 BACKLOG = 2048
 
@@ -60,33 +62,35 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, threads, api_key, max_body_bytes,
-          allow_unverified, access_log, workers: int = 1, max_image_pixels: int | None = None,
-          grpc_port: int | None = None, repository: str | None = None, version_policy: str = "latest:1",
-          model_control: str = "poll", poll_seconds: float = 5.0, trusted_key: str | None = None) -> None:
-    """Bind, load, serve until SIGTERM (exit 0 after draining). Arguments are `kerasport serve`'s options
-    (`grpc_port` None: no gRPC; `repository` None: the one bundle `run` is a repository of one)."""
+def serve(settings: ServeSettings) -> None:
+    """Bind, load, serve until SIGTERM (exit 0 after draining).
+
+    Args:
+        settings: `kerasport serve`'s options (`grpc_port` None: no gRPC; `repository` None: the one bundle `run` is
+            a repository of one; `workers` 0: one per 2 cores; `max_image_pixels` 0: sized from the model).
+
+    Raises:
+        UsageError: the port or host is unusable, or the bundle cannot be served as asked (exit 2).
+        CheckFailed: an invalid manifest, or a signature that does not verify with `trusted_key` (exit 1).
+        ConversionError: the runtime cannot load the artifact, or a worker cannot start (exit 3).
+    """
     started = time.perf_counter()
-    sock = bind_listening_socket(host, port)
+    sock = bind_listening_socket(settings.host, settings.port)
     with contextlib.closing(sock), contextlib.ExitStack() as held:
         grpc_address = None
-        if grpc_port is not None:
+        if settings.grpc_port is not None:
             from .grpc_server import reserve_port
 
-            grpc_address = held.enter_context(contextlib.closing(reserve_port(host, grpc_port))).address
+            grpc_address = held.enter_context(contextlib.closing(reserve_port(settings.host,
+                                                                              settings.grpc_port))).address
         tune_process()
         from .repository_serving import repository_config
+        from .workers import default_workers
 
-        config = repository_config(run=run, repository=repository, model_name=model_name, variant=variant,
-                                   threads=threads, allow_unverified=allow_unverified, trusted_key=trusted_key,
-                                   version_policy=version_policy, model_control=model_control,
-                                   poll_seconds=poll_seconds)
+        config = repository_config(settings)
+        workers = settings.workers or default_workers()
         if workers > 1:
-            return _serve_workers(sock, started, run=run, variant=variant, model_name=model_name,
-                                  max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, api_key=api_key,
-                                  max_body_bytes=max_body_bytes, allow_unverified=allow_unverified,
-                                  access_log=access_log, workers=workers, max_image_pixels=max_image_pixels,
-                                  grpc_address=grpc_address, repository_args=config)
+            return _serve_workers(sock, started, replace(settings, workers=workers), grpc_address, config)
         import uvicorn
 
         from .app import create_app
@@ -94,14 +98,15 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
 
         configure_repository_log()
         model = preload_run(config)
-        app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, api_key=api_key,
-                         max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels, repository=config)
+        app = create_app(model, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
+                         api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                         max_image_pixels=settings.image_pixel_limit, repository=config)
         if grpc_address is not None:
             from .grpc_server import GrpcFrontEnd
 
-            GrpcFrontEnd(grpc_address, api_key=api_key, max_message_bytes=max_body_bytes,
+            GrpcFrontEnd(grpc_address, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
                          grace_seconds=GRACEFUL_SHUTDOWN_SECONDS).attach(app)
-        configure_logs(access_log)
+        configure_logs(settings.access_log)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="auto", http="auto",
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
         server = uvicorn.Server(config)
@@ -125,59 +130,50 @@ def serve(*, run, variant, model_name, host, port, max_batch, max_delay_ms, thre
             signal.signal(signal.SIGTERM, previous)
 
 
-def _serve_workers(sock: socket.socket, started: float, *, run, variant, model_name, threads, workers,
-                   grpc_address: str | None = None, repository_args=None, **settings) -> None:
+def _serve_workers(sock: socket.socket, started: float, settings: ServeSettings, grpc_address: str | None,
+                   config) -> None:
+    """`settings.workers` (> 1) worker processes on `sock`; `config` is the repository the settings describe."""
     from .workers import WorkerSettings, log_to_stderr, serve_workers, threads_per_worker
 
-    source, load = repository_args.source, repository_args.settings
-    repository_options = {"version_policy": load.policy_text, "model_control": load.control,
-                          "poll_seconds": load.poll_seconds, "trusted_key": load.trusted_key}
-    if source.root is not None:
-        configure_logs(settings["access_log"])
+    per_worker = threads_per_worker(settings.workers, settings.threads)
+    if config.source.root is not None:
+        configure_logs(settings.access_log)
         log_to_stderr()
-        per_worker = threads_per_worker(workers, threads)
 
         def announce_repository(pids: list[int]) -> None:
-            print(json.dumps({"event": "ready", "url": url_of(sock), "repository": str(source.root),
-                              "workers": workers, "threads_per_worker": per_worker, "pids": pids,
+            print(json.dumps({"event": "ready", "url": url_of(sock), "repository": str(config.source.root),
+                              "workers": settings.workers, "threads_per_worker": per_worker, "pids": pids,
                               **({"grpc": grpc_address} if grpc_address else {}),
                               "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
-        return serve_workers(sock, WorkerSettings(run=str(run), variant=variant, model_name=None,
-                                                  threads=per_worker, workers=workers, grpc_address=grpc_address,
-                                                  repository=str(source.root), **repository_options, **settings),
+        return serve_workers(sock, WorkerSettings(replace(settings, threads=per_worker), grpc_address),
                              announce=announce_repository, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS,
                              backlog=BACKLOG)
     from kerasport.bundle import Bundle
     from kerasport.selection import SERVABLE_FORMATS
 
-
     # Checked once here, so a bundle that cannot be served is one error line, not N failing workers.
-    if load.trusted_key is not None:
+    if settings.trusted_key is not None:
         from kerasport.signing import verify_signature
 
-        verify_signature(run, load.trusted_key)
-    bundle = Bundle.open(run)
+        verify_signature(settings.run, settings.trusted_key)
+    bundle = Bundle.open(settings.run)
     manifest = bundle.manifest
     # an altered artifact is the user's to fix (exit 2), as when one process loads
-    choice, artifact = bundle.select(formats=SERVABLE_FORMATS, requested=variant,
-                                     allow_unverified=settings["allow_unverified"])
-    chosen = choice.variant
-    configure_logs(settings["access_log"])
+    choice, artifact = bundle.select(formats=SERVABLE_FORMATS, requested=settings.variant,
+                                     allow_unverified=settings.allow_unverified)
+    configure_logs(settings.access_log)
     log_to_stderr()
-    per_worker = threads_per_worker(workers, threads)
 
     def announce(pids: list[int]) -> None:
-        print(json.dumps({"event": "ready", "url": url_of(sock), "model": model_name or manifest.name,
-                          "variant": chosen, "variant_why": choice.why,
-                          "runtime": artifact.runtime or artifact.format, "workers": workers,
+        print(json.dumps({"event": "ready", "url": url_of(sock), "model": settings.model_name or manifest.name,
+                          "variant": choice.variant, "variant_why": choice.why,
+                          "runtime": artifact.runtime or artifact.format, "workers": settings.workers,
                           "threads_per_worker": per_worker, "pids": pids,
                           **({"grpc": grpc_address} if grpc_address else {}),
                           "ready_seconds": round(time.perf_counter() - started, 3)}), flush=True)
 
-    serve_workers(sock, WorkerSettings(run=str(run), variant=chosen, model_name=model_name, threads=per_worker,
-                                       workers=workers, grpc_address=grpc_address, **repository_options,
-                                       **settings),
+    serve_workers(sock, WorkerSettings(replace(settings, variant=choice.variant, threads=per_worker), grpc_address),
                   announce=announce, graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS, backlog=BACKLOG)
 
 

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .model import ServedModel
 from .offload import Offload
 from .protocol import parse_json
+from .settings import DEFAULT_MAX_BODY_BYTES
 
 C = TypeVar("C")
 R = TypeVar("R")
@@ -30,12 +31,12 @@ Inputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class ServeSettings:
+class AppSettings:
     """How the server was configured (the Triton model configuration reports batching from it)."""
 
     max_batch: int = 32
     max_delay_ms: float = 0.0
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = 16_000_000
     workers: int = 1
     version_policy: dict = field(default_factory=lambda: {"latest": {"num_versions": 1}})  # Triton's form
@@ -54,7 +55,7 @@ class ServingState:
     model: ServedModel | None
     batcher: MicroBatcher | None
     metrics: Metrics
-    settings: ServeSettings = field(default_factory=ServeSettings)
+    settings: AppSettings = field(default_factory=AppSettings)
     offload: Offload = field(default_factory=Offload)
     ready: bool = False
     versions: frozenset = field(init=False)

@@ -33,6 +33,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from kerasport.errors import ConversionError
 
 from .offload import machine_cores
+from .settings import ServeSettings
 
 WORKER_ENV = "KERASPORT_SERVE_WORKER"
 READY_TIMEOUT_SECONDS = 120
@@ -51,26 +52,22 @@ def threads_per_worker(workers: int, threads: int = 0, cores: int | None = None)
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Everything a worker needs to build its app (JSON in `WORKER_ENV`)."""
+    """Everything a worker needs to build its app (JSON in `WORKER_ENV`).
 
-    run: str
-    variant: str
-    model_name: str | None
-    threads: int
-    max_batch: int
-    max_delay_ms: float
-    api_key: str | None
-    max_body_bytes: int
-    max_image_pixels: int | None
-    allow_unverified: bool
-    access_log: bool
-    workers: int
+    `settings` are the command's, resolved for one worker: `workers` the process count, `threads` each worker's
+    share, and for a `--run` bundle the `variant` the parent chose.
+    """
+
+    settings: ServeSettings
     grpc_address: str | None = None  # host:port every worker's gRPC server joins (SO_REUSEPORT); None: no gRPC
-    repository: str | None = None  # a model repository folder; None: `run` is a repository of one
-    version_policy: str = "latest:1"
-    model_control: str = "poll"
-    poll_seconds: float = 5.0
-    trusted_key: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSettings:
+        values = json.loads(text)
+        return cls(ServeSettings(**values["settings"]), values["grpc_address"])
 
 
 def worker_app():
@@ -80,26 +77,23 @@ def worker_app():
     from .process import configure_logs, tune_process
     from .repository_serving import configure_repository_log, preload_run, repository_config
 
-    settings = WorkerSettings(**json.loads(os.environ[WORKER_ENV]))
+    worker = WorkerSettings.from_json(os.environ[WORKER_ENV])
+    settings = worker.settings
     tune_process()
     configure_logs(settings.access_log)
     configure_repository_log()
-    config = repository_config(run=settings.run, repository=settings.repository, model_name=settings.model_name,
-                               variant=settings.variant, threads=settings.threads,
-                               allow_unverified=settings.allow_unverified, trusted_key=settings.trusted_key,
-                               version_policy=settings.version_policy, model_control=settings.model_control,
-                               poll_seconds=settings.poll_seconds)
+    config = repository_config(settings)
     model = preload_run(config)
     share = max(1, machine_cores() // settings.workers)
     app = create_app(model, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
                      api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                     max_image_pixels=settings.max_image_pixels, workers=settings.workers,
+                     max_image_pixels=settings.image_pixel_limit, workers=settings.workers,
                      offload=Offload(threads=max(2, share), processes=share), repository=config)
-    if settings.grpc_address is not None:
+    if worker.grpc_address is not None:
         from .grpc_server import GrpcFrontEnd
         from .process import GRACEFUL_SHUTDOWN_SECONDS
 
-        GrpcFrontEnd(settings.grpc_address, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
+        GrpcFrontEnd(worker.grpc_address, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
                      grace_seconds=GRACEFUL_SHUTDOWN_SECONDS).attach(app)
     return app
 
@@ -108,13 +102,13 @@ def _log(event: str, **fields) -> None:
     supervisor_log.warning(json.dumps({"ts": time.time(), "event": event, **fields}))
 
 
-def serve_workers(sock: socket.socket, settings: WorkerSettings, *, announce, graceful_seconds: int,
+def serve_workers(sock: socket.socket, worker: WorkerSettings, *, announce, graceful_seconds: int,
                   backlog: int) -> None:
-    """Run `settings.workers` worker processes on `sock` until SIGTERM/SIGINT; every worker drains first.
+    """Run `worker.settings.workers` worker processes on `sock` until SIGTERM/SIGINT; every worker drains first.
 
     Args:
         sock: the bound, listening socket the workers share.
-        settings: the workers' app settings.
+        worker: the workers' app settings.
         announce: called with the worker pids once every worker is serving (prints the ready line).
         graceful_seconds: how long each worker lets in-flight requests finish after SIGTERM.
         backlog: the socket's listen backlog.
@@ -128,12 +122,12 @@ def serve_workers(sock: socket.socket, settings: WorkerSettings, *, announce, gr
     own_metrics_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="kerasport-metrics-") if own_metrics_dir else os.environ[MULTIPROC_ENV]
     os.environ[MULTIPROC_ENV] = metrics_dir
-    os.environ[WORKER_ENV] = json.dumps(asdict(settings))
+    os.environ[WORKER_ENV] = worker.to_json()
     # The repository's shared control (repository_control.py): one folder for the server's lifetime.
     control_dir = tempfile.mkdtemp(prefix="kerasport-repository-")
     os.environ[CONTROL_ENV] = control_dir
     try:
-        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=settings.workers,
+        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=worker.settings.workers,
                                 log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=graceful_seconds, backlog=backlog)
         Supervisor(config, [sock], metrics_dir=metrics_dir, announce=announce).run()

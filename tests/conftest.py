@@ -95,6 +95,20 @@ def verified(exported, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_inputs_exported(tmp_path_factory) -> Path:
+    """The shared two-input/two-output model (devtools/tiny_models.py) imported with 16 eval examples and declared
+    value ranges, exported to onnx-fp32 and tflite-fp32, parity not run (serve it with allow_unverified)."""
+    from devtools.tiny_models import FEATURE_RANGE, PIXEL_RANGE, export_formats, two_input_bundle
+
+    def build(root: Path) -> Path:
+        run = two_input_bundle(root / "run", eval_examples=16,
+                               ranges={"picture": PIXEL_RANGE, "features": FEATURE_RANGE})
+        return export_formats(run, ["onnx-fp32", "tflite-fp32"])
+
+    return shared_bundle(tmp_path_factory, "two-inputs", build)
+
+
+@pytest.fixture(scope="session")
 def regressor_versions(tmp_path_factory) -> dict[int, Path]:
     """Versions 1 and 2 of one small regressor, other weights each, exported and parity-checked (unsigned);
     devtools/repository_bundles.py. Tests copy them before changing or signing anything."""

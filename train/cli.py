@@ -10,18 +10,16 @@ import typer
 from kerasport.cli_options import takes_options
 from kerasport.cli_support import console, user_errors
 
-from .options import TrainArgs
+from .config import TrainConfig
 
 
 @user_errors
 @takes_options
 def train_command(
-    args: TrainArgs,
+    config: TrainConfig,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Train the reference CNN with learning-rate callbacks and write the run's train/ bundle."""
-    config = args.config()
-
     from .fit import train
 
     out = console()

@@ -1,11 +1,19 @@
-"""The resolved training configuration. No TensorFlow import, so the CLI can build and validate it cheaply."""
+"""The training configuration, declared once: each field is a `kerasport train` option (an option group, see
+`kerasport.cli_options`), so `kerasport train` and `kerasport run` take `TrainConfig` itself and an option added here
+reaches the training stage from both commands. Validated when built. No TensorFlow import, so the CLI can build and
+validate it cheaply.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
+import typer
+
+from kerasport.cli_options import DEFAULT_RUN, RunOption
 from kerasport.errors import UsageError
 
 INPUT_NAME = "image"
@@ -23,46 +31,95 @@ MIN_IMAGE_SIDE = 8
 
 @dataclass
 class TrainConfig:
-    data: str = "digits"
-    run: str = "build"
-    arch: str = "seed"
-    task: str = "classification"
-    epochs: int = 15
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    activation: str = "relu"
-    initializer: str = "auto"
-    relu_bias: float = 0.0
-    lr_schedule: str = "cosine"
-    lr_step_every: int = 100
-    lr_step_factor: float = 0.1
-    lr_warmup: int = 1
-    plateau: bool = True
-    plateau_patience: int = 10
-    plateau_factor: float = 0.1
-    early_stopping: int = 0
-    restore_best: bool = True
-    val_split: float = 0.1
-    seed: int = 42
-    deterministic: bool = False
-    limit: int = 0
-    image_size: str = "auto"
-    color: str = "auto"
-    width: float = 1.0
-    dropout: float = 0.0
-    precise_bn: bool = True
-    augment: bool = False
-    tensorboard: bool = False
-    eval_samples: int = 1000
-    calibration_samples: int = 200
-    resume: bool = False
+    """What `kerasport train` trains; a bad value raises UsageError (exit 2) when the config is built."""
+
+    data: Annotated[str, typer.Option(
+        "--data", help="digits | mnist | fashion_mnist | idx:DIR | npz:FILE | images:DIR (one sub-folder per class)."
+    )] = "digits"
+    run: RunOption = DEFAULT_RUN
+    arch: Annotated[str, typer.Option(
+        "--arch", help="seed (the reference CNN) | edge (≤100k params) | package.module:function (your own "
+        "builder, called with keyword arguments input_shape, n_outputs, task, activation, kernel_initializer, "
+        "bias_initializer, ...; see docs/training.md).")] = "seed"
+    task: Annotated[str, typer.Option(
+        "--task", help="classification (softmax) | regression (identity).")] = "classification"
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 15
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adam | sgd | rmsprop.")] = "adam"
+    activation: Annotated[str, typer.Option(
+        "--activation", help="relu | leaky_relu | elu | relu6 | swish | selu | sigmoid | tanh.")] = "relu"
+    initializer: Annotated[str, typer.Option(
+        "--initializer", help="auto (paired with the activation) or any Keras initializer name.")
+    ] = "auto"
+    relu_bias: Annotated[float, typer.Option(
+        "--relu-bias", help="Constant initial bias for hidden layers, e.g. 0.1 against dead ReLUs.")
+    ] = 0.0
+    lr_schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="cosine (decays over --epochs) | step | none; composed with --plateau.")
+    ] = "cosine"
+    lr_step_every: Annotated[int, typer.Option(
+        "--lr-step-every", help="step schedule: change the rate every N epochs.")] = 100
+    lr_step_factor: Annotated[float, typer.Option(
+        "--lr-step-factor", help="step schedule: multiply the rate by F.")] = 0.1
+    lr_warmup: Annotated[int, typer.Option(
+        "--lr-warmup", help="Epochs over which the rate ramps up linearly, step by step, at the start (0 = none).")
+    ] = 1
+    plateau: Annotated[bool, typer.Option(
+        "--plateau/--no-plateau", help="ReduceLROnPlateau on val_loss.")] = True
+    plateau_patience: Annotated[int, typer.Option("--plateau-patience")] = 10
+    plateau_factor: Annotated[float, typer.Option("--plateau-factor")] = 0.1
+    early_stopping: Annotated[int, typer.Option(
+        "--early-stopping", help="Patience in epochs on val_loss, restoring the best weights (0 = off).")
+    ] = 0
+    restore_best: Annotated[bool, typer.Option(
+        "--restore-best/--no-restore-best", help="Ship the weights of the epoch with the lowest val_loss "
+        "(else the last epoch's); metrics.json reports both.")] = True
+    val_split: Annotated[float, typer.Option("--val-split")] = 0.1
+    seed: Annotated[int, typer.Option("--seed")] = 42
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic", help="Enable TensorFlow op determinism (slower).")] = False
+    limit: Annotated[int, typer.Option(
+        "--limit", help="Use only the first N training samples (0 = all).")] = 0
+    image_size: Annotated[str, typer.Option(
+        "--image-size", help="HxW the model takes, e.g. 32x32; every source is resized (digits re-framed) to it. "
+        "auto: an array source's own size, 28x28 for digits and image folders.")] = "auto"
+    color: Annotated[str, typer.Option(
+        "--color", help="grayscale | rgb | auto (RGB for 3-channel arrays, else grayscale).")] = "auto"
+    width: Annotated[float, typer.Option(
+        "--width", help="Multiplies filter/unit counts; 1.0 = reference.")] = 1.0
+    dropout: Annotated[float, typer.Option(
+        "--dropout", help="Dropout before the head (0 = none).")] = 0.0
+    precise_bn: Annotated[bool, typer.Option(
+        "--precise-bn/--no-precise-bn", help="Recompute BatchNorm statistics on the training data after fit.")
+    ] = True
+    augment: Annotated[bool, typer.Option(
+        "--augment/--no-augment", help="Random shifts and small rotations during training.")] = False
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", help="Also write TensorBoard logs to <run>/train/logs.")] = False
+    eval_samples: Annotated[int, typer.Option(
+        "--eval-samples", help="Size of the pinned held-out test slice for parity.")] = 1000
+    calibration_samples: Annotated[int, typer.Option(
+        "--calibration-samples", help="Training images kept for int8 calibration in the export stage.")
+    ] = 200
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from its last epoch.")] = False
     # Multi-worker data parallelism (train/distributed.py): the cluster comes from TF_CONFIG, or from `workers`
     # ("host:port,host:port", the chief first) and `worker_index` for a hand-started or `kerasport launch` job.
-    distributed: bool = False
-    workers: str = ""
-    worker_index: int = 0
-    collective_timeout: float = 300.0
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Data-parallel training on several workers (tf.distribute MultiWorkerMirroredStrategy) "
+        "configured by TF_CONFIG or --workers. --batch-size is per worker: the global batch is --batch-size x "
+        "workers. Only the chief (worker 0) writes the bundle. `kerasport launch` starts local workers.")
+    ] = False
+    workers: Annotated[str, typer.Option(
+        "--workers", help="With --distributed, instead of TF_CONFIG: every worker's host:port, comma-separated, "
+        "the chief first (the same list on every worker).")] = ""
+    worker_index: Annotated[int, typer.Option(
+        "--worker-index", help="With --workers: this worker's position in the list (0 = the chief).")
+    ] = 0
+    collective_timeout: Annotated[float, typer.Option(
+        "--collective-timeout", help="With --distributed: seconds a worker waits for its peers (to join at start, "
+        "and in each gradient exchange) before the job ends with an error.")] = 300.0
 
     def __post_init__(self) -> None:
         self.validate()

@@ -10,6 +10,7 @@ worker finished with the same trained weights. No TensorFlow is imported here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 from kerasport.bundle import Stage, stage_folder
 from kerasport.errors import EXIT_RUNTIME, CheckFailed, KerasportError, UsageError
 
+from .config import TrainConfig
 from .distributed import local_cluster, parse_finished_line
 
 LOOPBACK = "127.0.0.1"
@@ -81,7 +83,6 @@ def check_train_args(train_args: list[str]):
     import typer
 
     from .cli import train_command
-    from .options import TrainArgs
 
     for word in train_args:
         if word.split("=", 1)[0] in SET_BY_LAUNCH:
@@ -96,8 +97,8 @@ def check_train_args(train_args: list[str]):
     except typer.TyperException as error:  # typer's (vendored) click usage errors
         message = error.format_message() if hasattr(error, "format_message") else str(error)
         raise UsageError(f"train options: {message}") from None
-    values = {name: context.params[name] for name in TrainArgs.__dataclass_fields__}
-    return TrainArgs(**{**values, "distributed": True}).config()  # value checks (one-line UsageError)
+    values = {field.name: context.params[field.name] for field in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**values, "distributed": True})  # value checks (one-line UsageError)
 
 
 def launch(workers: int, train_args: list[str], *, out=None) -> LaunchResult:

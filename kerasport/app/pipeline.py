@@ -1,7 +1,7 @@
 """`kerasport run`: the whole pipeline (train, export, then the parity gate) in one command.
 
-It takes exactly `kerasport train`'s options (`TrainArgs`) and `kerasport export`'s (`ExportArgs`), declared once
-in each stage's options module, and hands each stage the group it declared: an option added to either stage is
+It takes exactly `kerasport train`'s options (`TrainConfig`) and `kerasport export`'s (`ExportArgs`), declared once
+in each stage's option group, and hands each stage the group it declared: an option added to either stage is
 accepted here and forwarded, with no list of option names in this file. Shared names (`--run`,
 `--calibration-samples`) are one option that both stages receive.
 """
@@ -16,13 +16,13 @@ import typer
 from kerasport.cli_options import takes_options
 from kerasport.cli_support import console, fail, user_errors
 from kerasport.export.options import ExportArgs
-from kerasport.train.options import TrainArgs
+from kerasport.train.config import TrainConfig
 
 
 @user_errors
 @takes_options
 def run_command(
-    train_args: TrainArgs,
+    config: TrainConfig,
     export_args: ExportArgs,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the train metrics, export rows and parity verdict as JSON on stdout.")] = False,
@@ -35,7 +35,6 @@ def run_command(
     from kerasport.train.cli import print_train_summary
     from kerasport.train.fit import train
 
-    config = train_args.config()
     export_options = export_args.options()  # checks --formats before the (long) training starts
     out = console()
     trained = train(config, console=out)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from devtools.tiny_models import write_imported
 from kerasport.app.cli import app
 from kerasport.bundle_diff import DIFFERS, EQUIVALENT, ONLY_A, SAME
 from kerasport.errors import EXIT_OK, EXIT_USAGE
 from kerasport.export.stage import ExportOptions, export_bundle
-from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
 from kerasport.manifest import artifact_entry, load_manifest
 from kerasport.samples import Samples
 from kerasport.verdict import Verdict
@@ -37,9 +37,7 @@ def small_model():
 def write_bundle(run, model, formats=FORMATS):
     rng = np.random.default_rng(0)
     inputs = {"features": rng.normal(size=(12, 6)).astype(np.float32)}
-    contract = contract_from_keras(model, ContractHints(labels=("a", "b", "c")), {})
-    write_imported_bundle(run, model, contract, eval_samples=Samples(inputs), calibration=Samples(inputs),
-                          name="small", version="1", source={"kind": "test"})
+    write_imported(run, model, Samples(inputs), Samples(inputs), name="small", labels=("a", "b", "c"))
     export_bundle(ExportOptions(run=str(run), formats=list(formats), calibration_samples=12))
     return run
 

@@ -10,20 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from devtools.tiny_models import write_imported
 from kerasport.contract import ModelContract
 from kerasport.manifest import load_manifest
 from kerasport.samples import Samples, load_samples
 
 
-def imported_bundle(run: Path, model, eval_inputs: dict, calibration_inputs: dict, *, hints=None,
-                    ranges: dict | None = None, name: str = "test-model") -> Path:
-    """Write an imported bundle of `model` (as `kerasport import` would) into `run`."""
-    from kerasport.ingest.importer import ContractHints, contract_from_keras, write_imported_bundle
-
-    contract = contract_from_keras(model, hints or ContractHints(), ranges or {})
-    write_imported_bundle(run, model, contract, eval_samples=Samples(eval_inputs),
-                          calibration=Samples(calibration_inputs), name=name, version="1", source={"kind": "test"})
-    return run
+def imported_bundle(run: Path, model, eval_inputs: dict, calibration_inputs: dict, *, task: str = "auto",
+                    labels: tuple[str, ...] = (), ranges: dict | None = None, name: str = "test-model") -> Path:
+    """Write an imported bundle of `model` (as `kerasport import` would) into `run`, from plain input arrays."""
+    return write_imported(run, model, Samples(eval_inputs), Samples(calibration_inputs), name=name, labels=labels,
+                          task=task, ranges=ranges)
 
 
 def eval_inputs(run: Path, count: int) -> dict[str, np.ndarray]:

@@ -10,12 +10,20 @@ import pytest
 from export_checks import eval_inputs, imported_bundle, keras_outputs, run_litert, run_onnx
 from typer.testing import CliRunner
 
+from devtools.tiny_models import (
+    CLASSES,
+    PIXEL_RANGE,
+    TABULAR,
+    regressor_model,
+    regressor_samples,
+    two_input_model,
+    two_input_samples,
+)
 from kerasport.app.cli import app
 from kerasport.errors import EXIT_OK, EXIT_RUNTIME
 from kerasport.export.smoke import SMOKE_BATCHES
 from kerasport.export.stage import STAGE_DIR_NAME, ExportOptions, export_bundle
 from kerasport.export.variants import VARIANTS
-from kerasport.ingest.importer import ContractHints
 from kerasport.manifest import load_manifest, verify_bundle
 
 runner = CliRunner()
@@ -24,31 +32,11 @@ FP32 = {"onnx-fp32": run_onnx, "tflite-fp32": run_litert}
 SAMPLES = 16
 
 
-def two_input_model():
-    """A 32x32x3 image and 8 tabular features in; class probabilities and one regression value out."""
-    keras.utils.set_random_seed(0)
-    picture = keras.Input((32, 32, 3), name="picture")
-    features = keras.Input((8,), name="features")
-    x = keras.layers.Rescaling(1 / 255)(picture)
-    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Concatenate()([x, keras.layers.Dense(4, activation="relu")(features)])
-    label = keras.layers.Dense(3, activation="softmax", name="label")(x)
-    score = keras.layers.Dense(1, name="score")(x)
-    return keras.Model([picture, features], [label, score])
-
-
-def two_input_sample(count, seed):
-    rng = np.random.default_rng(seed)
-    return {"picture": rng.integers(0, 256, (count, 32, 32, 3)).astype(np.float32),
-            "features": rng.normal(size=(count, 8)).astype(np.float32)}
-
-
 @pytest.fixture(scope="module")
 def two_inputs(tmp_path_factory):
     run = imported_bundle(tmp_path_factory.mktemp("two-inputs") / "run", two_input_model(),
-                          two_input_sample(SAMPLES, 1), two_input_sample(SAMPLES, 2),
-                          hints=ContractHints(labels=("a", "b", "c")), ranges={"picture": (0, 255)})
+                          two_input_samples(SAMPLES, 1).inputs, two_input_samples(SAMPLES, 2).inputs,
+                          labels=CLASSES, ranges={"picture": PIXEL_RANGE})
     export_bundle(ExportOptions(run=str(run), calibration_samples=SAMPLES))
     return run
 
@@ -95,18 +83,14 @@ def test_two_inputs_two_outputs_fp32_matches_keras(two_inputs):
 
 
 def test_tabular_mlp_regressor_exports_every_variant(tmp_path):
-    keras.utils.set_random_seed(0)
-    features = keras.Input((13,), name="features")
-    hidden = keras.layers.Dense(8, activation="relu")(features)
-    model = keras.Model(features, keras.layers.Dense(1, name="price")(hidden))
-    rng = np.random.default_rng(0)
-    sample = {"features": rng.normal(size=(SAMPLES, 13)).astype(np.float32)}
-    run = imported_bundle(tmp_path / "run", model, sample, sample, hints=ContractHints(task="regression"))
+    model = regressor_model()
+    sample = regressor_samples(SAMPLES, seed=0).inputs
+    run = imported_bundle(tmp_path / "run", model, sample, sample, task="regression")
     result = export_bundle(ExportOptions(run=str(run), calibration_samples=SAMPLES))
     assert [row["status"] for row in result.rows] == ["ok"] * len(VARIANTS)
     manifest = verify_bundle(run)
     assert manifest.task == "regression"
-    assert manifest.artifact("tflite-fp32").get("inputs")[0]["shape"] == [-1, 13]
+    assert manifest.artifact("tflite-fp32").get("inputs")[0]["shape"] == [-1, TABULAR]
     assert manifest.artifact("onnx-fp32").get("outputs")[0]["shape"] == ["batch", 1]
     inputs = eval_inputs(run, 5)
     reference = keras_outputs(model, inputs, manifest.contract)
@@ -124,7 +108,7 @@ def test_integer_inputs_are_fed_to_calibration_but_never_quantized(tmp_path):
     rng = np.random.default_rng(0)
     sample = {"ids": rng.integers(0, 20, (SAMPLES, 6)).astype(np.int32),
               "features": rng.normal(size=(SAMPLES, 5)).astype(np.float32)}
-    run = imported_bundle(tmp_path / "run", model, sample, sample, hints=ContractHints(task="regression"))
+    run = imported_bundle(tmp_path / "run", model, sample, sample, task="regression")
     export_bundle(ExportOptions(run=str(run), formats=["onnx-int8", "tflite-int8"], int8_io=True,
                                 calibration_samples=SAMPLES))
     manifest = verify_bundle(run)
@@ -150,7 +134,7 @@ def determinant_bundle(tmp_path):
     x = keras.Input((4,), name="x")
     model = keras.Model(x, keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([Determinant()(x), x])))
     sample = {"x": np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)}
-    return imported_bundle(tmp_path / "run", model, sample, sample, hints=ContractHints(task="regression"))
+    return imported_bundle(tmp_path / "run", model, sample, sample, task="regression")
 
 
 def snapshot(run):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from import_helpers import CLASSES, EXAMPLES, invoke, mlp_regressor, two_io_arrays, two_io_model
+from import_helpers import EXAMPLES, invoke, mlp_regressor, two_io_arrays
+
+from devtools.tiny_models import CLASSES, two_input_model
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +19,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def two_io_keras(models_dir) -> Path:
     path = models_dir / "two_io.keras"
-    two_io_model().save(path)
+    two_input_model().save(path)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Helpers for the import tests: small Keras models, arrays that fit them, CLI calls."""
+"""Helpers for the import tests: arrays that fit the shared two-input model (devtools/tiny_models.py), a Sequential
+regressor, CLI calls."""
 
 from __future__ import annotations
 
@@ -7,27 +8,10 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
+from devtools.tiny_models import CLASS_OUTPUT, CLASSES, FEATURES, PICTURE, VALUE_OUTPUT
 from kerasport.app.cli import app
 
 EXAMPLES = 20
-CLASSES = ("cat", "dog", "fox")
-FEATURES = 8
-PICTURE = (32, 32, 3)
-
-
-def two_io_model():
-    """A 32x32x3 picture and 8 features in; 3-class probabilities and one regression value out."""
-    import keras
-
-    picture = keras.Input(PICTURE, name="picture")
-    features = keras.Input((FEATURES,), name="features")
-    x = keras.layers.Rescaling(1 / 255)(picture)
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Concatenate()([x, features])
-    klass = keras.layers.Dense(len(CLASSES), activation="softmax", name="klass")(x)
-    amount = keras.layers.Dense(1, name="amount")(x)
-    return keras.Model([picture, features], [klass, amount])
 
 
 def mlp_regressor():
@@ -38,11 +22,12 @@ def mlp_regressor():
 
 
 def two_io_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    """An npz's arrays for the two-input model (devtools/tiny_models.py): inputs, class indices and values."""
     rng = np.random.default_rng(seed)
     return {"picture": rng.integers(0, 256, (EXAMPLES, *PICTURE)).astype(np.float32),
             "features": rng.normal(size=(EXAMPLES, FEATURES)).astype(np.float32),
-            "y:klass": rng.integers(0, len(CLASSES), EXAMPLES),
-            "target:amount": rng.normal(size=EXAMPLES)}
+            f"y:{CLASS_OUTPUT}": rng.integers(0, len(CLASSES), EXAMPLES),
+            f"target:{VALUE_OUTPUT}": rng.normal(size=EXAMPLES)}
 
 
 def invoke(argv: list[str]):

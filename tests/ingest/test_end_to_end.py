@@ -18,9 +18,10 @@ import keras
 import numpy as np
 import pytest
 from helpers import ServerProcess
-from import_helpers import CLASSES, invoke
+from import_helpers import invoke
 
 from devtools.imported_models import MOBILENET_LABELS, mobilenet_v2, noise_pictures
+from devtools.tiny_models import CLASS_OUTPUT, CLASSES, VALUE_OUTPUT
 from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK
 from kerasport.export.variants import VARIANTS
 from kerasport.manifest import load_manifest, verify_bundle
@@ -187,13 +188,14 @@ def test_two_io_parity_checks_both_outputs(two_io):
     assert two_io.report["task"] == "mixed"
     for name in ("saved_model", *FP32_VARIANTS):
         outputs = candidate(two_io.report, name)["outputs"]
-        klass, amount = outputs["klass"], outputs["amount"]
+        klass, amount = outputs[CLASS_OUTPUT], outputs[VALUE_OUTPUT]
         assert klass["metrics"] == "classification" and amount["metrics"] == "regression", name
         assert {"top1_agreement", "accuracy_delta"} <= set(klass["eval"]), name
         assert "mae_delta" in amount["eval"] and "top1_agreement" not in amount["eval"], name
         assert abs(amount["eval"]["mae_delta"]) <= FP32_ATOL, name
         checks = {check["id"] for check in candidate(two_io.report, name)["checks"]}
-        assert {"accuracy_drop[klass]", "mae_increase[amount]", "max_abs_diff[amount]"} <= checks, name
+        assert {f"accuracy_drop[{CLASS_OUTPUT}]", f"mae_increase[{VALUE_OUTPUT}]",
+                f"max_abs_diff[{VALUE_OUTPUT}]"} <= checks, name
 
 
 def test_two_io_served_v2_infer_with_two_named_inputs(two_io):
@@ -207,7 +209,7 @@ def test_two_io_served_v2_infer_with_two_named_inputs(two_io):
         body = {"inputs": [v2_tensor(name, array) for name, array in inputs.items()]}
         served = v2_outputs(httpx.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=TIMEOUT))
         assert_close(served, expected)
-        assert served["klass"].shape == (2, len(CLASSES))
+        assert served[CLASS_OUTPUT].shape == (2, len(CLASSES))
     finally:
         assert server.stop() == 0
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from import_helpers import CLASSES, invoke, two_io_arrays
+from import_helpers import invoke, two_io_arrays
 
+from devtools.tiny_models import CLASS_OUTPUT, CLASSES
 from kerasport.errors import EXIT_USAGE
 from kerasport.fsutil import sha256_file
 
@@ -51,8 +52,8 @@ CASES = [
     ("eval-lengths", lambda tmp, model: [str(model), "--eval-data",
                                          f"npz:{_npz(tmp / 'e.npz', features=np.zeros((5, 8)))}"], ["lengths"]),
     ("eval-class-index", lambda tmp, model: [str(model), "--eval-data",
-                                             f"npz:{_npz(tmp / 'e.npz', **{'y:klass': np.full(20, 7)})}"],
-     ["'klass'", "0..2"]),
+                                             f"npz:{_npz(tmp / 'e.npz', **{f'y:{CLASS_OUTPUT}': np.full(20, 7)})}"],
+     [f"'{CLASS_OUTPUT}'", "0..2"]),
     ("eval-missing-file", lambda tmp, model: [str(model), "--eval-data", f"npz:{tmp / 'none.npz'}"], ["none.npz"]),
     ("eval-unknown-form", lambda tmp, model: [str(model), "--eval-data", "csv:data.csv"], ["csv:data.csv"]),
     ("eval-images-for-two-inputs", lambda tmp, model: [str(model), "--eval-data", f"images:{tmp}"],

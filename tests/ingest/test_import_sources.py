@@ -9,8 +9,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from import_helpers import CLASSES, EXAMPLES, invoke, invoke_json, mlp_regressor, two_io_arrays, two_io_model
+from import_helpers import EXAMPLES, invoke, invoke_json, mlp_regressor, two_io_arrays
 
+from devtools.tiny_models import CLASS_OUTPUT, CLASSES, VALUE_OUTPUT, two_input_model
 from kerasport.ingest.data import PIXEL_RANGE, SYNTHETIC_EXAMPLES
 from kerasport.ingest.sources import CUSTOM_OBJECTS_FLAG, UNSAFE_FLAG
 from kerasport.int8_recipe import TUNING_ARTIFACT
@@ -37,15 +38,15 @@ def test_two_inputs_two_outputs_keras_file(imported_bundle, two_io_npz):
     arrays = two_io_arrays()
     assert features.kind == "tensor"
     assert features.value_range == (pytest.approx(arrays["features"].min()), pytest.approx(arrays["features"].max()))
-    klass, amount = contract.output("klass"), contract.output("amount")
+    klass, amount = contract.output(CLASS_OUTPUT), contract.output(VALUE_OUTPUT)
     assert (klass.kind, klass.labels, klass.activation) == ("probabilities", CLASSES, "softmax")
     assert (amount.kind, amount.shape, amount.labels) == ("values", (-1, 1), ())
     assert contract.task == "mixed"
 
     samples = load_samples(manifest.artifact("eval_sample").resolve(imported_bundle), contract)
     np.testing.assert_array_equal(samples.inputs["picture"], arrays["picture"])
-    np.testing.assert_array_equal(samples.targets["klass"], arrays["y:klass"])
-    np.testing.assert_allclose(samples.targets["amount"][:, 0], arrays["target:amount"], rtol=1e-6)
+    np.testing.assert_array_equal(samples.targets[CLASS_OUTPUT], arrays[f"y:{CLASS_OUTPUT}"])
+    np.testing.assert_allclose(samples.targets[VALUE_OUTPUT][:, 0], arrays[f"target:{VALUE_OUTPUT}"], rtol=1e-6)
     calibration = load_samples(manifest.artifact("calibration_sample").resolve(imported_bundle), contract)
     np.testing.assert_array_equal(calibration.inputs["features"], arrays["features"])
     assert not calibration.labelled and manifest.artifact("eval_sample").get("synthetic") is False
@@ -94,11 +95,11 @@ def test_h5_without_eval_data_gets_a_generated_sample(models_dir, tmp_path):
 
 def test_saved_model_directory_as_source(models_dir, tmp_path):
     source = models_dir / "exported"
-    two_io_model().export(str(source), verbose=False)
+    two_input_model().export(str(source), verbose=False)
     arrays = two_io_arrays(seed=4)
     # model.export() names its outputs output_0, output_1: those become the contract's names
     np.savez(tmp_path / "eval.npz", picture=arrays["picture"], features=arrays["features"],
-             **{"y:output_0": arrays["y:klass"], "y:output_1": arrays["target:amount"]})
+             **{"y:output_0": arrays[f"y:{CLASS_OUTPUT}"], "y:output_1": arrays[f"target:{VALUE_OUTPUT}"]})
     run = tmp_path / "run"
     summary = invoke_json(["import", str(source), "--run", str(run), "--eval-data", f"npz:{tmp_path / 'eval.npz'}",
                            "--labels", ",".join(CLASSES)])

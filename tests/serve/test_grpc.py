@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import ServerProcess
 
+from devtools.tiny_models import CLASS_OUTPUT, VALUE_OUTPUT, two_input_samples
 from kerasport.errors import EXIT_OK, EXIT_USAGE
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
@@ -258,11 +259,8 @@ def test_sigterm_drains_in_flight_grpc_calls(verified, sample):
 
 
 @pytest.fixture(scope="module")
-def two_inputs(tmp_path_factory):
-    from serve_bundles import two_inputs_bundle, two_inputs_samples
-
-    run = two_inputs_bundle(tmp_path_factory.mktemp("two-inputs-grpc") / "run")
-    return run, two_inputs_samples(4, seed=3)
+def two_inputs(two_inputs_exported):
+    return two_inputs_exported, two_input_samples(4, seed=3)
 
 
 def test_two_inputs_under_workers_equal_http(two_inputs):
@@ -282,7 +280,7 @@ def test_two_inputs_under_workers_equal_http(two_inputs):
                             "data": array.ravel().tolist()} for name, array in samples.inputs.items()]}
         outputs = {o["name"]: o for o in httpx.post(f"{process.url}/v2/models/two-inputs/infer",
                                                      json=body).json()["outputs"]}
-        for name in ("species", "size"):
+        for name in (CLASS_OUTPUT, VALUE_OUTPUT):
             grpc_rows = result.as_numpy(name)
             assert list(grpc_rows.shape) == outputs[name]["shape"]
             np.testing.assert_allclose(grpc_rows.ravel(), outputs[name]["data"], atol=1e-6)

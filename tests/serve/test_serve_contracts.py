@@ -9,11 +9,11 @@ import json
 
 import numpy as np
 import pytest
-import serve_bundles as bundles
 from PIL import Image
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from devtools import tiny_models as bundles
 from kerasport.app.cli import app as cli
 from kerasport.images import decode_image_bytes
 from kerasport.manifest import load_manifest
@@ -25,18 +25,19 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def two_inputs(tmp_path_factory):
-    return bundles.two_inputs_bundle(tmp_path_factory.mktemp("two") / "run")
+def two_inputs(two_inputs_exported):
+    return two_inputs_exported
 
 
 @pytest.fixture(scope="module")
 def regressor(tmp_path_factory):
-    return bundles.regressor_bundle(tmp_path_factory.mktemp("prices") / "run")
+    return bundles.export_formats(bundles.regressor_bundle(tmp_path_factory.mktemp("prices") / "run",
+                                                           eval_examples=16), ["onnx-fp32"])
 
 
 @pytest.fixture(scope="module")
 def rgb(tmp_path_factory):
-    return bundles.rgb_bundle(tmp_path_factory.mktemp("colours") / "run")
+    return bundles.export_formats(bundles.rgb_bundle(tmp_path_factory.mktemp("colours") / "run"), ["onnx-fp32"])
 
 
 def serving(run, variant="onnx-fp32"):
@@ -51,7 +52,7 @@ def in_process(run, variant, inputs):
 
 
 def two_inputs_batch(n=3, seed=5):
-    return bundles.two_inputs_samples(n, seed).inputs
+    return bundles.two_input_samples(n, seed).inputs
 
 
 def v2_json(inputs, **extra):
@@ -75,7 +76,7 @@ def test_two_inputs_v2_json_returns_both_outputs(two_inputs, variant):
     body = response.json()
     assert body["id"] == "a" and [o["name"] for o in body["outputs"]] == model.contract.output_names
     assert {o["name"]: (o["datatype"], o["shape"]) for o in body["outputs"]} == {
-        "species": ("FP32", [3, len(bundles.SPECIES)]), "size": ("FP32", [3, 1])}
+        "species": ("FP32", [3, len(bundles.CLASSES)]), "size": ("FP32", [3, 1])}
     for name, values in outputs_of(body).items():
         np.testing.assert_allclose(values, expected[name], rtol=1e-6, atol=1e-6)
 
@@ -159,7 +160,7 @@ def test_two_inputs_tf_serving_and_metadata(two_inputs):
     assert metadata["inputs"] == [{"name": "picture", "datatype": "FP32", "shape": [-1, *bundles.PICTURE]},
                                   {"name": "features", "datatype": "FP32", "shape": [-1, bundles.FEATURES]}]
     assert [o["name"] for o in metadata["outputs"]] == ["species", "size"]
-    assert metadata["parameters"]["labels"] == {"species": list(bundles.SPECIES)}
+    assert metadata["parameters"]["labels"] == {"species": list(bundles.CLASSES)}
     assert metadata["parameters"]["parity"] == "unverified" and metadata["parameters"]["task"] == "mixed"
     served = signature["signature_def"]["signature_def"]["serving_default"]
     assert sorted(served["inputs"]) == ["features", "picture"] and sorted(served["outputs"]) == ["size", "species"]
@@ -218,7 +219,7 @@ def test_predict_cli_with_two_named_inputs(two_inputs, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["predictions"]
     assert [row["outputs"]["species"]["label"] for row in rows] == [
-        bundles.SPECIES[i] for i in expected["species"].argmax(axis=1)]
+        bundles.CLASSES[i] for i in expected["species"].argmax(axis=1)]
     np.testing.assert_allclose([row["outputs"]["size"]["values"] for row in rows], expected["size"], rtol=1e-5)
     table = runner.invoke(cli, ["predict", "--run", str(two_inputs), "--variant", "onnx-fp32", "--allow-unverified",
                                 "--inputs", f"npz:{tmp_path / 'two.npz'}", "--format", "csv"])
