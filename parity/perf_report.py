@@ -9,63 +9,64 @@ import math
 from kerasport.perf import best_throughput
 
 from .performance import plot_points
+from .results import ParityReport, ProfileSection
 
 TARGET_LABELS = {"server_cpu": "server CPU", "mobile_edge": "mobile / edge", "microcontroller": "microcontroller"}
 PLOT_WIDTH, PLOT_HEIGHT, MARGIN = 640, 360, 56
 FRONT_COLOUR, OTHER_COLOUR, RECOMMENDED_COLOUR = "#1a7f37", "#8c959f", "#cf222e"
 
 
-def recommendation_markdown(report: dict) -> list[str]:
+def recommendation_markdown(report: ParityReport) -> list[str]:
     """report.md's recommendation (first section) and performance table; nothing when neither was made."""
-    recommendation = report.get("recommendation")
+    recommendation = report.recommendation
     if not recommendation:
         return []
     lines = ["## Recommendation", "", "| target | variant | why |", "|---|---|---|"]
     for target, choice in recommendation.items():
-        lines.append(f"| {TARGET_LABELS.get(target, target)} | {choice['variant'] or '–'} | {choice['why']} |")
+        lines.append(f"| {TARGET_LABELS.get(target, target)} | {choice.variant or '–'} | {choice.why} |")
     lines.append("")
-    return lines + performance_markdown(report) + profile_markdown(report.get("profile"))
+    return lines + performance_markdown(report) + profile_markdown(report.profile)
 
 
-def profile_markdown(profile: dict | None) -> list[str]:
+def profile_markdown(profile: ProfileSection | None) -> list[str]:
     """report.md's per-op profile of the server recommendation (nothing when none was taken)."""
     if not profile:
         return []
-    lines = [f"## Per-op profile (server recommendation `{profile['variant']}`)", ""]
-    if "error" in profile:
-        return lines + [f"The profiler failed: {profile['error']}.", ""]
-    if "unavailable" in profile:
-        lines += [f"Not available for `{profile['variant']}`: {profile['unavailable']}.", ""]
-        profile = profile.get("onnx_instead")
+    lines = [f"## Per-op profile (server recommendation `{profile.variant}`)", ""]
+    if profile.error is not None:
+        return lines + [f"The profiler failed: {profile.error}.", ""]
+    if profile.unavailable is not None:
+        lines += [f"Not available for `{profile.variant}`: {profile.unavailable}.", ""]
+        profile = profile.onnx_instead
         if not profile:
             return lines
-        lines += [f"The fastest ONNX candidate, `{profile['variant']}`, instead:", ""]
-    lines += [f"{profile['runtime']}, {profile['runs']} batch-1 runs, {profile['total_us_per_run']:.1f} µs of kernel "
+        lines += [f"The fastest ONNX candidate, `{profile.variant}`, instead:", ""]
+    lines += [f"{profile.runtime}, {profile.runs} batch-1 runs, {profile.total_us_per_run:.1f} µs of kernel "
               f"time per run. The ten slowest nodes:", "",
               "| node | op | Keras layer | µs per run | share |", "|---|---|---|---|---|"]
-    for op in profile["ops"]:
+    for op in profile.ops:
         lines.append(f"| `{op['node']}` | {op['op_type']} | {op['layer'] or '(added by the converter)'} | "
                      f"{op['us_per_run']:.1f} | {op['share']:.1%} |")
-    layers = ", ".join(f"{name} {share:.1%}" for name, share in list(profile["layers"].items())[:6])
+    layers = ", ".join(f"{name} {share:.1%}" for name, share in list(profile.layers.items())[:6])
     return lines + ["", f"By Keras layer (all nodes): {layers}.", ""]
 
 
-def performance_markdown(report: dict) -> list[str]:
-    performance = report.get("performance")
+def performance_markdown(report: ParityReport) -> list[str]:
+    performance = report.performance
     if not performance:
         return ["## Performance", "", "Not measured in this run (`--no-perf`, or KERASPORT_PERF=0): the "
                 "recommendation falls back to a fixed order; `kerasport bench --run DIR` measures.", ""]
-    host = performance["host"]
+    host, settings = performance.host, performance.settings
     versions = ", ".join(f"{name} {version}" for name, version in host["versions"].items() if version)
     lines = ["## Performance", "",
              f"Measured on {host['cpu_model']} ({host['cores']} cores, {host['usable_cores']} usable; "
              f"{host['system']}; "
-             f"Python {host['python']}; {versions}) in {performance['seconds']} s, each candidate in its own process: "
-             f"batch-1 latency over {performance['settings']['latency_runs']} warm runs, throughput at batch "
-             f"{', '.join(map(str, performance['settings']['throughput_batches']))} with 1..n threads.", "",
+             f"Python {host['python']}; {versions}) in {performance.seconds} s, each candidate in its own process: "
+             f"batch-1 latency over {settings['latency_runs']} warm runs, throughput at batch "
+             f"{', '.join(map(str, settings['throughput_batches']))} with 1..n threads.", "",
              "| candidate | p50 ms | p99 ms | load ms | peak RSS MiB (load + 1 answer) | best throughput /s | file MiB "
              "| accuracy Δ pp |", "|---|---|---|---|---|---|---|---|"]
-    for name, figures in performance["candidates"].items():
+    for name, figures in performance.candidates.items():
         delta = figures.get("accuracy_delta")
         delta_text = "–" if delta is None else f"{delta * 100:+.2f}"
         if not figures.get("measured"):
@@ -94,13 +95,14 @@ def _scale(values: list[float], low_px: float, high_px: float, log: bool):
     return position
 
 
-def accuracy_latency_svg(report: dict) -> str | None:
+def accuracy_latency_svg(report: ParityReport) -> str | None:
     """An inline SVG: accuracy Δ (pp) against batch-1 p50 (ms), circle area ∝ file size, Pareto front joined and
     green, the server recommendation ringed red. None without measured candidates."""
     points = plot_points(report)
     if not points:
         return None
-    recommended = ((report.get("recommendation") or {}).get("server_cpu") or {}).get("variant")
+    server = (report.recommendation or {}).get("server_cpu")
+    recommended = server.variant if server else None
     latencies = [point["p50_ms"] for point in points]
     log = max(latencies) / max(min(latencies), 1e-9) > 20
     x = _scale(latencies, MARGIN, PLOT_WIDTH - 16, log)
