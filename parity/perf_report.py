@@ -1,9 +1,8 @@
-"""The recommendation and measured speed in the reports: report.md's sections and report.html's inline SVG plot of
-accuracy Δ against batch-1 latency (point area = file size, the Pareto front marked)."""
+"""The recommendation and measured speed in the reports: report.md's sections, and the geometry of report.html's
+inline SVG plot of accuracy Δ against batch-1 latency (point area = file size, the Pareto front marked)."""
 
 from __future__ import annotations
 
-import html
 import math
 
 from kerasport.perf import best_throughput
@@ -95,9 +94,10 @@ def _scale(values: list[float], low_px: float, high_px: float, log: bool):
     return position
 
 
-def accuracy_latency_svg(report: ParityReport) -> str | None:
-    """An inline SVG: accuracy Δ (pp) against batch-1 p50 (ms), circle area ∝ file size, Pareto front joined and
-    green, the server recommendation ringed red. None without measured candidates."""
+def accuracy_latency_plot(report: ParityReport) -> dict | None:
+    """The geometry of report.html's accuracy-vs-latency SVG (templates/plot.svg.j2): accuracy Δ (pp) against
+    batch-1 p50 (ms), circle area ∝ file size, the Pareto front joined and green, the server recommendation ringed
+    red. None without measured candidates."""
     points = plot_points(report)
     if not points:
         return None
@@ -108,38 +108,15 @@ def accuracy_latency_svg(report: ParityReport) -> str | None:
     x = _scale(latencies, MARGIN, PLOT_WIDTH - 16, log)
     y = _scale([point["delta_pp"] for point in points] + [0.0], PLOT_HEIGHT - MARGIN, 16, False)
     largest = max(point["bytes"] for point in points) or 1
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {PLOT_WIDTH} {PLOT_HEIGHT}" role="img" '
-             f'aria-label="accuracy delta against batch-1 latency" style="max-width:100%;height:auto" '
-             f'font-family="system-ui,sans-serif" font-size="11">',
-             f'<rect x="{MARGIN}" y="16" width="{PLOT_WIDTH - MARGIN - 16}" height="{PLOT_HEIGHT - MARGIN - 16}" '
-             f'fill="none" stroke="#d0d7de"/>',
-             f'<line x1="{MARGIN}" x2="{PLOT_WIDTH - 16}" y1="{y(0.0):.1f}" y2="{y(0.0):.1f}" stroke="#d0d7de" '
-             f'stroke-dasharray="4 3"/>',
-             f'<text x="{(PLOT_WIDTH + MARGIN) / 2:.0f}" y="{PLOT_HEIGHT - 12}" text-anchor="middle">batch-1 latency '
-             f'p50, ms{" (log scale)" if log else ""}</text>',
-             f'<text x="14" y="{(PLOT_HEIGHT - MARGIN) / 2:.0f}" text-anchor="middle" transform="rotate(-90 14 '
-             f'{(PLOT_HEIGHT - MARGIN) / 2:.0f})">accuracy Δ vs reference, pp</text>']
-    for value in sorted({min(latencies), max(latencies)}):
-        parts.append(f'<text x="{x(value):.1f}" y="{PLOT_HEIGHT - MARGIN + 14}" text-anchor="middle">'
-                     f'{value:.3g}</text>')
-    front = sorted((point for point in points if point["pareto"]), key=lambda point: point["p50_ms"])
-    if len(front) > 1:
-        path = " ".join(f"{x(point['p50_ms']):.1f},{y(point['delta_pp']):.1f}" for point in front)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{FRONT_COLOUR}" stroke-width="1.5"/>')
+    circles = []
     for point in points:
         radius = 4 + 14 * math.sqrt(point["bytes"] / largest)
-        colour = FRONT_COLOUR if point["pareto"] else OTHER_COLOUR
-        cx, cy = x(point["p50_ms"]), y(point["delta_pp"])
-        parts.append(f'<circle class="{"pareto" if point["pareto"] else "point"}" cx="{cx:.1f}" cy="{cy:.1f}" '
-                     f'r="{radius:.1f}" fill="{colour}" fill-opacity="0.45" stroke="{colour}"><title>'
-                     f'{html.escape(point["name"])}: {point["p50_ms"]:.3f} ms, {point["delta_pp"]:+.2f} pp, '
-                     f'{point["bytes"]:,} bytes</title></circle>')
-        if point["name"] == recommended:
-            parts.append(f'<circle class="recommended" cx="{cx:.1f}" cy="{cy:.1f}" r="{radius + 4:.1f}" '
-                         f'fill="none" stroke="{RECOMMENDED_COLOUR}" stroke-width="2"/>')
-        parts.append(f'<text x="{cx + radius + 3:.1f}" y="{cy - 3:.1f}">{html.escape(point["name"])}</text>')
-    parts.append("</svg>")
-    legend = (f'<p class="muted">Circle area ∝ file size; <span style="color:{FRONT_COLOUR}">green, joined: the '
-              f'Pareto front</span> (no other candidate is both faster and more accurate); '
-              f'<span style="color:{RECOMMENDED_COLOUR}">ringed: the server CPU recommendation</span>.</p>')
-    return "".join(parts) + legend
+        circles.append({**point, "cx": round(x(point["p50_ms"]), 1), "cy": round(y(point["delta_pp"]), 1),
+                        "r": round(radius, 1), "colour": FRONT_COLOUR if point["pareto"] else OTHER_COLOUR,
+                        "recommended": point["name"] == recommended})
+    front = sorted((circle for circle in circles if circle["pareto"]), key=lambda circle: circle["p50_ms"])
+    return {"width": PLOT_WIDTH, "height": PLOT_HEIGHT, "margin": MARGIN, "log": log, "zero_y": round(y(0.0), 1),
+            "ticks": [{"x": round(x(value), 1), "label": f"{value:.3g}"}
+                      for value in sorted({min(latencies), max(latencies)})],
+            "front": " ".join(f"{circle['cx']},{circle['cy']}" for circle in front) if len(front) > 1 else None,
+            "circles": circles, "front_colour": FRONT_COLOUR, "recommended_colour": RECOMMENDED_COLOUR}
