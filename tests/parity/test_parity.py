@@ -77,7 +77,7 @@ def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
                  "tflite-int8"):
         assert manifest.parity_verdict(name) == Verdict.PASS, name
     assert manifest.stage("parity")["passed"] is True and manifest.stage("parity")["reference"] == "keras"
-    assert "keras" not in result.report["candidates"]
+    assert "keras" not in result.report.candidates
     for output in ("report.json", "report.md", "junit.xml", "errors.png"):
         assert (exported_copy / "parity" / output).is_file()
     require_verified(manifest, "onnx-fp32")  # the serving gate accepts it
@@ -150,7 +150,7 @@ def test_junit_counts_failures(exported_copy):
     suite = root.find("testsuite")
     cases = suite.findall("testcase")
     failed = [case for case in cases if case.find("failure") is not None]
-    assert int(suite.get("tests")) == len(cases) == sum(len(c["checks"]) for c in result.report["candidates"].values())
+    assert int(suite.get("tests")) == len(cases) == sum(len(c.checks) for c in result.report.candidates.values())
     assert int(suite.get("failures")) == len(failed) == len(result.failures) >= 1
     assert {case.get("classname") for case in failed} == {"parity.onnx-fp32"}
     assert all(case.find("failure").get("message") for case in failed)
@@ -200,7 +200,7 @@ def test_tolerance_file_and_option_override(exported_copy):
     strict = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
     assert strict.exit_code == EXIT_CHECK_FAILED
     assert any(f.startswith(("onnx-fp32: max_abs_diff", "tflite-fp32: max_abs_diff")) for f in strict.failures)
-    assert str(exported_copy / "parity.toml") in strict.report["tolerances"]["source"]
+    assert str(exported_copy / "parity.toml") in strict.report.tolerances["source"]
 
     relaxed = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep", "--fp32-atol", "1e-3"])
     assert relaxed.exit_code == EXIT_OK, relaxed.output
@@ -216,7 +216,7 @@ def test_regression_model_parity(regression_trained, tmp_path):
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
     (output,) = load_manifest(run).contract.output_names
-    stats = result.report["candidates"]["onnx-fp32"]["outputs"][output]["eval"]
+    stats = result.report.candidates["onnx-fp32"].eval_stats(output)
     assert {"mae", "reference_mae", "mae_delta", "mae_delta_ci95"} <= set(stats) and abs(stats["mae_delta"]) < 1e-4
     assert "top1_agreement" not in stats
 
