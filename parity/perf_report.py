@@ -4,10 +4,11 @@ inline SVG plot of accuracy Δ against batch-1 latency (point area = file size, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from kerasport.perf import best_throughput
 
-from .performance import plot_points
+from .performance import PlotPoint, plot_points
 from .results import ParityReport, ProfileSection
 
 TARGET_LABELS = {"server_cpu": "server CPU", "mobile_edge": "mobile / edge", "microcontroller": "microcontroller"}
@@ -94,6 +95,18 @@ def _scale(values: list[float], low_px: float, high_px: float, log: bool):
     return position
 
 
+@dataclass(frozen=True)
+class PlotCircle:
+    """A plot point placed on the SVG: centre, radius (area ∝ file size), colour, and whether it is recommended."""
+
+    point: PlotPoint
+    cx: float
+    cy: float
+    r: float
+    colour: str
+    recommended: bool
+
+
 def accuracy_latency_plot(report: ParityReport) -> dict | None:
     """The geometry of report.html's accuracy-vs-latency SVG (templates/plot.svg.j2): accuracy Δ (pp) against
     batch-1 p50 (ms), circle area ∝ file size, the Pareto front joined and green, the server recommendation ringed
@@ -103,20 +116,18 @@ def accuracy_latency_plot(report: ParityReport) -> dict | None:
         return None
     server = (report.recommendation or {}).get("server_cpu")
     recommended = server.variant if server else None
-    latencies = [point["p50_ms"] for point in points]
+    latencies = [point.p50_ms for point in points]
     log = max(latencies) / max(min(latencies), 1e-9) > 20
     x = _scale(latencies, MARGIN, PLOT_WIDTH - 16, log)
-    y = _scale([point["delta_pp"] for point in points] + [0.0], PLOT_HEIGHT - MARGIN, 16, False)
-    largest = max(point["bytes"] for point in points) or 1
-    circles = []
-    for point in points:
-        radius = 4 + 14 * math.sqrt(point["bytes"] / largest)
-        circles.append({**point, "cx": round(x(point["p50_ms"]), 1), "cy": round(y(point["delta_pp"]), 1),
-                        "r": round(radius, 1), "colour": FRONT_COLOUR if point["pareto"] else OTHER_COLOUR,
-                        "recommended": point["name"] == recommended})
-    front = sorted((circle for circle in circles if circle["pareto"]), key=lambda circle: circle["p50_ms"])
+    y = _scale([point.delta_pp for point in points] + [0.0], PLOT_HEIGHT - MARGIN, 16, False)
+    largest = max(point.bytes for point in points) or 1
+    circles = [PlotCircle(point, round(x(point.p50_ms), 1), round(y(point.delta_pp), 1),
+                          round(4 + 14 * math.sqrt(point.bytes / largest), 1),
+                          FRONT_COLOUR if point.pareto else OTHER_COLOUR, point.name == recommended)
+               for point in points]
+    front = sorted((circle for circle in circles if circle.point.pareto), key=lambda circle: circle.point.p50_ms)
     return {"width": PLOT_WIDTH, "height": PLOT_HEIGHT, "margin": MARGIN, "log": log, "zero_y": round(y(0.0), 1),
             "ticks": [{"x": round(x(value), 1), "label": f"{value:.3g}"}
                       for value in sorted({min(latencies), max(latencies)})],
-            "front": " ".join(f"{circle['cx']},{circle['cy']}" for circle in front) if len(front) > 1 else None,
+            "front": " ".join(f"{circle.cx},{circle.cy}" for circle in front) if len(front) > 1 else None,
             "circles": circles, "front_colour": FRONT_COLOUR, "recommended_colour": RECOMMENDED_COLOUR}

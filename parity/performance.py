@@ -3,6 +3,7 @@ the recommendation per target (`kerasport.selection`), the accuracy-Δ-vs-latenc
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kerasport.errors import UsageError
@@ -122,7 +123,18 @@ def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
     return front
 
 
-def plot_points(report: ParityReport) -> list[dict]:
+@dataclass(frozen=True)
+class PlotPoint:
+    """One measured candidate on the accuracy-vs-latency plot."""
+
+    name: str
+    p50_ms: float
+    delta_pp: float  # accuracy Δ in percentage points (agreement loss where unlabelled)
+    bytes: int
+    pareto: bool = False
+
+
+def plot_points(report: ParityReport) -> list[PlotPoint]:
     """The measured candidates as plot points: name, p50 ms, accuracy Δ (pp; agreement loss where unlabelled),
     file bytes, and whether it lies on the Pareto front."""
     rows = []
@@ -136,9 +148,6 @@ def plot_points(report: ParityReport) -> list[dict]:
             agreements = [stats.eval["top1_agreement"] for stats in outputs.values()
                           if "top1_agreement" in (stats.eval or {})]
             delta = (min(agreements) - 1.0) if agreements else 0.0
-        rows.append({"name": name, "p50_ms": figures["latency_ms"]["p50"], "delta_pp": delta * 100,
-                     "bytes": figures["file_bytes"]})
-    front = pareto_front([(row["name"], row["p50_ms"], row["delta_pp"]) for row in rows])
-    for row in rows:
-        row["pareto"] = row["name"] in front
-    return rows
+        rows.append(PlotPoint(name, figures["latency_ms"]["p50"], delta * 100, figures["file_bytes"]))
+    front = pareto_front([(row.name, row.p50_ms, row.delta_pp) for row in rows])
+    return [replace(row, pareto=row.name in front) for row in rows]
