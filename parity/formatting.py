@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable
 from functools import cache
 
+from kerasport.verdict import Verdict
+
 MISSING = "–"
 KIB = 1024
 
@@ -110,6 +112,22 @@ def training_fact(key: str, value) -> str:
     return number(value, 4)
 
 
+def verdict_style(value) -> str:
+    """The page's CSS class for a verdict: shippable (pass, reference) green, fail / error red, the rest muted."""
+    try:
+        verdict = Verdict(value)
+    except ValueError:  # a word an older manifest may hold: shown, not coloured
+        return "muted"
+    if verdict.shippable:
+        return str(Verdict.PASS)
+    return str(Verdict.FAIL) if verdict in (Verdict.FAIL, Verdict.ERROR) else "muted"
+
+
+def verdict_of(passed: bool | None) -> Verdict:
+    """PASS for a check that passed, else FAIL (a missing figure did not pass)."""
+    return Verdict.of_checks([bool(passed)])
+
+
 FILTERS = {"percent": percent, "points": points, "scientific": scientific, "number": number, "signed": signed,
            "fixed": fixed, "count": count, "size": size, "duration": duration, "milliseconds": milliseconds}
 
@@ -128,5 +146,6 @@ def template_environment():
                                      autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     environment.filters.update(FILTERS)
-    environment.globals.update(training_fact=training_fact, MISSING=MISSING)
+    environment.globals.update(training_fact=training_fact, verdict_style=verdict_style, verdict_of=verdict_of,
+                               MISSING=MISSING)
     return environment
