@@ -99,6 +99,28 @@ def milliseconds(value: float) -> str:
     return f"{value:.3g} ms"
 
 
+def prose(text):
+    """A message as HTML: escaped, with its `command` spans (the code's own convention in messages) as <code>."""
+    from markupsafe import Markup, escape
+
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: nothing to mark up
+        return escape(text)
+    return Markup("").join(escape(part) if index % 2 == 0 else Markup("<code>%s</code>") % part
+                           for index, part in enumerate(parts))
+
+
+def timestamp(value: str) -> str:
+    """An ISO 8601 UTC time as people read it: "2026-12-04T18:25:52+00:00" -> "2026-12-04 18:25:52 UTC"."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def training_fact(key: str, value) -> str:
     """One figure of train/metrics.json for people: accuracies as %, counts grouped, the fit time as a duration."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -129,7 +151,8 @@ def verdict_of(passed: bool | None) -> Verdict:
 
 
 FILTERS = {"percent": percent, "points": points, "scientific": scientific, "number": number, "signed": signed,
-           "fixed": fixed, "count": count, "size": size, "duration": duration, "milliseconds": milliseconds}
+           "fixed": fixed, "count": count, "size": size, "duration": duration, "milliseconds": milliseconds,
+           "prose": prose, "timestamp": timestamp}
 
 
 @cache

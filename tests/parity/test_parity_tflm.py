@@ -193,9 +193,9 @@ def test_tflm_runs_a_sample_and_full_on_request_with_the_same_checks(edge_copy, 
     full = load_manifest(full_run).parity_verdict("tflm"), (full_run / "parity" / "report.json").read_text()
     assert full[0] == "pass" and '"mode": "full"' in full[1] and '"sampled_checks": []' in full[1]
     full_tflm = json.loads(full[1])["candidates"]["tflm"]
-    assert [c["id"] for c in full_tflm["checks"]] == [c["id"] for c in tflm["checks"]]
+    assert [c["id"] for c in full_tflm["checks"]] == [c.id for c in tflm.checks]
     assert full_tflm["outputs"]["probabilities"]["eval"]["top1_agreement"] == \
-        tflm["outputs"]["probabilities"]["eval"]["top1_agreement"]
+        tflm.eval_stats("probabilities")["top1_agreement"]
     bad = runner.invoke(app, ["parity", "--run", str(full_run), "--tflm", "most"])
     assert bad.exit_code == EXIT_USAGE and "--tflm 'most'" in bad.output
 

@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from kerasport.manifest import Manifest
-from kerasport.parity.formatting import count, duration, milliseconds, percent, points, scientific, training_fact
+from kerasport.parity.formatting import (
+    count,
+    duration,
+    milliseconds,
+    percent,
+    points,
+    prose,
+    scientific,
+    timestamp,
+    training_fact,
+)
 from kerasport.parity.html import SECTIONS, contract_summary, render_page
 from kerasport.parity.reports import junit_xml, markdown, summary_lines
 from kerasport.parity.results import Check, ParityReport
@@ -141,6 +151,10 @@ def test_numbers_and_labels_are_written_for_people():
     assert training_fact("parameters", 12038154) == "12,038,154" == count(12038154)
     assert training_fact("fit_seconds", 754.2) == "12 min 34 s"
     assert points(-0.0012) == "-0.12 pp" and points(None) == "–"
+    assert timestamp("2026-12-04T18:25:52+00:00") == "2026-12-04 18:25:52 UTC"
+    assert str(prose("run `kerasport bench --run <DIR>` & see")) == (
+        "run <code>kerasport bench --run &lt;DIR&gt;</code> &amp; see")
+    assert str(prose("an unpaired ` <stays> text")) == "an unpaired ` &lt;stays&gt; text"
     described = contract_summary(manifest().contract)
     (output,) = described["outputs"]
     assert output == "probabilities: batch × 3"  # the kind is the name: said once
