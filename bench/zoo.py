@@ -221,14 +221,15 @@ def run_one(name: str, formats: list[str], epochs: int, examples: int, work: Pat
     parity_seconds = time.perf_counter() - ready - export_seconds
     rows = []
     for row in exported.rows:
-        candidate = parity.report.get("candidates", {}).get(row["variant"], {})
-        outputs = candidate.get("outputs", {}).get(output_name, {})
+        candidate = parity.report.candidates.get(row["variant"])
+        stats = (candidate.eval_stats(output_name) if candidate else None) or {}
         rows.append({"variant": row["variant"], "status": row["status"], "export_seconds": row["seconds"],
-                     "verdict": candidate.get("verdict"), "parity_seconds": candidate.get("seconds"),
-                     "max_abs_diff": outputs.get("eval", {}).get("max_abs_diff"),
+                     "verdict": candidate.verdict if candidate else None,
+                     "parity_seconds": candidate.seconds if candidate else None,
+                     "max_abs_diff": stats.get("max_abs_diff"),
                      "rung": exported.manifest.artifact(row["variant"]).get("rung"),
-                     "why": [f"{check['id']}: {check['message']}" for check in candidate.get("checks", [])
-                             if not check["passed"]][:2]})
+                     "why": [f"{check.id}: {check.message}" for check in
+                             (candidate.failed_checks() if candidate else [])][:2]})
     return {"model": name, "input": list(contract.inputs[0].shape), "train_accuracy": round(accuracy, 3),
             "head_scale": factor,
             "near_tie_share": round(near_ties, 3), "tie_margin": tie_margin, "rows": rows,

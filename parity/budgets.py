@@ -15,6 +15,7 @@ from kerasport.devices import KIB, device
 from kerasport.errors import UsageError
 
 from .checks import Checks
+from .results import BudgetRow, BudgetsSection, MicrocontrollerSection, ParityReport
 
 BUDGET_CLASS = "budget"
 KIND_LABEL = {"flash": "flash", "ram": "RAM"}
@@ -66,10 +67,10 @@ def _kib(value: int) -> str:
     return f"{value / KIB:.1f} KiB"
 
 
-def _budget_check(budget: Budget, section: dict, checks: Checks) -> dict:
-    arena = section["arena"]
+def _budget_check(budget: Budget, section: MicrocontrollerSection, checks: Checks) -> BudgetRow:
+    arena = section.arena
     if budget.kind == "flash":
-        used, what = section["flash_bytes"], f"the model takes {_kib(section['flash_bytes'])} of flash"
+        used, what = section.flash_bytes, f"the model takes {_kib(section.flash_bytes)} of flash"
     elif arena.get("measured"):
         used = arena["reserve_bytes"]
         what = (f"the tensor arena to reserve is {_kib(used)} ({arena['used_bytes']} bytes measured + "
@@ -85,64 +86,63 @@ def _budget_check(budget: Budget, section: dict, checks: Checks) -> dict:
     else:
         passed, message = False, f"{label}: {what}, over {limit} by {_kib(used - budget.limit_bytes)}"
     checks.add(f"budget_{budget.kind}", passed, message)
-    return {"kind": budget.kind, "limit_bytes": budget.limit_bytes, "origin": budget.origin, "used_bytes": used,
-            "passed": passed, "message": message}
+    return BudgetRow(budget.kind, budget.limit_bytes, budget.origin, used, passed, message)
 
 
-def apply_budgets(report: dict, budgets: list[Budget], device_name: str | None = None) -> None:
+def apply_budgets(report: ParityReport, budgets: list[Budget], device_name: str | None = None) -> None:
     """Judge each budget against the `tflm` candidate's flash and arena; record checks, failures and the verdict."""
     if not budgets:
         return
-    section = report["candidates"][TFLM_ARTIFACT]["microcontroller"]
+    section = report.candidates[TFLM_ARTIFACT].microcontroller
     checks = Checks()
     rows = [_budget_check(budget, section, checks) for budget in budgets]
-    report["budgets"] = {"device": device_name, "budgets": rows, "checks": checks.records}
-    failed = [f"{BUDGET_CLASS}: {record['id']} — {record['message']}" for record in checks.records
-              if not record["passed"]]
-    report["failures"] += failed
-    report["passed"] = report["passed"] and not failed
+    report.budgets = BudgetsSection(device_name, rows, checks.records)
+    failed = [f"{BUDGET_CLASS}: {record.id} — {record.message}" for record in checks.records if not record.passed]
+    report.failures += failed
+    report.passed = report.passed and not failed
 
 
 def _mark(value: bool | None) -> str:
     return "?" if value is None else ("yes" if value else "**no**")
 
 
-def fit_markdown(report: dict) -> list[str]:
+def fit_markdown(report: ParityReport) -> list[str]:
     """report.md's microcontroller section: flash, arena, MACs, TFLM vs LiteRT, fit per device, budgets."""
-    result = report["candidates"].get(TFLM_ARTIFACT)
+    result = report.candidates.get(TFLM_ARTIFACT)
     if result is None:
         return []
-    section = result["microcontroller"]
+    section = result.microcontroller
     lines = ["## Microcontroller (tflm)", ""]
-    if result.get("skipped"):
-        lines += [f"> **TFLite Micro candidate skipped: {result['skipped']}.**", ""]
-    lines += [f"- {line}" for line in _facts(section)] + [""]
-    for label, outputs in result.get("vs_litert", {}).items():
+    if result.skipped:
+        lines += [f"> **TFLite Micro candidate skipped: {result.skipped}.**", ""]
+    lines += [f"- {line}" for line in microcontroller_facts(section)] + [""]
+    for label, outputs in (result.vs_litert or {}).items():
         for output, row in outputs.items():
             agreement = f", top-1 agreement {row['top1_agreement']:.4f}" if "top1_agreement" in row else ""
             steps = f" ({row['steps']:g} output steps)" if row["steps"] is not None else ""
             lines.append(f"- TFLM vs LiteRT {label}, `{output}`: max |diff| {row['max_abs_diff']:.3g}{steps}"
                          f"{agreement}")
-    if result.get("vs_litert"):
+    if result.vs_litert:
         lines.append("")
     lines += ["| device | core | flash | SRAM | flash used | SRAM used (arena reserve) | fits |",
               "|---|---|---|---|---|---|---|"]
-    for key, fit in section["fit"].items():
+    for key, fit in section.fit.items():
         ram_share = "–" if fit["ram_share"] is None else f"{fit['ram_share']:.1%} {_mark(fit['ram'])}"
         lines.append(f"| {key}: {fit['name']} | {fit['core']} | {_kib(fit['flash_bytes'])} | "
                      f"{_kib(fit['ram_bytes'])} | {fit['flash_share']:.1%} {_mark(fit['flash'])} | {ram_share} | "
                      f"{_mark(fit['fits'])} |")
-    lines += ["", "Sources: " + "; ".join(sorted({f"{key}: {fit['source']}" for key, fit in section['fit'].items()}))
+    lines += ["", "Sources: " + "; ".join(sorted({f"{key}: {fit['source']}" for key, fit in section.fit.items()}))
               + ". Whole-part figures: the firmware's own flash and RAM come on top.", ""]
-    if "budgets" in report:
-        lines += ["### Budgets", ""] + [f"- {'✅' if row['passed'] else '❌'} {row['message']}"
-                                        for row in report["budgets"]["budgets"]] + [""]
+    if report.budgets:
+        lines += ["### Budgets", ""] + [f"- {'✅' if row.passed else '❌'} {row.message}"
+                                        for row in report.budgets.budgets] + [""]
     return lines
 
 
-def _facts(section: dict) -> list[str]:
-    arena, macs = section["arena"], section.get("macs")
-    facts = [f"flash: {section['flash_bytes']} bytes ({_kib(section['flash_bytes'])}) of int8 flatbuffer"]
+def microcontroller_facts(section: MicrocontrollerSection) -> list[str]:
+    """The tflm artifact's flash, tensor arena, MACs and op resolver, one sentence each."""
+    arena, macs = section.arena, section.macs
+    facts = [f"flash: {section.flash_bytes} bytes ({_kib(section.flash_bytes)}) of int8 flatbuffer"]
     if arena.get("measured"):
         facts.append(f"tensor arena: {arena['used_bytes']} bytes measured ({arena.get('tflite_micro', '')}); "
                      f"reserve {arena['reserve_bytes']} bytes — {arena['why']}")
@@ -150,33 +150,33 @@ def _facts(section: dict) -> list[str]:
         facts.append(f"tensor arena: not measured ({arena.get('why')})")
     if macs:
         facts.append(f"MACs per inference: {macs['total']:,} ({macs['what']})")
-    resolver = section.get("op_resolver")
+    resolver = section.op_resolver
     if resolver:
         facts.append(f"op resolver: MicroMutableOpResolver<{resolver['size']}> with "
                      f"{', '.join(call + '()' for call in resolver['calls'])}")
     return facts
 
 
-def fit_lines(report: dict) -> list[str]:
+def fit_lines(report: ParityReport) -> list[str]:
     """The console's microcontroller summary: flash, arena, MACs, one line per device, and the budgets."""
-    result = report["candidates"].get(TFLM_ARTIFACT)
+    result = report.candidates.get(TFLM_ARTIFACT)
     if result is None:
         return []
-    section = result["microcontroller"]
-    arena = section["arena"]
+    section = result.microcontroller
+    arena = section.arena
     lines = []
-    if result.get("skipped"):
-        lines.append(f"  skipped: tflm ({result['skipped']})")
-    macs = section.get("macs") or {}
-    text = f"  tflm: flash {_kib(section['flash_bytes'])}, "
+    if result.skipped:
+        lines.append(f"  skipped: tflm ({result.skipped})")
+    macs = section.macs or {}
+    text = f"  tflm: flash {_kib(section.flash_bytes)}, "
     text += (f"arena {arena['used_bytes']} B measured, reserve {_kib(arena['reserve_bytes'])}"
              if arena.get("measured") else "arena not measured")
     lines.append(text + (f", {macs['total']:,} MACs per inference" if macs else ""))
-    for key, fit in section["fit"].items():
+    for key, fit in section.fit.items():
         flash = f"flash {'ok' if fit['flash'] else 'NO':<2} ({fit['flash_share']:6.1%})"
         ram = "RAM ?" if fit["ram"] is None else f"RAM {'ok' if fit['ram'] else 'NO':<2} ({fit['ram_share']:6.1%})"
         verdict = {True: "fits", False: "does not fit", None: "unknown"}[fit["fits"]]
         lines.append(f"    {key:<10} {flash}  {ram}  {verdict}")
     # failing budgets are among the FAIL lines already
-    lines += [f"  budget ok: {row['message']}" for row in report.get("budgets", {}).get("budgets", []) if row["passed"]]
+    lines += [f"  budget ok: {row.message}" for row in (report.budgets.budgets if report.budgets else []) if row.passed]
     return lines

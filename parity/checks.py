@@ -24,6 +24,7 @@ from kerasport.contract import ModelContract, OutputSpec
 from kerasport.tolerances import Tolerance, bound_excess, noise_floors
 from kerasport.verdict import Verdict
 
+from .results import Check, OutputResult
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
 
 LOAD_CHECK = "loads_and_runs"
@@ -33,22 +34,21 @@ class Checks:
     """The list of checks one candidate collects, as report records."""
 
     def __init__(self) -> None:
-        self.records: list[dict] = []
+        self.records: list[Check] = []
 
     def add(self, check: str, passed: bool, message: str, output: str | None = None) -> bool:
-        self.records.append({"check": check, "id": f"{check}[{output}]" if output else check,
-                             "output": output, "passed": bool(passed), "message": message})
+        self.records.append(Check.of(check, passed, message, output))
         return bool(passed)
 
     @property
-    def verdict(self) -> str:
-        return Verdict.of_checks([record["passed"] for record in self.records])
+    def verdict(self) -> Verdict:
+        return Verdict.of_checks([record.passed for record in self.records])
 
     def failed_ids(self) -> list[str]:
-        return [record["id"] for record in self.records if not record["passed"]]
+        return [record.id for record in self.records if not record.passed]
 
 
-def load_error(message: str) -> list[dict]:
+def load_error(message: str) -> list[Check]:
     """The one check record of a candidate that would not load or run."""
     checks = Checks()
     checks.add(LOAD_CHECK, False, message)
@@ -56,7 +56,7 @@ def load_error(message: str) -> list[dict]:
 
 
 def judge(contract: ModelContract, tolerance: Tolerance, reference: Reference, outputs: Outputs,
-          targets: Mapping[str, np.ndarray]) -> tuple[dict[str, dict], Checks]:
+          targets: Mapping[str, np.ndarray]) -> tuple[dict[str, OutputResult], Checks]:
     """Compare every output of a candidate with the reference.
 
     Args:
@@ -85,10 +85,10 @@ def _shapes_match(name: str, reference: Reference, outputs: Outputs) -> bool:
 
 
 def _judge_output(spec: OutputSpec, tolerance: Tolerance, reference: Reference, outputs: Outputs,
-                  targets: np.ndarray | None, checks: Checks) -> dict:
+                  targets: np.ndarray | None, checks: Checks) -> OutputResult:
     name = spec.name
-    result = {"kind": spec.kind, "metrics": "classification" if spec.is_classification else "regression",
-              "labelled": targets is not None}
+    result = OutputResult(spec.kind, "classification" if spec.is_classification else "regression",
+                          labelled=targets is not None)
     expected_shape = list(reference.outputs.eval[name].shape[1:])
     if not checks.add("dynamic_batch", _shapes_match(name, reference, outputs),
                       f"batch sizes {list(EDGE_BATCH_SIZES)} and the eval slice gave shapes "
@@ -98,9 +98,9 @@ def _judge_output(spec: OutputSpec, tolerance: Tolerance, reference: Reference, 
     finite = np.isfinite(outputs.eval[name]).all() and all(
         np.isfinite(outputs.edge[b][name]).all() for b in EDGE_BATCH_SIZES)
     checks.add("finite", finite, "every value is finite" if finite else "NaN or Inf in the outputs", name)
-    result["eval"] = error_statistics(reference.outputs.eval[name], outputs.eval[name])
-    result["edge"] = {str(b): error_statistics(reference.outputs.edge[b][name], outputs.edge[b][name])
-                      for b in EDGE_BATCH_SIZES}
+    result.eval = error_statistics(reference.outputs.eval[name], outputs.eval[name])
+    result.edge = {str(b): error_statistics(reference.outputs.edge[b][name], outputs.edge[b][name])
+                   for b in EDGE_BATCH_SIZES}
     _check_bound(spec, tolerance, reference, outputs, result, checks)
     if spec.is_classification:
         _check_classification(spec, tolerance, reference, outputs, targets, result, checks)
@@ -109,7 +109,8 @@ def _judge_output(spec: OutputSpec, tolerance: Tolerance, reference: Reference, 
     return result
 
 
-def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, outputs: Outputs, result: dict,
+def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, outputs: Outputs,
+                 result: OutputResult,
                  checks: Checks) -> None:
     if tolerance.atol is None:
         return
@@ -124,20 +125,20 @@ def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, o
     noise_name = {"fp16_weights": "the reference's own error with float16-rounded weights",
                   "float32_error": "the reference's own float32 error (vs float64, or batch order if larger)"}.get(
         tolerance.noise_source, "the reference's own batch-order noise")
-    worst_edge = max(stats["max_abs_diff"] for stats in result["edge"].values())
+    worst_edge = max(stats["max_abs_diff"] for stats in result.edge.values())
     checks.add("max_abs_diff", eval_excess <= 0 and edge_excess <= 0,
-               f"max |diff| {result['eval']['max_abs_diff']:.3g} on the eval inputs (allowed {allowed_eval:.3g}), "
+               f"max |diff| {result.eval['max_abs_diff']:.3g} on the eval inputs (allowed {allowed_eval:.3g}), "
                f"{worst_edge:.3g} on edge inputs (allowed {allowed_edge:.3g}); bound = max(atol {tolerance.atol:g}, "
                f"{tolerance.noise_multiple:g} x {noise_name})"
                + (f" + {rtol:g}·|reference|" if rtol else ""), name)
 
 
 def _check_classification(spec: OutputSpec, tolerance: Tolerance, reference: Reference, outputs: Outputs,
-                          targets: np.ndarray | None, result: dict, checks: Checks) -> None:
+                          targets: np.ndarray | None, result: OutputResult, checks: Checks) -> None:
     ref_scores = class_scores(reference.outputs.eval[spec.name], spec.kind)
     cand_scores = class_scores(outputs.eval[spec.name], spec.kind)
     stats = agreement_statistics(ref_scores, cand_scores, tolerance.tie_margin)
-    result["eval"].update(stats)
+    result.eval.update(stats)
     checks.add("top1_agreement", stats["decisive_agreement"] >= tolerance.min_agreement,
                f"top-1 agreement {stats['decisive_agreement']:.4f} on {stats['decisive_examples']} decisive "
                f"examples (reference top-2 margin >= {tolerance.tie_margin:g}); raw {stats['top1_agreement']:.4f} "
@@ -146,7 +147,7 @@ def _check_classification(spec: OutputSpec, tolerance: Tolerance, reference: Ref
     if targets is None:
         return
     accuracy = accuracy_statistics(ref_scores, cand_scores, targets)
-    result["eval"].update(accuracy)
+    result.eval.update(accuracy)
     if tolerance.max_accuracy_drop is not None:
         drop = -accuracy["accuracy_delta"]
         checks.add("accuracy_drop", drop <= tolerance.max_accuracy_drop + 1e-12,
@@ -156,9 +157,9 @@ def _check_classification(spec: OutputSpec, tolerance: Tolerance, reference: Ref
 
 
 def _check_regression(name: str, tolerance: Tolerance, reference: Reference, outputs: Outputs,
-                      targets: np.ndarray, result: dict, checks: Checks) -> None:
+                      targets: np.ndarray, result: OutputResult, checks: Checks) -> None:
     stats = regression_statistics(reference.outputs.eval[name], outputs.eval[name], targets)
-    result["eval"].update(stats)
+    result.eval.update(stats)
     if tolerance.max_mae_increase is not None:
         checks.add("mae_increase", stats["mae_relative_increase"] <= tolerance.max_mae_increase + 1e-12,
                    f"MAE {stats['mae']:.4g} vs reference {stats['reference_mae']:.4g} "

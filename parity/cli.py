@@ -26,7 +26,7 @@ def parity_command(
     result = run_parity(args.options(), console=out)
     print_parity_summary(out, result)
     if json_output:
-        typer.echo(json.dumps(result.report, default=float))
+        typer.echo(json.dumps(result.report.to_dict(), default=float))
     if result.exit_code:
         first = result.failures[0] if result.failures else "see the report"
         raise fail(f"parity gate failed ({len(result.failures)} failing checks; first: {first}); "

@@ -34,6 +34,7 @@ from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import load_samples
 from kerasport.verdict import Verdict
 
+from .results import Check, DriftPolicyRecord, DriftSection, ParityReport, ReleaseRef
 from .runners import RUNTIME_FORMATS, KerasRunner, SavedModelRunner, run_batched
 
 DRIFT_CLASS = "drift"
@@ -130,7 +131,7 @@ def _runner(run_dir: Path, manifest: Manifest, name: str):
 
 
 def compare_releases(baseline: Baseline, run_dir: Path, manifest: Manifest, current_keras=None, *,
-                     console=None) -> tuple[dict, dict[str, bytes]]:
+                     console=None) -> tuple[DriftSection, dict[str, bytes]]:
     """Run both releases on the baseline's eval slice and compare them.
 
     Args:
@@ -156,21 +157,20 @@ def compare_releases(baseline: Baseline, run_dir: Path, manifest: Manifest, curr
         for output, stats in models[name].items():
             for check in policy_checks(name, output, stats, baseline.policy):
                 checks.append(check)
-                if not check["passed"]:
-                    failures.append(f"drift {name}: {check['id']} — {check['message']}")
+                if not check.passed:
+                    failures.append(f"drift {name}: {check.id} — {check.message}")
         sheet = contact_sheet(contract, baseline.inputs, models[name], name)
         if sheet is not None:
             files[f"{SHEET_PREFIX}{name}.png"] = sheet
             models[name]["contact_sheet"] = f"{SHEET_PREFIX}{name}.png"
         if console is not None:
             console.print(drift_line(name, models[name]))
-    section = {"baseline": {"run": str(baseline.run_dir), "name": baseline.manifest.name,
-                            "version": baseline.manifest.version},
-               "current": {"run": str(run_dir), "name": manifest.name, "version": manifest.version},
-               "inputs": baseline.sample, "policy": {"max_accuracy_drop": baseline.policy.max_accuracy_drop,
-                                                     "max_flips": baseline.policy.max_flips},
-               "models": models, "checks": checks, "failures": failures, "passed": not failures,
-               "seconds": round(time.perf_counter() - started, 2)}
+    section = DriftSection(
+        baseline=ReleaseRef(str(baseline.run_dir), baseline.manifest.name, baseline.manifest.version),
+        current=ReleaseRef(str(run_dir), manifest.name, manifest.version),
+        inputs=baseline.sample, policy=DriftPolicyRecord(baseline.policy.max_accuracy_drop, baseline.policy.max_flips),
+        models=models, checks=checks, failures=failures, passed=not failures,
+        seconds=round(time.perf_counter() - started, 2))
     return section, files
 
 
@@ -227,7 +227,7 @@ def kolmogorov_survival(x: float) -> float:
     return float(min(1.0, max(0.0, 2 * total)))
 
 
-def policy_checks(name: str, output: str, stats: dict, policy: DriftPolicy) -> list[dict]:
+def policy_checks(name: str, output: str, stats: dict, policy: DriftPolicy) -> list[Check]:
     """The drift checks of one compared model and output: flips and (with targets) the accuracy drop."""
     if "flips" not in stats:
         return []
@@ -250,8 +250,8 @@ def policy_checks(name: str, output: str, stats: dict, policy: DriftPolicy) -> l
     return checks
 
 
-def _check(check: str, where: str, passed: bool, message: str) -> dict:
-    return {"check": check, "id": f"{check}[{where}]", "output": where, "passed": bool(passed), "message": message}
+def _check(check: str, where: str, passed: bool, message: str) -> Check:
+    return Check.of(check, passed, message, where)
 
 
 def drift_line(name: str, outputs: dict) -> str:
@@ -307,20 +307,20 @@ def contact_sheet(contract: ModelContract, inputs: dict[str, np.ndarray], output
     return buffer.getvalue()
 
 
-def drift_markdown(report: dict) -> list[str]:
+def drift_markdown(report: ParityReport) -> list[str]:
     """report.md's drift section."""
-    section = report.get("drift")
+    section = report.drift
     if not section:
         return []
-    base, sample, policy = section["baseline"], section["inputs"], section["policy"]
-    lines = [f"## Drift against the baseline `{base['name']}` {base['version']} ({base['run']})", "",
+    base, sample, policy = section.baseline, section.inputs, section.policy
+    lines = [f"## Drift against the baseline `{base.name}` {base.version} ({base.run})", "",
              f"Pinned inputs: the baseline's eval slice `{sample['path']}` ({sample['examples']} examples, "
              f"`{sample['sha256'][:12]}…`, {sample['verified']}). Policy: max accuracy drop "
-             f"{_limit(policy['max_accuracy_drop'], pp=True)}, max flips {_limit(policy['max_flips'])}. "
-             f"**{Verdict.of_checks([section['passed']]).headline}.**", "",
+             f"{_limit(policy.max_accuracy_drop, pp=True)}, max flips {_limit(policy.max_flips)}. "
+             f"**{Verdict.of_checks([section.passed]).headline}.**", "",
              "| model | output | flips | accuracy baseline → current (Δ, 95 % CI) | MAE baseline → current | "
              "mean ± std baseline → current | KS (p) |", "|---|---|---|---|---|---|---|"]
-    for name, outputs in section["models"].items():
+    for name, outputs in section.models.items():
         for output, stats in outputs.items():
             if not isinstance(stats, dict):
                 continue
@@ -328,9 +328,9 @@ def drift_markdown(report: dict) -> list[str]:
                          f"{_shift(stats['shift'])} | {stats['shift']['ks_statistic']:.3f} "
                          f"({stats['shift']['ks_p_value']:.2g}) |")
     lines.append("")
-    if section["failures"]:
-        lines += ["Breaches:", ""] + [f"- {failure}" for failure in section["failures"]] + [""]
-    for name, outputs in section["models"].items():
+    if section.failures:
+        lines += ["Breaches:", ""] + [f"- {failure}" for failure in section.failures] + [""]
+    for name, outputs in section.models.items():
         if outputs.get("contact_sheet"):
             lines += [f"![{name}: flipped examples]({outputs['contact_sheet']})", ""]
     return lines
@@ -370,11 +370,11 @@ def _shift(shift: dict) -> str:
             f"{shift['std']:.3g}")
 
 
-def drift_summary(report: dict) -> list[str]:
+def drift_summary(report: ParityReport) -> list[str]:
     """Console summary lines of the drift section."""
-    section = report.get("drift")
+    section = report.drift
     if not section:
         return []
-    lines = [f"drift {Verdict.of_checks([section['passed']]).headline} against {section['baseline']['run']}: "
-             f"{len(section['models'])} models on {section['inputs']['examples']} pinned examples"]
-    return lines + [f"  BREACH {failure}" for failure in section["failures"]]
+    lines = [f"drift {Verdict.of_checks([section.passed]).headline} against {section.baseline.run}: "
+             f"{len(section.models)} models on {section.inputs['examples']} pinned examples"]
+    return lines + [f"  BREACH {failure}" for failure in section.failures]

@@ -1,12 +1,13 @@
-"""`<run>/report.html`: the whole release candidate on one self-contained page.
+"""`<run>/report.html`: the whole release candidate on one self-contained page, rendered from Jinja2 templates.
 
-Sections (each always present, saying so when its data is missing): summary, training curves and learning rate
-(`train/history.csv`), confusion matrix (`train/metrics.json`), the parity tables with verdicts, error histograms,
-the runtime-settings sweep, the per-layer explanation, drift against a baseline, the microcontroller budgets, and
-versions and hashes. The parity, sweep, explain, drift and budget sections are report.md's own sections rendered to
-HTML (one source for both); the charts are drawn here with matplotlib (Agg). Every image is embedded as a `data:`
-URI, the CSS is inline and there is no script: the page needs no network and shows the same offline, and a
-viewport meta tag with fluid tables and images keeps it readable on a phone. Written by `kerasport parity` at the
+Sections (each always present, saying so when its data is missing): summary, recommendation and speed, training
+curves and learning rate (`train/history.csv`), confusion matrix (`train/metrics.json`), the parity tables with
+verdicts, the int8 recipes, error histograms, the runtime-settings sweep, the per-layer explanation, drift against
+a baseline, the microcontroller budgets, and versions and hashes. Every parity section is rendered from the
+`ParityReport` records of report.json (`results.py`) by the templates in `templates/` (autoescaped), with numbers
+formatted for people (`formatting.py`); the charts are drawn here with matplotlib (Agg). Every image is embedded as
+a `data:` URI, the CSS is inline and there is no script: the page needs no network and shows the same offline, and
+a viewport meta tag with fluid tables and images keeps it readable on a phone. Written by `kerasport parity` at the
 end of a run; `kerasport report --run DIR` writes it again from the bundle's files.
 """
 
@@ -14,22 +15,25 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kerasport.bundle import Stage
+from kerasport.contract import ModelContract
 from kerasport.fsutil import atomic_path
 from kerasport.manifest import Manifest, load_manifest
-from kerasport.verdict import Verdict
+
+from .results import ParityReport
 
 REPORT_NAME = "report.html"
 PARITY_DIR = Stage.PARITY.folder
 TRAIN_DIR = Stage.TRAIN.folder
+TEMPLATE = "report.html.j2"
+ERRORS_PNG = "errors.png"
 HISTOGRAM_LOG10_EDGES = tuple(np.arange(-12.0, 1.5, 0.5).round(1))  # |diff| from 1e-12 to 10, half decades
 HISTOGRAM_FLOOR = 1e-12
 SECTIONS = (("summary", "Summary"), ("recommendation", "Recommendation and speed"),
@@ -38,38 +42,22 @@ SECTIONS = (("summary", "Summary"), ("recommendation", "Recommendation and speed
             ("sweep", "Runtime settings sweep"),
             ("explain", "Layer by layer"), ("drift", "Drift against the last release"),
             ("budgets", "Microcontroller budgets"), ("versions", "Versions and hashes"))
-# report.md's level-2 headings, by the page section they belong to
-MARKDOWN_SECTIONS = (("Runtime settings sweep", "sweep"), ("Microcontroller", "budgets"), ("Explain", "explain"),
-                     ("Drift", "drift"), ("int8 recipes", "recipes"), ("Recommendation", "recommendation"),
-                     ("Performance", "recommendation"), ("Per-op profile", "recommendation"))
+# train/metrics.json's figures shown under the training curves, in this order
+TRAINING_FACTS = {"epochs_run": "epochs run", "best_epoch": "best epoch", "test_accuracy": "test accuracy",
+                  "test_loss": "test loss", "test_mae": "test MAE", "test_mse": "test MSE", "parameters": "parameters",
+                  "fit_seconds": "fit time"}
 
-CSS = """
-:root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg:#fff;--soft:#f6f8fa;--ok:#1a7f37;--bad:#cf222e}
-*{box-sizing:border-box}
-body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-main{max-width:1100px;margin:0 auto;padding:12px 16px 48px}
-h1{font-size:1.5em;margin:.4em 0}
-h2{font-size:1.25em;border-bottom:1px solid var(--line);padding-bottom:.2em;margin-top:1.6em}
-h3{font-size:1.05em;margin:1.2em 0 .4em}
-h4{font-size:1em;margin:1em 0 .3em}
-nav{display:flex;flex-wrap:wrap;gap:6px;margin:8px 0}
-nav a{padding:2px 8px;border:1px solid var(--line);border-radius:12px;text-decoration:none;color:var(--fg);
-font-size:.85em;background:var(--soft)}
-.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;margin:.5em 0}
-table{border-collapse:collapse;font-size:.85em;min-width:60%}
-th,td{border:1px solid var(--line);padding:3px 7px;text-align:left;min-width:4.5em;max-width:28em;vertical-align:top}
-th{background:var(--soft)}
-td code{word-break:break-all}
-img{max-width:100%;height:auto;display:block;margin:.5em 0}
-pre{background:var(--soft);padding:8px;overflow-x:auto;font-size:.8em}
-code{font-size:.9em}
-.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-weight:600}
-.pass{background:var(--ok)}
-.fail{background:var(--bad)}
-.muted{color:var(--muted)}
-blockquote{margin:.5em 0;padding:4px 12px;border-left:4px solid var(--line);color:var(--muted)}
-@media (max-width:600px){body{font-size:14px}main{padding:8px}table{font-size:.78em}}
-"""
+
+@dataclass(frozen=True)
+class Image:
+    """A PNG embedded in the page as a `data:` URI."""
+
+    alt: str
+    src: str
+
+    @classmethod
+    def of(cls, data: bytes, alt: str) -> Image:
+        return cls(alt, f"data:image/png;base64,{base64.b64encode(data).decode()}")
 
 
 def error_histogram(reference: np.ndarray, candidate: np.ndarray) -> list[int]:
@@ -82,7 +70,7 @@ def error_histogram(reference: np.ndarray, candidate: np.ndarray) -> list[int]:
 
 
 def write_html_report(run_dir: str | Path) -> Path:
-    """Write `<run_dir>/report.html` from the manifest, the training files and the parity reports.
+    """Write `<run_dir>/report.html` from the manifest, the training files and the parity report.
 
     Returns:
         The page's path.
@@ -98,53 +86,84 @@ def write_html_report(run_dir: str | Path) -> Path:
     return destination
 
 
+def load_report(parity_dir: Path) -> ParityReport | None:
+    """The parity report of a bundle (None: parity has not run, or report.json is unreadable)."""
+    raw = _read_json(parity_dir / "report.json")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return ParityReport.from_dict(raw)
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def render_html(run_dir: Path) -> str:
-    """The page as a string (see the module docstring)."""
+    """The page as a string (see the module docstring).
+
+    Raises:
+        UsageError: there is no bundle at `run_dir`.
+    """
     manifest = load_manifest(run_dir)
     parity_dir = run_dir / PARITY_DIR
-    report = _read_json(parity_dir / "report.json")
-    markdown_parts = _split_markdown((parity_dir / "report.md").read_text(encoding="utf-8")
-                                     if (parity_dir / "report.md").is_file() else "")
-    body = {key: [] for key, _ in SECTIONS}
-    body["summary"] = _summary(manifest, report)
-    body["training"] = _training(run_dir)
-    body["confusion"] = _confusion(run_dir, manifest)
-    body["parity"] = ([_markdown_html(part, parity_dir) for part in markdown_parts.get("parity", [])]
-                      or [_missing("parity has not run on this bundle (`kerasport parity --run DIR`)")])
-    body["histograms"] = _histograms(report, parity_dir)
-    defaults = {"sweep": "no sweep in this parity run (`--sweep` is the default)",
-                "explain": "not run: `kerasport parity --explain` compares every candidate layer by layer (a "
-                           "failing candidate is explained automatically)",
-                "drift": "no baseline compared: `kerasport parity --baseline OTHER_RUN`",
-                "budgets": "no tflm artifact in this bundle",
-                "recipes": "no int8 recipe recorded (re-export the bundle: `kerasport export --int8-recipe auto`)"}
-    for key, missing in defaults.items():
-        body[key] = [_markdown_html(part, parity_dir) for part in markdown_parts.get(key, [])] or [_missing(missing)]
-    body["recommendation"] = _recommendation(markdown_parts.get("recommendation", []), report, parity_dir)
-    body["versions"] = _versions(manifest, report)
-    title = f"{manifest.name} {manifest.version} — kerasport report"
-    nav = "".join(f'<a href="#{key}">{html.escape(label)}</a>' for key, label in SECTIONS)
-    sections = "".join(f'<section id="{key}"><h2>{html.escape(label)}</h2>{"".join(body[key])}</section>'
-                       for key, label in SECTIONS)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
-            f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>{sections}</main></body></html>\n")
+    return render_page(manifest, load_report(parity_dir), parity_dir=parity_dir, train_dir=run_dir / TRAIN_DIR)
 
 
-def _read_json(path: Path) -> dict | None:
+def render_page(manifest: Manifest, report: ParityReport | None, *, parity_dir: Path | None = None,
+                train_dir: Path | None = None) -> str:
+    """The page of a bundle's manifest and parity report; the folders (when given) supply the images.
+
+    Args:
+        manifest: the bundle's manifest (contract, artifacts, versions).
+        report: its parity report, or None when parity has not run.
+        parity_dir: `<run>/parity/` for errors.png, the explain plot and the drift contact sheets.
+        train_dir: `<run>/train/` for the training curves and the confusion matrix.
+
+    Returns:
+        The HTML page.
+    """
+    from kerasport.perf import best_throughput
+
+    from .budgets import TFLM_ARTIFACT, microcontroller_facts
+    from .explain.match import COMPARED
+    from .formatting import template_environment
+    from .perf_report import TARGET_LABELS, accuracy_latency_plot
+    from .reports import output_verdict
+
+    metrics = (_read_json(train_dir / "metrics.json") if train_dir else None) or {}
+    helpers = {"output_verdict": output_verdict, "microcontroller_facts": microcontroller_facts,
+               "best_throughput": best_throughput, "target_labels": TARGET_LABELS, "tflm_artifact": TFLM_ARTIFACT,
+               "COMPARED": COMPARED}
+    context = {**helpers,
+        "title": f"{manifest.name} {manifest.version} — kerasport report", "sections": SECTIONS,
+        "manifest": manifest, "report": report, "contract": contract_summary(manifest.contract),
+        "source": manifest.source.get("kind"),
+        "training": training_images(train_dir) if train_dir else None,
+        "training_facts": [(label, key, metrics[key]) for key, label in TRAINING_FACTS.items() if key in metrics],
+        "confusion": confusion_image(metrics, manifest),
+        "histograms": histogram_images(report, parity_dir) if report else [],
+        "plot": accuracy_latency_plot(report) if report else None,
+        "files": parity_images(report, parity_dir) if report and parity_dir else {},
+    }
+    return template_environment().get_template(TEMPLATE).render(context)
+
+
+def contract_summary(contract: ModelContract) -> dict[str, list[str]]:
+    """One phrase per input and output: the name, its kind where the name does not say it, shape and dtype."""
+    def phrase(spec, dtype: bool) -> str:
+        kind = "" if spec.kind == spec.name else f" ({spec.kind})"
+        shape = " × ".join("batch" if index == 0 and size == -1 else ("any" if size == -1 else str(size))
+                           for index, size in enumerate(spec.shape))
+        return f"{spec.name}{kind}: {shape}" + (f", {spec.dtype}" if dtype else "")
+
+    return {"inputs": [phrase(spec, True) for spec in contract.input_specs()],
+            "outputs": [phrase(spec, False) for spec in contract.output_specs()]}
+
+
+def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-
-
-def _missing(text: str) -> str:
-    return f'<p class="muted">{html.escape(text)}.</p>'
-
-
-def _image(data: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
 def _figure_png(figure) -> bytes:
@@ -166,84 +185,32 @@ def _pyplot():
     return plt
 
 
-# -- summary and versions -----------------------------------------------------------------------------------------
-def _summary(manifest: Manifest, report: dict | None) -> list[str]:
-    contract = manifest.contract
-    parts = []
-    if report is None:
-        parts.append('<p><span class="badge fail">NOT CHECKED</span> parity has not run on this bundle.</p>')
-    else:
-        drift = report.get("drift")
-        passed = report["passed"] and (drift is None or drift["passed"])
-        verdict = Verdict.of_checks([passed])
-        parts.append(f'<p><span class="badge {verdict}">{verdict.headline}'
-                     f'</span> parity finished {html.escape(report["finished"])} in {report["seconds"]} s; '
-                     f'{len(report["candidates"])} candidates against {html.escape(report["reference"]["artifact"])}'
-                     f'.</p>')
-        failures = report["failures"] + (drift["failures"] if drift else [])
-        if failures:
-            parts.append("<ul>" + "".join(f"<li>{html.escape(failure)}</li>" for failure in failures) + "</ul>")
-        for name, result in (report.get("explain") or {}).get("candidates", {}).items():
-            first = result.get("first_divergent")
-            if first:
-                parts.append(f"<p>Explain <code>{html.escape(name)}</code>: first layer beyond tolerance "
-                             f"<b>{html.escape(first['message'])}</b>.</p>")
-    inputs = ", ".join(f"{spec.name} {spec.kind} {list(spec.shape)} {spec.dtype}" for spec in contract.input_specs())
-    outputs = ", ".join(f"{spec.name} {spec.kind} {list(spec.shape)}" for spec in contract.output_specs())
-    parts.append(f"<p>Task: {html.escape(contract.task)}. Inputs: {html.escape(inputs)}. Outputs: "
-                 f"{html.escape(outputs)}. Source: {html.escape(str(manifest.source.get('kind')))}.</p>")
-    return parts
-
-
-def _recommendation(parts: list[str], report: dict | None, parity_dir: Path) -> list[str]:
-    """The recommendation per target and the speed table (report.md's sections), with the accuracy-vs-latency SVG
-    inline after the recommendation."""
-    from .perf_report import accuracy_latency_svg
-
-    rendered = [_markdown_html(part, parity_dir) for part in parts]
-    plot = accuracy_latency_svg(report) if report else None
-    if plot:
-        rendered.insert(1 if rendered else 0, f'<div class="scroll">{plot}</div>')
-    return rendered or [_missing("no recommendation: parity has not run on this bundle, or ran before kerasport "
-                                 "measured speed (`kerasport bench --run DIR`)")]
-
-
-def _versions(manifest: Manifest, report: dict | None) -> list[str]:
-    rows = [[name, f"<code>{html.escape(str(version))}</code>"] for name, version in sorted(manifest.versions.items())]
-    parts = [_table(["package", "version"], rows, escape=False) if rows else _missing("no versions recorded")]
-    artifacts = []
-    for artifact in manifest.artifacts():
-        verdict = artifact.verdict or "–"
-        artifacts.append([artifact.name, f"<code>{html.escape(artifact.path)}</code>", html.escape(artifact.format),
-                          html.escape(str(artifact.precision)), f"{artifact.bytes or 0:,}",
-                          f"<code>{html.escape(str(artifact.sha256))}</code>", html.escape(verdict)])
-    parts.append("<h3>Artifacts</h3>")
-    parts.append(_table(["artifact", "path", "format", "precision", "bytes", "sha256", "parity"], artifacts,
-                        escape=False))
-    if report is not None:
-        sample = report["inputs"]["eval_sample"]
-        parts.append(f"<p>Eval inputs: {sample['examples']} examples, sha256 <code>{html.escape(sample['sha256'])}"
-                     f"</code>; edge inputs sha256 <code>{html.escape(report['inputs']['edge']['sha256'])}</code>."
-                     f"</p>")
-    return parts
-
-
-def _table(headers: list[str], rows: list[list[str]], *, escape: bool = True) -> str:
-    cell = html.escape if escape else str
-    head = "".join(f"<th>{html.escape(header)}</th>" for header in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell(str(value))}</td>" for value in row) + "</tr>" for row in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+def parity_images(report: ParityReport, parity_dir: Path) -> dict[str, Image]:
+    """The PNGs report.json names beside itself (the explain plot, drift contact sheets), by file name."""
+    described = {}
+    if report.explain and report.explain.plot:
+        described[report.explain.plot] = "error by layer depth"
+    for model, outputs in (report.drift.models if report.drift else {}).items():
+        if isinstance(outputs.get("contact_sheet"), str):
+            described[outputs["contact_sheet"]] = f"{model}: flipped examples"
+    images = {}
+    for name, alt in described.items():
+        path = parity_dir / name
+        if path.is_file() and path.resolve().is_relative_to(parity_dir.resolve()):
+            images[name] = Image.of(path.read_bytes(), alt)
+    return images
 
 
 # -- training ----------------------------------------------------------------------------------------------------
-def _training(run_dir: Path) -> list[str]:
-    path = run_dir / TRAIN_DIR / "history.csv"
+def training_images(train_dir: Path) -> Image | str:
+    """The training curves and learning rate from history.csv, or why there are none."""
+    path = train_dir / "history.csv"
     if not path.is_file():
-        return [_missing("no training history in this bundle (an imported model, or trained elsewhere)")]
+        return "no training history in this bundle (an imported model, or trained elsewhere)"
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
-        return [_missing("train/history.csv is empty")]
+        return "train/history.csv is empty"
     columns = {name: [_float(row.get(name)) for row in rows] for name in rows[0] if name != "epoch"}
     epochs = [int(_float(row.get("epoch"), index)) + 1 for index, row in enumerate(rows)]
     metrics = [name for name in columns if not name.startswith("val_") and name != "learning_rate"]
@@ -260,14 +227,7 @@ def _training(run_dir: Path) -> list[str]:
         axis = axes[0][len(metrics)]
         axis.plot(epochs, columns["learning_rate"], marker="o", color="tab:green")
         axis.set(title="learning rate", xlabel="epoch", yscale="log")
-    parts = [_image(_figure_png(figure), "training curves and learning rate")]
-    metrics_json = _read_json(run_dir / TRAIN_DIR / "metrics.json") or {}
-    facts = [f"{key.replace('_', ' ')}: {metrics_json[key]}" for key in
-             ("epochs_run", "best_epoch", "test_accuracy", "test_loss", "parameters", "fit_seconds")
-             if key in metrics_json]
-    if facts:
-        parts.append(f"<p>{html.escape('; '.join(facts))}.</p>")
-    return parts
+    return Image.of(_figure_png(figure), "training curves and learning rate")
 
 
 def _float(value, default: float = float("nan")) -> float:
@@ -277,11 +237,11 @@ def _float(value, default: float = float("nan")) -> float:
         return default
 
 
-def _confusion(run_dir: Path, manifest: Manifest) -> list[str]:
-    metrics = _read_json(run_dir / TRAIN_DIR / "metrics.json") or {}
+def confusion_image(metrics: dict, manifest: Manifest) -> Image | None:
+    """The test split's confusion matrix from train/metrics.json (None: none recorded)."""
     matrix = metrics.get("confusion_matrix")
     if not matrix:
-        return [_missing("no confusion matrix in this bundle (train/metrics.json has none)")]
+        return None
     matrix = np.asarray(matrix, dtype=np.float64)
     output = manifest.contract.classification_output
     labels = [output.label(index) if output is not None else str(index) for index in range(len(matrix))]
@@ -297,16 +257,14 @@ def _confusion(run_dir: Path, manifest: Manifest) -> list[str]:
     axis.set_yticks(range(len(labels)), labels, fontsize=8)
     axis.set(xlabel="predicted", ylabel="true", title="confusion matrix (test split)")
     figure.colorbar(image, ax=axis, fraction=0.046)
-    return [_image(_figure_png(figure), "confusion matrix")]
+    return Image.of(_figure_png(figure), "confusion matrix")
 
 
 # -- parity -----------------------------------------------------------------------------------------------------
-def _histograms(report: dict | None, parity_dir: Path) -> list[str]:
-    if report is None:
-        return [_missing("parity has not run on this bundle")]
-    parts = []
-    histograms = {name: result["histograms"] for name, result in report["candidates"].items()
-                  if result.get("histograms")}
+def histogram_images(report: ParityReport, parity_dir: Path | None) -> list[Image]:
+    """The |diff| histograms per output (from report.json) and errors.png (beside it)."""
+    images = []
+    histograms = {name: result.histograms for name, result in report.candidates.items() if result.histograms}
     if histograms:
         outputs = sorted({output for counts in histograms.values() for output in counts})
         plt = _pyplot()
@@ -320,95 +278,8 @@ def _histograms(report: dict | None, parity_dir: Path) -> list[str]:
             axis.set(title=f"|candidate − reference| on the eval inputs, output {output}",
                      xlabel=f"log10 |diff| (0 counted at {edges[0]:g})", ylabel="values")
             axis.legend(fontsize=7)
-        parts.append(_image(_figure_png(figure), "error histograms"))
-    errors = parity_dir / "errors.png"
-    if errors.is_file():
-        parts.append(_image(errors.read_bytes(), "mean, p99 and max |diff| per candidate"))
-    return parts or [_missing("no error distributions recorded")]
-
-
-# -- report.md rendered to HTML ------------------------------------------------------------------------------------
-def _split_markdown(text: str) -> dict[str, list[str]]:
-    """report.md's level-2 sections, grouped by page section (everything unclaimed belongs to parity)."""
-    groups: dict[str, list[str]] = {}
-    chunks = re.split(r"(?m)^(?=## )", text)
-    for chunk in chunks:
-        if not chunk.strip():
-            continue
-        heading = chunk.splitlines()[0][3:] if chunk.startswith("## ") else ""
-        key = next((key for prefix, key in MARKDOWN_SECTIONS if heading.startswith(prefix)), "parity")
-        groups.setdefault(key, []).append(chunk)
-    return groups
-
-
-_INLINE = (
-    (re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)"), None),  # images are handled separately
-    (re.compile(r"\*\*(.+?)\*\*"), r"<b>\1</b>"),
-    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-)
-
-
-# report.md's verdict marks (reports.VERDICT_MARKS, budgets): emoji need a colour-emoji font the phone may lack
-_MARKS = (("✅ pass", '<span class="badge pass">pass</span>'), ("❌ fail", '<span class="badge fail">fail</span>'),
-          ("💥 error", '<span class="badge fail">error</span>'), ("⏭ skipped", '<span class="muted">skipped</span>'),
-          ("✅", '<span class="badge pass">ok</span>'), ("❌", '<span class="badge fail">over</span>'))
-_SEPARATOR = re.compile(r"^\|[-:| ]+\|?$")
-
-
-def _inline(text: str) -> str:
-    escaped = html.escape(text, quote=False)
-    for pattern, replacement in _INLINE[1:]:
-        escaped = pattern.sub(replacement, escaped)
-    for mark, replacement in _MARKS:
-        escaped = escaped.replace(mark, replacement)
-    return escaped
-
-
-def _markdown_html(text: str, folder: Path) -> str:
-    """The little Markdown report.md uses: headings, tables, lists, quotes, code fences, images, bold, code."""
-    out, lines, index = [], text.splitlines(), 0
-    while index < len(lines):
-        line = lines[index]
-        if line.startswith("```"):
-            end = next((i for i in range(index + 1, len(lines)) if lines[i].startswith("```")), len(lines))
-            out.append(f"<details><summary>details</summary><pre>{html.escape(chr(10).join(lines[index + 1:end]))}"
-                       f"</pre></details>")
-            index = end + 1
-            continue
-        if line.startswith("|"):
-            end = index
-            while end < len(lines) and lines[end].startswith("|"):
-                end += 1
-            out.append(_markdown_table(lines[index:end]))
-            index = end
-            continue
-        if line.startswith("- "):
-            end = index
-            while end < len(lines) and lines[end].startswith("- "):
-                end += 1
-            out.append("<ul>" + "".join(f"<li>{_inline(item[2:])}</li>" for item in lines[index:end]) + "</ul>")
-            index = end
-            continue
-        image = _INLINE[0][0].fullmatch(line.strip())
-        if image:
-            path = folder / image.group(2)
-            if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
-                out.append(_image(path.read_bytes(), image.group(1)))
-        elif line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 4)  # report.md's # is this page's h2
-            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("> "):
-            out.append(f"<blockquote>{_inline(line[2:])}</blockquote>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-        index += 1
-    return "".join(out)
-
-
-def _markdown_table(rows: list[str]) -> str:
-    cells = [[cell.strip() for cell in row.strip().strip("|").split(" | ")] for row in rows
-             if not _SEPARATOR.match(row.strip())]
-    header, body = cells[0], cells[1:]
-    head = "".join(f"<th>{_inline(cell)}</th>" for cell in header)
-    rows_html = "".join("<tr>" + "".join(f"<td>{_inline(cell)}</td>" for cell in row) + "</tr>" for row in body)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table></div>'
+        images.append(Image.of(_figure_png(figure), "error histograms"))
+    errors = parity_dir / ERRORS_PNG if parity_dir else None
+    if errors is not None and errors.is_file():
+        images.append(Image.of(errors.read_bytes(), "mean, p99 and max |diff| per candidate"))
+    return images

@@ -3,6 +3,7 @@ the recommendation per target (`kerasport.selection`), the accuracy-Δ-vs-latenc
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kerasport.errors import UsageError
@@ -12,28 +13,36 @@ from kerasport.profile import LITERT_UNAVAILABLE, profile_onnx
 from kerasport.selection import choose, recommend
 from kerasport.verdict import Verdict
 
+from .results import (
+    CandidateResult,
+    ParityReport,
+    PerformanceSection,
+    ProfileSection,
+    RecommendationPolicy,
+    TargetChoice,
+)
 from .tflm import record_microcontroller
 
 
-def accuracy_delta(result: dict) -> float | None:
+def accuracy_delta(result: CandidateResult) -> float | None:
     """The candidate's accuracy minus the reference's on the first labelled classification output (None: none)."""
-    for stats in (result.get("outputs") or {}).values():
-        measured = stats.get("eval") or {}
+    for stats in (result.outputs or {}).values():
+        measured = stats.eval or {}
         if "accuracy_delta" in measured:
             return float(measured["accuracy_delta"])
     return None
 
 
-def verdict_preview(manifest: Manifest, report: dict) -> Manifest:
+def verdict_preview(manifest: Manifest, report: ParityReport) -> Manifest:
     """A copy of the manifest with this run's verdicts and microcontroller fit, as record_verdicts will write them."""
     preview = manifest.copy()
-    for name, result in report["candidates"].items():
-        preview.set_parity(name, {"verdict": result["verdict"]})
+    for name, result in report.candidates.items():
+        preview.set_parity(name, {"verdict": result.verdict})
     record_microcontroller(preview, report)
     return preview
 
 
-def measure_and_recommend(run_dir: Path, manifest: Manifest, report: dict, *, measure: bool = True,
+def measure_and_recommend(run_dir: Path, manifest: Manifest, report: ParityReport, *, measure: bool = True,
                           budget_seconds: float = DEFAULT_BUDGET_S, max_accuracy_drop: float | None = None,
                           console=None) -> None:
     """Add `performance` (measured now, or the manifest's earlier block with `measure=False`) and `recommendation`
@@ -48,7 +57,7 @@ def measure_and_recommend(run_dir: Path, manifest: Manifest, report: dict, *, me
         console: a rich console for one line per candidate; None is silent.
     """
     preview = verdict_preview(manifest, report)
-    passed = [name for name, result in report["candidates"].items() if result["verdict"] == Verdict.PASS]
+    passed = [name for name, result in report.candidates.items() if result.verdict == Verdict.PASS]
     if measure:
         if console is not None:
             console.print(f"perf: measuring {len(passed)} passing candidates, each in its own process (cap "
@@ -58,16 +67,18 @@ def measure_and_recommend(run_dir: Path, manifest: Manifest, report: dict, *, me
     else:
         performance = current_measurements(preview)
     for name, figures in performance.get("candidates", {}).items():
-        if name in report["candidates"]:
-            figures["accuracy_delta"] = accuracy_delta(report["candidates"][name])
+        if name in report.candidates:
+            figures["accuracy_delta"] = accuracy_delta(report.candidates[name])
         figures["sha256"] = preview.artifact(name).sha256 if preview.has(name) else None
     if performance:
-        report["performance"] = performance
+        report.performance = PerformanceSection.from_dict(performance)
     preview.set_performance(performance or None)
-    report["recommendation"] = recommend(preview, max_accuracy_drop)
-    report["recommendation_policy"] = {"max_accuracy_drop": max_accuracy_drop, "measured": bool(performance)}
-    if measure and report["recommendation"]["server_cpu"]["variant"]:
-        report["profile"] = profile_recommended(run_dir, preview, report["recommendation"]["server_cpu"]["variant"])
+    report.recommendation = {target: TargetChoice.from_dict(choice)
+                             for target, choice in recommend(preview, max_accuracy_drop).items()}
+    report.recommendation_policy = RecommendationPolicy(max_accuracy_drop, bool(performance))
+    server = report.recommendation["server_cpu"].variant
+    if measure and server:
+        report.profile = ProfileSection.from_dict(profile_recommended(run_dir, preview, server))
 
 
 def profile_recommended(run_dir: Path, manifest: Manifest, variant: str) -> dict:
@@ -112,22 +123,31 @@ def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
     return front
 
 
-def plot_points(report: dict) -> list[dict]:
+@dataclass(frozen=True)
+class PlotPoint:
+    """One measured candidate on the accuracy-vs-latency plot."""
+
+    name: str
+    p50_ms: float
+    delta_pp: float  # accuracy Δ in percentage points (agreement loss where unlabelled)
+    bytes: int
+    pareto: bool = False
+
+
+def plot_points(report: ParityReport) -> list[PlotPoint]:
     """The measured candidates as plot points: name, p50 ms, accuracy Δ (pp; agreement loss where unlabelled),
     file bytes, and whether it lies on the Pareto front."""
     rows = []
-    for name, figures in (report.get("performance") or {}).get("candidates", {}).items():
+    for name, figures in (report.performance.candidates if report.performance else {}).items():
         if not figures.get("measured"):
             continue
         delta = figures.get("accuracy_delta")
         if delta is None:  # unlabelled: top-1 agreement with the reference, as a loss (0 = agrees everywhere)
-            outputs = report["candidates"].get(name, {}).get("outputs") or {}
-            agreements = [stats["eval"]["top1_agreement"] for stats in outputs.values()
-                          if "top1_agreement" in (stats.get("eval") or {})]
+            candidate = report.candidates.get(name)
+            outputs = (candidate.outputs if candidate else None) or {}
+            agreements = [stats.eval["top1_agreement"] for stats in outputs.values()
+                          if "top1_agreement" in (stats.eval or {})]
             delta = (min(agreements) - 1.0) if agreements else 0.0
-        rows.append({"name": name, "p50_ms": figures["latency_ms"]["p50"], "delta_pp": delta * 100,
-                     "bytes": figures["file_bytes"]})
-    front = pareto_front([(row["name"], row["p50_ms"], row["delta_pp"]) for row in rows])
-    for row in rows:
-        row["pareto"] = row["name"] in front
-    return rows
+        rows.append(PlotPoint(name, figures["latency_ms"]["p50"], delta * 100, figures["file_bytes"]))
+    front = pareto_front([(row.name, row.p50_ms, row.delta_pp) for row in rows])
+    return [replace(row, pareto=row.name in front) for row in rows]

@@ -10,10 +10,12 @@ from __future__ import annotations
 from kerasport.manifest import Manifest
 from kerasport.verdict import Verdict
 
+from .results import CandidateResult, ParityReport, RecipeEntry
+
 RECIPE_KEY = "int8_recipe"
 
 
-def recipe_section(manifest: Manifest, results: dict[str, dict]) -> dict[str, dict]:
+def recipe_section(manifest: Manifest, results: dict[str, CandidateResult]) -> dict[str, RecipeEntry]:
     """Per int8 variant with a recorded recipe: the recipe, its outcome, the rungs, the seconds and the verdict."""
     section = {}
     for name in results:
@@ -22,11 +24,10 @@ def recipe_section(manifest: Manifest, results: dict[str, dict]) -> dict[str, di
         record = manifest.artifact(name).get(RECIPE_KEY)
         if not isinstance(record, dict):
             continue
-        section[name] = {"mode": record.get("mode"), "summary": record.get("summary"), "file": record.get("file"),
-                         "outcome": record.get("outcome", "applied as given"), "rungs": record.get("rungs", []),
-                         "search_seconds": record.get("search_seconds"), "cost": record.get("cost"),
-                         "tuning": (record.get("tuning") or {}).get("source"),
-                         "verdict": results[name].get("verdict")}
+        section[name] = RecipeEntry(mode=record.get("mode"), summary=record.get("summary"), file=record.get("file"),
+                                    outcome=record.get("outcome", "applied as given"), rungs=record.get("rungs", []),
+                                    search_seconds=record.get("search_seconds"), cost=record.get("cost"),
+                                    tuning=(record.get("tuning") or {}).get("source"), verdict=results[name].verdict)
     return section
 
 
@@ -47,7 +48,8 @@ def _figures(figures: dict | None) -> str:
     return ", ".join(parts) + (" ✅" if figures.get("passed") else " ❌")
 
 
-def _rung_line(variant: str, rung: dict) -> str:
+def rung_line(variant: str, rung: dict) -> str:
+    """One rung of an int8 recipe search: its recipe, figures, candidates judged and why it was rejected."""
     name = f"{variant} rung {rung.get('rung')}"
     if "not_tried" in rung:
         return f"- {name}: not tried — {rung['not_tried']}"
@@ -62,22 +64,21 @@ def _rung_line(variant: str, rung: dict) -> str:
     return text
 
 
-def recipes_markdown(report: dict) -> list[str]:
-    section = report.get("int8_recipes") or {}
+def recipes_markdown(report: ParityReport) -> list[str]:
+    section = report.int8_recipes
     if not section:
         return []
     lines = ["## int8 recipes", "", "| variant | recipe | chosen by | search s | cost | gate |",
              "|---|---|---|---|---|---|"]
     for name, entry in section.items():
-        cost = entry.get("cost") or {}
+        cost = entry.cost or {}
         cost_text = (f"{cost['bytes'] / max(cost['bytes_full'], 1):.2f}× size, "
                      f"{cost['batch1_ms']:.2f} vs {cost['batch1_ms_full']:.2f} ms batch 1" if cost else "–")
-        seconds = f"{entry['search_seconds']:.1f}" if entry.get("search_seconds") is not None else "–"
-        lines.append(f"| {name} | {entry['summary']} | {entry['mode']} | {seconds} | {cost_text} | "
-                     f"{entry.get('verdict') or '–'} |")
+        seconds = f"{entry.search_seconds:.1f}" if entry.search_seconds is not None else "–"
+        lines.append(f"| {name} | {entry.summary} | {entry.mode} | {seconds} | {cost_text} | "
+                     f"{entry.verdict or '–'} |")
     lines.append("")
     for name, entry in section.items():
-        lines.append(f"- **{name}**: {entry['outcome']}" + (f" (tuning: {entry['tuning']})" if entry["tuning"]
-                                                              else ""))
-        lines += [_rung_line(name, rung) for rung in entry["rungs"]]
+        lines.append(f"- **{name}**: {entry.outcome}" + (f" (tuning: {entry.tuning})" if entry.tuning else ""))
+        lines += [rung_line(name, rung) for rung in entry.rungs]
     return lines + [""]

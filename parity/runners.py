@@ -18,6 +18,8 @@ from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings, open_runtime
 
+from .results import NoiseFloor, ReferenceInfo
+
 EVAL_BATCH = 64
 EDGE_BATCH_SIZES = (1, 7, 64)
 RUNTIME_FORMATS = ("onnx", "tflite")
@@ -183,7 +185,7 @@ class Reference:
 
     outputs: Outputs
     noise: dict[str, dict]
-    info: dict
+    info: ReferenceInfo
 
 
 def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
@@ -221,17 +223,15 @@ def measure_reference(runner, artifact: Artifact, contract: ModelContract, eval_
     float32_error = _float32_error(runner, outputs, contract, eval_inputs, edge_inputs) if float32_noise else None
     for name, stats in (float32_error or {}).items():
         noise[name].update(stats)
-    info = {"artifact": artifact.name, "runtime": runner.description, "path": artifact.path,
-            "noise_floor": {"what": f"reference batch 1 vs batch {EVAL_BATCH} on the same inputs",
-                            "examples": probe_count,
-                            "max_abs_diff": max(stats["max_abs_diff"] for stats in noise.values()),
-                            "edge_max_abs_diff": max(stats["edge_max_abs_diff"] for stats in noise.values()),
-                            "outputs": noise}}
+    floor = NoiseFloor(f"reference batch 1 vs batch {EVAL_BATCH} on the same inputs", probe_count,
+                       max_abs_diff=max(stats["max_abs_diff"] for stats in noise.values()),
+                       edge_max_abs_diff=max(stats["edge_max_abs_diff"] for stats in noise.values()), outputs=noise)
+    info = ReferenceInfo(artifact.name, runner.description, artifact.path, floor)
     if float32_noise:
-        info["float32_error"] = ({"what": "reference in float32 vs the same model in float64 on the same inputs"}
-                                 if float32_error else {"what": "not measured (no Keras reference, or its float64 "
-                                                                "twin does not build); the fp32 bound uses the "
-                                                                "batch-order noise"})
+        info.float32_error = ({"what": "reference in float32 vs the same model in float64 on the same inputs"}
+                              if float32_error else {"what": "not measured (no Keras reference, or its float64 "
+                                                             "twin does not build); the fp32 bound uses the "
+                                                             "batch-order noise"})
     return Reference(outputs, noise, info)
 
 

@@ -36,6 +36,17 @@ from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
 from .performance import measure_and_recommend
 from .recipes import recipe_section
+from .results import (
+    ArtifactRef,
+    CandidateResult,
+    EdgeInputsInfo,
+    EvalSampleInfo,
+    ExplainSection,
+    InputsInfo,
+    LabelledData,
+    OutputDescription,
+    ParityReport,
+)
 from .runners import (
     EDGE_BATCH_SIZES,
     EVAL_BATCH,
@@ -82,7 +93,7 @@ class ParityOptions:
 @dataclass
 class ParityResult:
     run_dir: Path
-    report: dict
+    report: ParityReport
     exit_code: int
     failures: list[str]
 
@@ -104,7 +115,7 @@ class EvalData:
     inputs: dict[str, np.ndarray]
     targets: dict[str, np.ndarray]
     edges: GeneratedInputs
-    description: dict
+    description: EvalSampleInfo
 
 
 def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
@@ -164,15 +175,15 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
                             if baseline else (None, {}))
     report = build_report(plan, policy, reference, data, results, notes, options.seed,
                           seconds=time.perf_counter() - started)
-    report.update({key: value for key, value in (("explain", explained), ("drift", drifted)) if value})
+    report.explain, report.drift = explained, drifted
     apply_budgets(report, budgets, options.device)
     measure_and_recommend(run_dir, plan.manifest, report, measure=options.perf, budget_seconds=options.perf_seconds,
                           max_accuracy_drop=options.max_accuracy_drop, console=console)
     _write_reports(run_dir, report, {**files, **drift_files})
     record_verdicts(run_dir, report)
     write_report_html(run_dir, console)
-    failures = report["failures"] + (drifted["failures"] if drifted else [])
-    if any(result["verdict"] == Verdict.ERROR for result in results.values()):
+    failures = report.all_failures
+    if any(result.verdict == Verdict.ERROR for result in results.values()):
         exit_code = EXIT_RUNTIME
     else:
         exit_code = EXIT_OK if not failures else EXIT_CHECK_FAILED
@@ -180,23 +191,24 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
 
 
 def explain_for_gate(run_dir: Path, plan: ParityPlan, runner, policy: TolerancePolicy, reference: Reference,
-                     data: EvalData, results: dict[str, dict], *, everything: bool, console=None) -> tuple[dict, dict]:
+                     data: EvalData, results: dict[str, CandidateResult], *, everything: bool,
+                     console=None) -> tuple[ExplainSection | None, dict]:
     """The explain section (and its plot) for every candidate (`--explain`) or for each one that failed."""
     from .explain.int8 import Int8Fixer
     from .explain.layers import explain_candidates
 
-    failed = {name for name, result in results.items() if result["verdict"] == Verdict.FAIL}
+    failed = {name for name, result in results.items() if result.verdict == Verdict.FAIL}
     artifacts = [artifact for artifact in plan.candidates if everything or artifact.name in failed]
     if not artifacts:
-        return {}, {}
+        return None, {}
     if not isinstance(runner, KerasRunner):
-        return {"unavailable": "the reference is a SavedModel: per-layer comparison needs the Keras model's layers",
-                "candidates": {}}, {}
+        return ExplainSection(unavailable="the reference is a SavedModel: per-layer comparison needs the Keras "
+                                          "model's layers"), {}
     fixes = Int8Fixer(run_dir, plan.manifest, data.inputs, reference.outputs.eval, data.targets) if everything \
         else None
     section, files = explain_candidates(run_dir, plan.manifest, runner.model, policy, data.inputs, data.edges,
                                         artifacts, fixes=fixes, console=console)
-    section["trigger"] = "--explain" if everything else "automatic: the candidates that failed the gate"
+    section.trigger = "--explain" if everything else "automatic: the candidates that failed the gate"
     return section, files
 
 
@@ -207,7 +219,7 @@ def check_baseline(options: ParityOptions, manifest: Manifest):
     return open_baseline(Path(options.baseline), manifest, DriftPolicy(options.max_accuracy_drop, options.max_flips))
 
 
-def run_drift(baseline, run_dir: Path, manifest: Manifest, runner, *, console=None) -> tuple[dict, dict]:
+def run_drift(baseline, run_dir: Path, manifest: Manifest, runner, *, console=None):
     from .drift import compare_releases
 
     return compare_releases(baseline, run_dir, manifest, runner, console=console)
@@ -279,15 +291,15 @@ def load_eval_data(run_dir: Path, manifest: Manifest, seed: int = EDGE_SEED) -> 
             if len(target) != len(samples):
                 raise CheckFailed(f"{artifact.path}: {len(target)} targets for output {name!r}; expected one per "
                                   f"example ({len(samples)})")
-        description = {"path": artifact.path, "sha256": sha256_file(artifact.resolve(run_dir)),
-                       "examples": len(samples), "labelled_outputs": sorted(samples.targets), "generated": False}
+        description = EvalSampleInfo(artifact.path, sha256_file(artifact.resolve(run_dir)), len(samples),
+                                     labelled_outputs=sorted(samples.targets), generated=False)
         targets = dict(samples.targets)
     else:
         stand_in = edge_inputs(contract, size=EVAL_BATCH, seed=seed + 1, patterns=False)
         inputs, targets = stand_in.inputs, {}
-        description = {"path": None, "sha256": stand_in.sha256(), "examples": len(stand_in), "labelled_outputs": [],
-                       "generated": True, "what": "the bundle has no eval sample: seeded noise from the input spec"}
-    edges = edge_inputs(contract, size=EDGE_EXAMPLES, seed=seed, observed=None if description["generated"] else inputs)
+        description = EvalSampleInfo(None, stand_in.sha256(), len(stand_in), labelled_outputs=[], generated=True,
+                                     what="the bundle has no eval sample: seeded noise from the input spec")
+    edges = edge_inputs(contract, size=EDGE_EXAMPLES, seed=seed, observed=None if description.generated else inputs)
     return EvalData(inputs, targets, edges, description)
 
 
@@ -295,7 +307,7 @@ def label_notes(contract: ModelContract, data: EvalData) -> list[str]:
     """Plain statements of what cannot be measured for lack of targets (empty when every output has them)."""
     if not data.targets:
         return [NO_LABELS + (" (the bundle has no eval sample; inputs generated from the input spec)"
-                             if data.description["generated"] else "")]
+                             if data.description.generated else "")]
     return [f"output {spec.name!r} has no targets in the eval sample: "
             + ("agreement only, no accuracy" if spec.is_classification else "error statistics only, no MAE")
             for spec in contract.output_specs() if spec.name not in data.targets]
@@ -307,26 +319,27 @@ def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract
 
 
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
-                    reference: Reference, data: EvalData, *, sweep: bool, tflm_mode: str = "sample") -> dict:
+                    reference: Reference, data: EvalData, *, sweep: bool,
+                    tflm_mode: str = "sample") -> CandidateResult:
     """Run one candidate on every input, judge every output, optionally sweep its runtime settings."""
     if artifact.format == TFLM_FORMAT:
         return check_tflm(run_dir, artifact, contract, policy, reference, data, tflm_mode)
     started = time.perf_counter()
-    result = {"precision": artifact.precision, "runtime": artifact.runtime, "path": artifact.path,
-              "format": artifact.format}
+    result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format)
     tolerance = policy.for_precision(artifact.precision)
     try:
         outputs = run_everything(open_candidate(run_dir, artifact, contract), data.inputs, data.edges.inputs)
     except ConversionError as error:
-        return {**result, "verdict": Verdict.ERROR, "checks": load_error(str(error)),
-                "seconds": round(time.perf_counter() - started, 3)}
-    per_output, checks = judge(contract, tolerance, reference, outputs, data.targets)
-    result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output)
-    result["histograms"] = error_histograms(reference, outputs)
+        result.verdict, result.checks = Verdict.ERROR, load_error(str(error))
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+    result.outputs, checks = judge(contract, tolerance, reference, outputs, data.targets)
+    result.verdict, result.checks = checks.verdict, checks.records
+    result.histograms = error_histograms(reference, outputs)
     if sweep and artifact.format in RUNTIME_FORMATS:
-        result["sweep"] = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance,
-                                                default_outputs=outputs.eval)
-    result["seconds"] = round(time.perf_counter() - started, 3)
+        result.sweep = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance,
+                                            default_outputs=outputs.eval)
+    result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
@@ -338,13 +351,13 @@ def error_histograms(reference: Reference, outputs) -> dict[str, list[int]]:
             if name in outputs.eval and outputs.eval[name].shape == expected.shape}
 
 
-def candidate_line(name: str, result: dict) -> str:
+def candidate_line(name: str, result: CandidateResult) -> str:
     """One console line: verdict and, per output, max |diff| plus agreement / accuracy Δ / MAE Δ where measured."""
-    if result.get("skipped"):
-        return f"parity {name:<15} {Verdict.SKIPPED.upper()} {result['skipped']}"
+    if result.skipped:
+        return f"parity {name:<15} {Verdict.SKIPPED.upper()} {result.skipped}"
     parts = []
-    for output, stats in result.get("outputs", {}).items():
-        measured = stats.get("eval")
+    for output, stats in (result.outputs or {}).items():
+        measured = stats.eval
         if measured is None:
             parts.append(f"{output}: shape mismatch")
             continue
@@ -357,43 +370,41 @@ def candidate_line(name: str, result: dict) -> str:
             text += f" MAE Δ {measured['mae_delta']:+.4g}"
         parts.append(text)
     if not parts:  # it would not run, or returned other outputs than the contract's
-        parts += [check["message"] for check in result["checks"] if not check["passed"]][:1]
-    return f"parity {name:<15} {result['verdict'].upper():<5} " + "; ".join(parts)
+        parts += [check.message for check in result.failed_checks()][:1]
+    return f"parity {name:<15} {result.verdict.upper():<5} " + "; ".join(parts)
 
 
 def build_report(plan: ParityPlan, policy: TolerancePolicy, reference: Reference, data: EvalData,
-                 results: dict[str, dict], notes: list[str], seed: int, *, seconds: float) -> dict:
+                 results: dict[str, CandidateResult], notes: list[str], seed: int, *, seconds: float) -> ParityReport:
     """report.json's content: verdicts, per-output metrics, inputs and artifacts with their hashes, tolerances."""
     contract, manifest = plan.manifest.contract, plan.manifest
-    failures = [f"{name}: {check['id']} — {check['message']}" for name, result in results.items()
-                for check in result["checks"] if not check["passed"]]
+    failures = [f"{name}: {check.id} — {check.message}" for name, result in results.items()
+                for check in result.failed_checks()]
     findings = [line for name, result in results.items()
-                for line in settings_sweep.findings(name, result["precision"], result.get("sweep", []))]
-    findings += [line for result in results.values() for line in result.get("findings", [])]
+                for line in settings_sweep.findings(name, result.precision, result.sweep or [])]
+    findings += [line for result in results.values() for line in result.findings or []]
     compared = [plan.reference, *plan.candidates]
-    return {
-        "passed": not failures, "finished": utc_now(), "seconds": round(seconds, 2), "task": contract.task,
-        "reference": reference.info,
-        "labelled_data": {"given": bool(data.targets),
-                          "outputs": {name: name in data.targets for name in contract.output_names},
-                          "notes": notes},
-        "outputs": {spec.name: {"kind": spec.kind, "metrics": "classification" if spec.is_classification
-                                else "regression", "labelled": spec.name in data.targets}
-                    for spec in contract.output_specs()},
-        "tolerances": policy.to_dict(),
-        "inputs": {"eval_sample": data.description,
-                   "edge": {"examples": len(data.edges), "batch_sizes": list(EDGE_BATCH_SIZES), "seed": seed,
-                            "sha256": data.edges.sha256(), "inputs": data.edges.describe()}},
-        "artifacts": {artifact.name: {"path": artifact.path, "sha256": artifact.sha256} for artifact in compared},
-        "not_built": plan.not_built,
-        "versions": manifest.versions,
-        "candidates": results, "findings": findings, "failures": failures,
-        "int8_recipes": recipe_section(manifest, results),
-        "sampled_checks": sampled_checks(results),
-    }
+    edge = EdgeInputsInfo(len(data.edges), list(EDGE_BATCH_SIZES), seed, data.edges.sha256(), data.edges.describe())
+    return ParityReport(
+        passed=not failures, finished=utc_now(), seconds=round(seconds, 2), task=contract.task,
+        reference=reference.info,
+        labelled_data=LabelledData(bool(data.targets), {name: name in data.targets for name in contract.output_names},
+                                   notes),
+        outputs={spec.name: OutputDescription(spec.kind, "classification" if spec.is_classification
+                                              else "regression", spec.name in data.targets)
+                 for spec in contract.output_specs()},
+        tolerances=policy.to_dict(),
+        inputs=InputsInfo(data.description, edge),
+        artifacts={artifact.name: ArtifactRef(artifact.path, artifact.sha256) for artifact in compared},
+        not_built=plan.not_built,
+        versions=manifest.versions,
+        candidates=results, findings=findings, failures=failures,
+        int8_recipes=recipe_section(manifest, results),
+        sampled_checks=sampled_checks(results),
+    )
 
 
-def _write_reports(run_dir: Path, report: dict, files: dict[str, bytes] | None = None) -> None:
+def _write_reports(run_dir: Path, report: ParityReport, files: dict[str, bytes] | None = None) -> None:
     from .reports import write_reports
 
     with atomic_path(run_dir / STAGE_DIR_NAME) as staging:
@@ -403,24 +414,25 @@ def _write_reports(run_dir: Path, report: dict, files: dict[str, bytes] | None =
             (staging / name).write_bytes(content)
 
 
-def record_verdicts(run_dir: Path, report: dict) -> None:
+def record_verdicts(run_dir: Path, report: ParityReport) -> None:
     """Each candidate's verdict into the manifest, the report as an artifact, and the stage summary."""
     manifest = load_manifest(run_dir)
-    checked = report["finished"]
-    for name, result in report["candidates"].items():
-        manifest.set_parity(name, {"verdict": result["verdict"], "checked": checked, "report": REPORT_PATH,
-                                   "failed_checks": [check["id"] for check in result["checks"]
-                                                     if not check["passed"]]})
+    checked = report.finished
+    for name, result in report.candidates.items():
+        manifest.set_parity(name, {"verdict": result.verdict, "checked": checked, "report": REPORT_PATH,
+                                   "failed_checks": [check.id for check in result.failed_checks()]})
     manifest.set_artifact(REPORT_ARTIFACT, artifact_entry(run_dir, REPORT_PATH, format="json", precision="n/a",
                                                           role="parity report"))
     record_microcontroller(manifest, report)
-    manifest.set_performance(report.get("performance"))
-    manifest.set_recommendation(report.get("recommendation"))
-    manifest.set_stage(STAGE_DIR_NAME, {"finished": checked, "passed": report["passed"], "report": REPORT_PATH,
-                                        "reference": report["reference"]["artifact"],
-                                        "labelled_data": report["labelled_data"]["given"],
-                                        "not_built": sorted(report["not_built"]),
-                                        "tolerances": report["tolerances"],
-                                        **({"budgets": report["budgets"]["budgets"]} if "budgets" in report else {})})
+    manifest.set_performance(report.performance.to_dict() if report.performance else None)
+    manifest.set_recommendation({target: choice.to_dict() for target, choice in report.recommendation.items()}
+                                if report.recommendation is not None else None)
+    manifest.set_stage(STAGE_DIR_NAME, {"finished": checked, "passed": report.passed, "report": REPORT_PATH,
+                                        "reference": report.reference.artifact,
+                                        "labelled_data": report.labelled_data.given,
+                                        "not_built": sorted(report.not_built),
+                                        "tolerances": report.tolerances,
+                                        **({"budgets": [row.to_dict() for row in report.budgets.budgets]}
+                                           if report.budgets else {})})
     manifest.save(run_dir)
 

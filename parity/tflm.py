@@ -45,6 +45,7 @@ from kerasport.tolerances import TolerancePolicy
 from kerasport.verdict import Verdict
 
 from .checks import Checks, judge, load_error
+from .results import CandidateResult, Check, MicrocontrollerSection, ParityReport, SampledCheck
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference, run_batched, run_everything
 
 TFLM_FORMAT = "c-array"
@@ -135,16 +136,16 @@ def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
     return value
 
 
-def microcontroller_section(entry: dict, arena: dict | None = None) -> dict:
+def microcontroller_section(entry: dict, arena: dict | None = None) -> MicrocontrollerSection:
     """Flash, arena (parity's measurement when given, else export's), MACs, op resolver and fit per device."""
     arena = arena or entry.get("arena") or unmeasured_arena("not recorded by export (re-export the bundle)")
     flash = int(entry.get("flash_bytes", entry.get("model_bytes", 0)))
-    return {"flash_bytes": flash, "arena": arena, "macs": entry.get("macs"), "op_resolver": entry.get("op_resolver"),
-            "fit": device_fit(flash, arena.get("reserve_bytes"))}
+    return MicrocontrollerSection(flash, arena, macs=entry.get("macs"), op_resolver=entry.get("op_resolver"),
+                                  fit=device_fit(flash, arena.get("reserve_bytes")))
 
 
 def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
-               reference: Reference, data, mode: str = "sample") -> dict:
+               reference: Reference, data, mode: str = "sample") -> CandidateResult:
     """Judge the `tflm` candidate: its model in TFLite Micro against the reference, and against LiteRT.
 
     Args:
@@ -158,35 +159,35 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
     """
     started = time.perf_counter()
     manifest = load_manifest(run_dir)
-    result = {"precision": artifact.precision, "runtime": artifact.runtime, "path": artifact.path,
-              "format": artifact.format, "microcontroller": microcontroller_section(artifact.entry), "findings": []}
+    result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format,
+                             microcontroller=microcontroller_section(artifact.entry), findings=[])
     missing = tflm_missing()
     if missing:
-        checks = Checks()
-        checks.add("tflm_runtime", True, missing)
-        checks.records[0]["skipped"] = True
-        return {**result, "verdict": Verdict.SKIPPED, "skipped": missing, "checks": checks.records,
-                "seconds": round(time.perf_counter() - started, 3)}
+        result.verdict, result.skipped = Verdict.SKIPPED, missing
+        result.checks = [Check.of("tflm_runtime", True, missing, skipped=True)]
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
     model = parse_c_array(artifact.resolve(run_dir).read_text())
     checks = Checks()
     _check_source(manifest, artifact, model, run_dir, checks)
     try:
         arena = _arena(artifact, model, len(contract.inputs))
-        result["microcontroller"] = microcontroller_section(artifact.entry, arena)
+        result.microcontroller = microcontroller_section(artifact.entry, arena)
         runner = TflmRunner(model, contract, arena["reserve_bytes"])
         outputs, sampled, measured = run_tflm(runner, model, contract, data, mode)
     except ConversionError as error:
-        return {**result, "verdict": Verdict.ERROR, "checks": checks.records + load_error(str(error)),
-                "seconds": round(time.perf_counter() - started, 3)}
-    per_output, judged = judge(contract, policy.for_precision(artifact.precision), reference, outputs, data.targets)
+        result.verdict, result.checks = Verdict.ERROR, checks.records + load_error(str(error))
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+    result.outputs, judged = judge(contract, policy.for_precision(artifact.precision), reference, outputs,
+                                   data.targets)
     checks.records += judged.records
-    result.update(verdict=checks.verdict, checks=checks.records, outputs=per_output, description=runner.description,
-                  tflm_sample=sampled)
+    result.verdict, result.checks = checks.verdict, checks.records
+    result.description, result.tflm_sample = runner.description, sampled
     tie_margin = policy.for_precision(artifact.precision).tie_margin
-    result["vs_litert"] = compare_with_litert(model, contract, data.inputs, outputs.eval, tie_margin,
-                                              measured=measured)
-    result["findings"] = litert_findings(result["vs_litert"])
-    result["seconds"] = round(time.perf_counter() - started, 3)
+    result.vs_litert = compare_with_litert(model, contract, data.inputs, outputs.eval, tie_margin, measured=measured)
+    result.findings = litert_findings(result.vs_litert)
+    result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
@@ -237,34 +238,34 @@ def run_tflm(runner: TflmRunner, model: bytes, contract: ModelContract, data,
     return run_everything(runner, data.inputs, data.edges.inputs), record, measured
 
 
-def sampled_checks(results: dict[str, dict]) -> list[dict]:
+def sampled_checks(results: dict[str, CandidateResult]) -> list[SampledCheck]:
     """The report's list of checks that ran on a sample: which candidate, how large, why that proves the rest."""
     rows = []
     for name, result in results.items():
-        sampled = result.get("tflm_sample") or {}
+        sampled = result.tflm_sample or {}
         if sampled.get("mode") != "sample":
             continue
-        rows.append({"candidate": name, "checks": "every check of the candidate (eval and edge inputs)",
-                     "sample": {"eval_examples": sampled["eval_examples"], "edge_examples": sampled["edge_examples"]},
-                     "bit_identical": sampled["bit_identical"], "rest_from": sampled["rest_from"],
-                     "why": sampled["why"]})
+        rows.append(SampledCheck(name, "every check of the candidate (eval and edge inputs)",
+                                 {"eval_examples": sampled["eval_examples"],
+                                  "edge_examples": sampled["edge_examples"]},
+                                 sampled["bit_identical"], sampled["rest_from"], sampled["why"]))
     return rows
 
 
-def sampled_markdown(report: dict) -> list[str]:
+def sampled_markdown(report: ParityReport) -> list[str]:
     """report.md's section on the checks that ran on a sample (none: nothing)."""
-    rows = report.get("sampled_checks") or []
+    rows = report.sampled_checks
     if not rows:
         return []
     lines = ["## Checks run on a sample", ""]
     for row in rows:
-        sample = row["sample"]
-        lines.append(f"- `{row['candidate']}`: {sample['eval_examples']} eval + {sample['edge_examples']} edge "
+        sample = row.sample
+        lines.append(f"- `{row.candidate}`: {sample['eval_examples']} eval + {sample['edge_examples']} edge "
                      f"examples ran in TFLite Micro; "
-                     + ("bit-identical to LiteRT's built-in kernels there" if row["bit_identical"] else
+                     + ("bit-identical to LiteRT's built-in kernels there" if row.bit_identical else
                         "**not** bit-identical to LiteRT's built-in kernels there")
-                     + f"; the rest: {row['rest_from']}.")
-    return lines + ["", f"Why the sample proves the rest: {rows[0]['why']}", ""]
+                     + f"; the rest: {row.rest_from}.")
+    return lines + ["", f"Why the sample proves the rest: {rows[0].why}", ""]
 
 
 def _arena(artifact: Artifact, model: bytes, inputs: int) -> dict:
@@ -376,18 +377,18 @@ def litert_findings(compared: dict) -> list[str]:
     return lines
 
 
-def record_microcontroller(manifest: Manifest, report: dict) -> None:
+def record_microcontroller(manifest: Manifest, report: ParityReport) -> None:
     """Parity's arena measurement and fit per device into the manifest's `tflm` entry (export may lack them)."""
-    result = report["candidates"].get(TFLM_ARTIFACT)
+    result = report.candidates.get(TFLM_ARTIFACT)
     if result is None or not manifest.has(TFLM_ARTIFACT):
         return
-    section = result["microcontroller"]
+    section = result.microcontroller
     entry = dict(manifest.artifact(TFLM_ARTIFACT).entry)
-    if section["arena"].get("measured") or not (entry.get("arena") or {}).get("measured"):
-        entry["arena"] = section["arena"]
-    entry["fit"] = section["fit"]
-    if "budgets" in report:
-        entry["budgets"] = report["budgets"]
+    if section.arena.get("measured") or not (entry.get("arena") or {}).get("measured"):
+        entry["arena"] = section.arena
+    entry["fit"] = section.fit
+    if report.budgets:
+        entry["budgets"] = report.budgets.to_dict()
     manifest.set_artifact(TFLM_ARTIFACT, entry)
 
 

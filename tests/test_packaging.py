@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
 EXPECTED = ["kerasport/__init__.py", "kerasport/app/cli.py", "kerasport/train/fit.py", "kerasport/export/stage.py",
-            "kerasport/parity/stage.py", "kerasport/serve/app.py", "kerasport/serve/server.py"]
+            "kerasport/parity/stage.py", "kerasport/parity/templates/report.html.j2", "kerasport/serve/app.py",
+            "kerasport/serve/server.py"]
 
 
 def run(*command: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -49,7 +49,7 @@ def run_command(
     print_parity_summary(out, checked)
     if json_output:
         typer.echo(json.dumps({"train": trained.metrics, "export": exported.rows,
-                               "parity": {"passed": checked.report["passed"], "failures": checked.failures}}))
+                               "parity": {"passed": checked.report.passed, "failures": checked.failures}}))
     if checked.exit_code:
         raise fail(f"parity gate failed: {checked.failures[0] if checked.failures else 'see the report'}; "
                    f"report: {checked.run_dir}/parity/report.md", checked.exit_code)

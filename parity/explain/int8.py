@@ -35,6 +35,7 @@ from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.samples import Samples, load_samples
 
+from ..results import ExplainCandidate
 from ..runners import SIGNATURE, run_batched
 
 FIX_LAYERS = 1  # the costliest layers each tried in float alone (then the costliest with its consumers)
@@ -57,13 +58,13 @@ class Int8Fixer:
             self._calibration = load_samples(artifact.resolve(self.run_dir), self.contract)
         return self._calibration
 
-    def __call__(self, artifact: Artifact, explained: dict, index: ScopeIndex) -> dict:
+    def __call__(self, artifact: Artifact, explained: ExplainCandidate, index: ScopeIndex) -> dict:
         if artifact.precision != "int8":
             return {"skipped": "fixes are tried for the full-integer int8 artifacts"}
         calibration = self.calibration
         if calibration is None or not len(calibration):
             return {"skipped": "the bundle has no calibration sample to re-quantize with"}
-        layers = _float_candidates([row["layer"] for row in explained.get("costliest", [])[:FIX_LAYERS]], index)
+        layers = _float_candidates([row["layer"] for row in (explained.costliest or [])[:FIX_LAYERS]], index)
         started = time.perf_counter()
         try:
             if artifact.format == "onnx":

@@ -30,6 +30,7 @@ from kerasport.layer_scopes import ScopeIndex
 from kerasport.manifest import Artifact, Manifest
 from kerasport.tolerances import PRECISION_CLASS, Tolerance, TolerancePolicy, bound_excess
 
+from ..results import ExplainCandidate, ExplainSection, FirstDivergence, ParityReport
 from .graph import ExplainUnavailable, KerasGraph, batch_order_noise, fp16_twin
 from .match import COMPARED, Match, match_layers
 from .runtime import ONNX_SETTINGS, TFLITE_SETTINGS, onnx_tensors, tflite_tensors
@@ -98,7 +99,7 @@ def candidate_tensors(run_dir: Path, artifact: Artifact, context: ExplainContext
 
 
 def explain_candidate(run_dir: Path, artifact: Artifact, context: ExplainContext,
-                      tolerance: Tolerance) -> tuple[dict, ScopeIndex]:
+                      tolerance: Tolerance) -> tuple[ExplainCandidate, ScopeIndex]:
     """The per-layer table of one candidate, its first layer beyond tolerance (or int8 ranking), and its scopes."""
     started = time.perf_counter()
     index = ScopeIndex(context.graph.nodes, getattr(context.graph.model, "name", ""))
@@ -109,14 +110,15 @@ def explain_candidate(run_dir: Path, artifact: Artifact, context: ExplainContext
     local = context.graph.local_values(context.inputs, substitutes)
     rows = _rows(matches, context, tolerance, local)
     bounded = tolerance.atol is not None
-    result = {"precision": artifact.precision, "format": artifact.format, "runtime": artifact.runtime,
-              "settings": ONNX_SETTINGS if artifact.format == "onnx" else TFLITE_SETTINGS,
-              "tolerance": "bounded" if bounded else "int8: values not bounded by the gate (agreement only)",
-              "layers": rows, "compared": sum(1 for row in rows if row["status"] == COMPARED),
-              "first_divergent": _first_divergent(rows) if bounded else None}
+    result = ExplainCandidate(
+        precision=artifact.precision, format=artifact.format, runtime=artifact.runtime,
+        settings=ONNX_SETTINGS if artifact.format == "onnx" else TFLITE_SETTINGS,
+        tolerance="bounded" if bounded else "int8: values not bounded by the gate (agreement only)",
+        layers=rows, compared=sum(1 for row in rows if row["status"] == COMPARED),
+        first_divergent=_first_divergent(rows) if bounded else None)
     if PRECISION_CLASS.get(artifact.precision) == "int8":
-        result["costliest"] = rank_int8_layers(context, matches, local, rows)
-    result["seconds"] = round(time.perf_counter() - started, 3)
+        result.costliest = rank_int8_layers(context, matches, local, rows)
+    result.seconds = round(time.perf_counter() - started, 3)
     return result, index
 
 
@@ -166,17 +168,17 @@ def _rows(matches: list[Match], context: ExplainContext, tolerance: Tolerance,
     return rows
 
 
-def _first_divergent(rows: list[dict]) -> dict | None:
+def _first_divergent(rows: list[dict]) -> FirstDivergence | None:
     before = None
     for row in rows:
         if row["status"] != COMPARED:
             continue
         if not row["within"]:
             growth = f", ×{row['growth']:.3g} the error of {before}" if row.get("growth") and before else ""
-            return {"layer": row["layer"], "type": row["type"], "depth": row["depth"], "relative": row["relative"],
-                    "allowed": row["allowed"], "growth": row.get("growth"), "after": before,
-                    "message": f"{row['layer']} ({row['type']}, depth {row['depth']}): relative error "
-                               f"{row['relative']:.3g} (allowed {row['allowed']:.3g}){growth}"}
+            return FirstDivergence(row["layer"], row["type"], row["depth"], row["relative"], row["allowed"],
+                                   row.get("growth"), before,
+                                   f"{row['layer']} ({row['type']}, depth {row['depth']}): relative error "
+                                   f"{row['relative']:.3g} (allowed {row['allowed']:.3g}){growth}")
         before = row["layer"]
     return None
 
@@ -234,7 +236,8 @@ def _output_change(contract: ModelContract, base: list[np.ndarray], moved: list[
 
 
 def explain_candidates(run_dir: Path, manifest: Manifest, model, policy: TolerancePolicy, eval_inputs: dict,
-                       edges, artifacts: list[Artifact], *, fixes=None, console=None) -> tuple[dict, dict]:
+                       edges, artifacts: list[Artifact], *, fixes=None,
+                       console=None) -> tuple[ExplainSection, dict]:
     """The `explain` section of report.json and the files it adds (the per-layer plot).
 
     Args:
@@ -253,56 +256,56 @@ def explain_candidates(run_dir: Path, manifest: Manifest, model, policy: Toleran
     started = time.perf_counter()
     contract = manifest.contract
     inputs, description = explain_inputs(eval_inputs, edges.inputs, edges.kinds)
-    section = {"inputs": description, "candidates": {}, "skipped": {}}
+    section = ExplainSection(inputs=description, candidates={}, skipped={})
     explainable = [a for a in artifacts if a.format in EXPLAINED_FORMATS]
     for artifact in artifacts:
         if artifact.format not in EXPLAINED_FORMATS:
-            section["skipped"][artifact.name] = f"{artifact.format}: per-layer comparison covers ONNX and TFLite"
+            section.skipped[artifact.name] = f"{artifact.format}: per-layer comparison covers ONNX and TFLite"
     if not explainable:
         return section, {}
     fp16 = any(policy.for_precision(a.precision).noise_source == "fp16_weights" for a in explainable)
     try:
         context = prepare(model, contract, inputs, description, fp16=fp16)
     except ExplainUnavailable as error:
-        section["unavailable"] = str(error)
+        section.unavailable = str(error)
         return section, {}
     for artifact in explainable:
         try:
             result, index = explain_candidate(run_dir, artifact, context, policy.for_precision(artifact.precision))
         except Exception as error:  # noqa: BLE001 - an explanation that fails must not hide the gate's verdict
-            section["candidates"][artifact.name] = {"error": f"{type(error).__name__}: {error}"}
+            section.candidates[artifact.name] = ExplainCandidate(error=f"{type(error).__name__}: {error}")
             continue
-        if fixes is not None and result.get("costliest"):
-            result["fixes"] = fixes(artifact, result, index)
-        section["candidates"][artifact.name] = result
+        if fixes is not None and result.costliest:
+            result.fixes = fixes(artifact, result, index)
+        section.candidates[artifact.name] = result
         if console is not None:
             console.print(explain_line(artifact.name, result))
-    section["seconds"] = round(time.perf_counter() - started, 2)
+    section.seconds = round(time.perf_counter() - started, 2)
     files = {}
-    if any("layers" in result for result in section["candidates"].values()):
+    if any(result.error is None for result in section.candidates.values()):
         files[PLOT_FILE] = layers_png(section, [node.name for node in context.graph.nodes])
-        section["plot"] = PLOT_FILE
+        section.plot = PLOT_FILE
     return section, files
 
 
-def explain_line(name: str, result: dict) -> str:
+def explain_line(name: str, result: ExplainCandidate) -> str:
     """One console line per explained candidate."""
-    if "error" in result:
-        return f"explain {name:<15} could not run: {result['error']}"
-    if result.get("costliest"):
+    if result.error is not None:
+        return f"explain {name:<15} could not run: {result.error}"
+    if result.costliest:
         top = ", ".join(f"{row['layer']} ({row['flips']} flips, Δ {row['output_change']:.2g})"
-                        for row in result["costliest"][:3])
+                        for row in result.costliest[:3])
         line = f"explain {name:<15} costliest int8 layers (own error alone at the outputs): {top}"
-        fixes = result.get("fixes", {}).get("best")
+        fixes = (result.fixes or {}).get("best")
         return line + (f"; best fix: {fixes}" if fixes else "")
-    first = result.get("first_divergent")
+    first = result.first_divergent
     if first:
-        return f"explain {name:<15} first layer beyond tolerance: {first['message']}"
-    return (f"explain {name:<15} every compared layer within tolerance ({result['compared']} of "
-            f"{len(result['layers'])} layers compared)")
+        return f"explain {name:<15} first layer beyond tolerance: {first.message}"
+    return (f"explain {name:<15} every compared layer within tolerance ({result.compared} of "
+            f"{len(result.layers)} layers compared)")
 
 
-def layers_png(section: dict, layer_names: list[str]) -> bytes:
+def layers_png(section: ExplainSection, layer_names: list[str]) -> bytes:
     """Relative error by depth for every explained candidate on one figure (log scale), first divergence marked."""
     import matplotlib
 
@@ -310,16 +313,16 @@ def layers_png(section: dict, layer_names: list[str]) -> bytes:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(max(7.0, min(18.0, 0.35 * len(layer_names) + 4)), 4.5))
-    for name, result in section["candidates"].items():
-        rows = [row for row in result.get("layers", []) if row["status"] == COMPARED]
+    for name, result in section.candidates.items():
+        rows = [row for row in result.layers if row["status"] == COMPARED]
         if not rows:
             continue
         depths = [row["depth"] for row in rows]
         errors = [max(row["relative"], SCALE_FLOOR) for row in rows]
         (line,) = axis.plot(depths, errors, marker="o", markersize=3, label=name)
-        first = result.get("first_divergent")
+        first = result.first_divergent
         if first:
-            axis.scatter([first["depth"]], [max(first["relative"], SCALE_FLOOR)], marker="X", s=120,
+            axis.scatter([first.depth], [max(first.relative, SCALE_FLOOR)], marker="X", s=120,
                          color=line.get_color(), edgecolors="black", zorder=4)
     step = max(1, len(layer_names) // 40)
     axis.set_xticks(range(0, len(layer_names), step), layer_names[::step], rotation=60, ha="right", fontsize=7)
@@ -339,43 +342,43 @@ def _number(value, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def explain_markdown(report: dict) -> list[str]:
+def explain_markdown(report: ParityReport) -> list[str]:
     """report.md's explain section: per candidate, the first layer beyond tolerance, the table, int8 fixes."""
-    section = report.get("explain")
+    section = report.explain
     if not section:
         return []
-    inputs = section.get("inputs", {})
-    lines = [f"## Explain: layer by layer ({section.get('trigger', '--explain')})", ""]
-    if section.get("unavailable"):
-        return lines + [f"Not available: {section['unavailable']}.", ""]
+    inputs = section.inputs or {}
+    lines = [f"## Explain: layer by layer ({section.trigger or '--explain'})", ""]
+    if section.unavailable:
+        return lines + [f"Not available: {section.unavailable}.", ""]
     lines += [f"Inputs: the first {inputs.get('eval_examples', 0)} eval examples and {inputs.get('edge_examples', 0)} "
               f"edge patterns ({', '.join(inputs.get('edge_kinds', [])) or 'none'}). Relative error = max |diff| / "
               f"the layer's largest |value|; growth = relative error / the previous compared layer's; local = the "
               f"error the layer adds by itself (the Keras layer run on the candidate's own inputs).", ""]
-    if section.get("plot"):
-        lines += [f"![error by layer depth]({section['plot']})", ""]
-    for name, skipped in section.get("skipped", {}).items():
+    if section.plot:
+        lines += [f"![error by layer depth]({section.plot})", ""]
+    for name, skipped in (section.skipped or {}).items():
         lines.append(f"- {name}: not explained ({skipped})")
-    for name, result in section.get("candidates", {}).items():
+    for name, result in section.candidates.items():
         lines += _candidate_markdown(name, result)
     return lines
 
 
-def _candidate_markdown(name: str, result: dict) -> list[str]:
-    if "error" in result:
-        return [f"### `{name}`", "", f"Could not explain: {result['error']}", ""]
-    lines = [f"### `{name}` ({result['precision']}, {result['settings']})", ""]
-    first = result.get("first_divergent")
+def _candidate_markdown(name: str, result: ExplainCandidate) -> list[str]:
+    if result.error is not None:
+        return [f"### `{name}`", "", f"Could not explain: {result.error}", ""]
+    lines = [f"### `{name}` ({result.precision}, {result.settings})", ""]
+    first = result.first_divergent
     if first:
-        lines.append(f"**First layer beyond tolerance: {first['message']}.**")
-    elif result.get("costliest"):
+        lines.append(f"**First layer beyond tolerance: {first.message}.**")
+    elif result.costliest:
         lines.append("**int8: values are not bounded by the gate; costliest layers below.**")
     else:
-        lines.append(f"Every compared layer within tolerance ({result['compared']} of {len(result['layers'])} "
+        lines.append(f"Every compared layer within tolerance ({result.compared} of {len(result.layers)} "
                      f"compared).")
     lines += ["", "| depth | layer | type | counterpart | layout | max abs diff | mean abs diff | relative | growth | "
                   "local | within |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in result["layers"]:
+    for row in result.layers:
         if row["status"] != COMPARED:
             lines.append(f"| {row['depth']} | {row['layer']} | {row['type']} | {row['status']}: {row['note']} | "
                          + " | ".join(["–"] * 7) + " |")
@@ -385,14 +388,14 @@ def _candidate_markdown(name: str, result: dict) -> list[str]:
                      f"{row['layout']} | {row['max_abs']:.2e} | {row['mean_abs']:.2e} | {row['relative']:.2e} | "
                      f"{_number(row.get('growth'))} | {_number(row.get('local_relative'), '.2e')} | {within} |")
     lines.append("")
-    if result.get("costliest"):
+    if result.costliest:
         lines += ["Costliest int8 layers (each layer's own error alone, injected into the float model, eval "
                   "examples):", "", "| layer | type | top-1 flips | mean output change | noise/signal |",
                   "|---|---|---|---|---|"]
         lines += [f"| {row['layer']} | {row['type']} | {row['flips']} | {row['output_change']:.3g} | "
-                  f"{_number(row.get('local_noise_ratio'))} |" for row in result["costliest"]]
+                  f"{_number(row.get('local_noise_ratio'))} |" for row in result.costliest]
         lines.append("")
-    return lines + _fixes_markdown(result.get("fixes"))
+    return lines + _fixes_markdown(result.fixes)
 
 
 def _short(name: str, limit: int = 60) -> str:
@@ -420,16 +423,18 @@ def _fixes_markdown(fixes: dict | None) -> list[str]:
     return lines + [""]
 
 
-def explain_summary(report: dict) -> list[str]:
+def explain_summary(report: ParityReport) -> list[str]:
     """Console summary lines: the first layer beyond tolerance, or the costliest int8 layer and best fix."""
-    section = report.get("explain") or {}
-    lines = [f"  explain: {section['unavailable']}"] if section.get("unavailable") else []
-    for name, result in section.get("candidates", {}).items():
-        if result.get("first_divergent"):
-            lines.append(f"  explain {name}: first layer beyond tolerance: {result['first_divergent']['message']}")
-        elif result.get("costliest"):
-            top = result["costliest"][0]
-            best = (result.get("fixes") or {}).get("best")
+    section = report.explain
+    if section is None:
+        return []
+    lines = [f"  explain: {section.unavailable}"] if section.unavailable else []
+    for name, result in section.candidates.items():
+        if result.first_divergent:
+            lines.append(f"  explain {name}: first layer beyond tolerance: {result.first_divergent.message}")
+        elif result.costliest:
+            top = result.costliest[0]
+            best = (result.fixes or {}).get("best")
             lines.append(f"  explain {name}: costliest int8 layer {top['layer']} ({top['flips']} flips alone)"
                          + (f"; best fix: {best}" if best else ""))
     return lines

@@ -140,13 +140,13 @@ def test_planted_fault_in_tflite_is_named_first(bundle):
     scale_tflite_layer(bundle, FAULTY)
     result = run_parity(ParityOptions(run=str(bundle), sweep=False))
     assert result.exit_code == EXIT_CHECK_FAILED
-    explained = result.report["explain"]["candidates"]["tflite-fp32"]
-    assert explained["first_divergent"]["layer"] == FAULTY
-    rows = {row["layer"]: row for row in explained["layers"]}
+    explained = result.report.explain.candidates["tflite-fp32"]
+    assert explained.first_divergent.layer == FAULTY
+    rows = {row["layer"]: row for row in explained.layers}
     # TFLite folds the rescaling into the first convolution: no tensor of its own, compared there
     assert rows["rescale"]["status"] == "fused" and rows["rescale"]["fused_into"] == "conv_a"
     assert rows["conv_a"]["within"] and rows["bn"]["within"]
-    assert "onnx-fp32" not in result.report["explain"]["candidates"]
+    assert "onnx-fp32" not in result.report.explain.candidates
 
 
 def test_explain_ranks_bn_after_relu_first_and_measures_the_fix_without_touching_the_bundle(bundle):

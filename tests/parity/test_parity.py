@@ -15,6 +15,7 @@ from kerasport.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_RUNTIME, EXIT_USAG
 from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.manifest import hash_artifact, load_manifest, require_verified, verify_bundle
 from kerasport.parity.edges import EDGE_EXAMPLES
+from kerasport.parity.formatting import SWEEP_SAMPLE_NOTE
 from kerasport.parity.runners import EDGE_BATCH_SIZES
 from kerasport.parity.stage import ParityOptions, run_parity
 from kerasport.parity.sweep import ORT_SWEEP_LEVELS, SWEEP_THREADS
@@ -77,7 +78,7 @@ def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
                  "tflite-int8"):
         assert manifest.parity_verdict(name) == Verdict.PASS, name
     assert manifest.stage("parity")["passed"] is True and manifest.stage("parity")["reference"] == "keras"
-    assert "keras" not in result.report["candidates"]
+    assert "keras" not in result.report.candidates
     for output in ("report.json", "report.md", "junit.xml", "errors.png"):
         assert (exported_copy / "parity" / output).is_file()
     require_verified(manifest, "onnx-fp32")  # the serving gate accepts it
@@ -120,6 +121,7 @@ def test_report_json_has_every_field(exported_copy):
             isinstance(ran["same_as"], str) and ran["examples"] <= examples)
     markdown = (exported_copy / "parity" / "report.md").read_text()
     assert "| onnx-fp32 | fp32 | onnxruntime |" in markdown and "PASSED" in markdown
+    assert " ran on |" in markdown and SWEEP_SAMPLE_NOTE in markdown
     assert "no labelled data" not in markdown
 
 
@@ -156,7 +158,7 @@ def test_junit_counts_failures(exported_copy):
     suite = root.find("testsuite")
     cases = suite.findall("testcase")
     failed = [case for case in cases if case.find("failure") is not None]
-    assert int(suite.get("tests")) == len(cases) == sum(len(c["checks"]) for c in result.report["candidates"].values())
+    assert int(suite.get("tests")) == len(cases) == sum(len(c.checks) for c in result.report.candidates.values())
     assert int(suite.get("failures")) == len(failed) == len(result.failures) >= 1
     assert {case.get("classname") for case in failed} == {"parity.onnx-fp32"}
     assert all(case.find("failure").get("message") for case in failed)
@@ -206,7 +208,7 @@ def test_tolerance_file_and_option_override(exported_copy):
     strict = run_parity(ParityOptions(run=str(exported_copy), sweep=False))
     assert strict.exit_code == EXIT_CHECK_FAILED
     assert any(f.startswith(("onnx-fp32: max_abs_diff", "tflite-fp32: max_abs_diff")) for f in strict.failures)
-    assert str(exported_copy / "parity.toml") in strict.report["tolerances"]["source"]
+    assert str(exported_copy / "parity.toml") in strict.report.tolerances["source"]
 
     relaxed = runner.invoke(app, ["parity", "--run", str(exported_copy), "--no-sweep", "--fp32-atol", "1e-3"])
     assert relaxed.exit_code == EXIT_OK, relaxed.output
@@ -222,7 +224,7 @@ def test_regression_model_parity(regression_trained, tmp_path):
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
     (output,) = load_manifest(run).contract.output_names
-    stats = result.report["candidates"]["onnx-fp32"]["outputs"][output]["eval"]
+    stats = result.report.candidates["onnx-fp32"].eval_stats(output)
     assert {"mae", "reference_mae", "mae_delta", "mae_delta_ci95"} <= set(stats) and abs(stats["mae_delta"]) < 1e-4
     assert "top1_agreement" not in stats
 

@@ -55,26 +55,26 @@ def test_two_inputs_two_outputs_every_output_compared_by_its_kind(two_io, tmp_pa
     classes, values = contract.classification_output, next(s for s in contract.output_specs()
                                                            if not s.is_classification)
     report = result.report
-    assert set(report["candidates"]) == {"saved_model", *FP32_FP16}
-    assert report["candidates"]["tflite-fp16"]["precision"] == "fp16"
-    for name, candidate in report["candidates"].items():
-        assert set(candidate["outputs"]) == set(contract.output_names), name
-        probabilities = candidate["outputs"][classes.name]["eval"]
-        regression = candidate["outputs"][values.name]["eval"]
+    assert set(report.candidates) == {"saved_model", *FP32_FP16}
+    assert report.candidates["tflite-fp16"].precision == "fp16"
+    for name, candidate in report.candidates.items():
+        assert set(candidate.outputs) == set(contract.output_names), name
+        probabilities = candidate.eval_stats(classes.name)
+        regression = candidate.eval_stats(values.name)
         assert probabilities["top1_agreement"] == 1.0 and "accuracy_ci95" in probabilities
         assert "mae" not in probabilities
         assert "mae_delta" in regression and "top1_agreement" not in regression
-        checks = {check["id"] for check in candidate["checks"]}
+        checks = {check.id for check in candidate.checks}
         assert {f"max_abs_diff[{classes.name}]", f"max_abs_diff[{values.name}]", f"accuracy_drop[{classes.name}]",
                 f"mae_increase[{values.name}]"} <= checks
-    edge = report["inputs"]["edge"]["inputs"]
+    edge = report.inputs.edge.inputs
     picture, features = contract.input_specs()
     assert (picture.kind, features.kind) == ("image", "tensor")
     assert edge[picture.name]["kinds"][-1] == "checkerboard" and edge[picture.name]["range"]["source"] == "contract"
     assert edge[features.name]["kinds"][-1] == "alternating"
     assert edge[features.name]["range"]["source"] == "eval sample"
     manifest = load_manifest(run)
-    assert all(manifest.parity_verdict(name) == Verdict.PASS for name in report["candidates"])
+    assert all(manifest.parity_verdict(name) == Verdict.PASS for name in report.candidates)
     markdown = (run / "parity" / "report.md").read_text()
     assert f"## Output `{classes.name}`" in markdown and f"## Output `{values.name}`" in markdown
 
@@ -121,12 +121,12 @@ def test_tabular_regressor_mae_deltas(mlp, tmp_path):
     result = run_parity(ParityOptions(run=str(run)))
     assert result.exit_code == EXIT_OK, result.failures
     (row,), (price,) = load_manifest(run).contract.input_specs(), load_manifest(run).contract.output_specs()
-    assert row.kind == "tensor" and price.kind == "values" and result.report["task"] == "regression"
+    assert row.kind == "tensor" and price.kind == "values" and result.report.task == "regression"
     for name in FP32_FP16:
-        stats = result.report["candidates"][name]["outputs"][price.name]["eval"]
+        stats = result.report.candidates[name].eval_stats(price.name)
         assert abs(stats["mae_delta"]) <= stats["reference_mae"] * 0.02 and "top1_agreement" not in stats
-        assert result.report["candidates"][name]["sweep"], name
-    assert result.report["inputs"]["edge"]["inputs"][row.name]["kinds"] == [
+        assert result.report.candidates[name].sweep, name
+    assert result.report.inputs.edge.inputs[row.name]["kinds"] == [
         "min", "max", "zeros", "uniform_noise", "alternating"]
 
 
@@ -138,9 +138,9 @@ def test_savedmodel_reference_when_the_bundle_has_no_keras_model(mlp, tmp_path):
     (run / "manifest.json").write_text(json.dumps(raw))
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
-    assert result.report["reference"]["artifact"] == "saved_model"
-    assert result.report["reference"]["runtime"].startswith("tensorflow")
-    assert set(result.report["candidates"]) == set(FP32_FP16)
+    assert result.report.reference.artifact == "saved_model"
+    assert result.report.reference.runtime.startswith("tensorflow")
+    assert set(result.report.candidates) == set(FP32_FP16)
     assert load_manifest(run).stage("parity")["reference"] == "saved_model"
 
 
@@ -151,10 +151,10 @@ def test_without_an_eval_sample_inputs_come_from_the_spec(mlp, tmp_path):
     manifest.save(run)
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
-    sample = result.report["inputs"]["eval_sample"]
-    assert sample["generated"] is True and sample["examples"] > 0 and sample["labelled_outputs"] == []
-    assert result.report["labelled_data"]["given"] is False
-    assert result.report["labelled_data"]["notes"][0].startswith(NO_LABELS)
+    sample = result.report.inputs.eval_sample
+    assert sample.generated is True and sample.examples > 0 and sample.labelled_outputs == []
+    assert result.report.labelled_data.given is False
+    assert result.report.labelled_data.notes[0].startswith(NO_LABELS)
 
 
 def test_variants_export_could_not_build_are_listed_not_checked(two_io, tmp_path):
@@ -167,7 +167,7 @@ def test_variants_export_could_not_build_are_listed_not_checked(two_io, tmp_path
     manifest.save(run)
     result = run_parity(ParityOptions(run=str(run), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
-    assert result.report["not_built"] == {failed.name: reason} and failed.name not in result.report["candidates"]
+    assert result.report.not_built == {failed.name: reason} and failed.name not in result.report.candidates
     assert load_manifest(run).parity_verdict(failed.name) is None
     assert f"- {failed.name}: {reason}" in (run / "parity" / "report.md").read_text()
 

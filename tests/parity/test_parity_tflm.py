@@ -59,18 +59,18 @@ def junit_cases(run: Path) -> dict[str, ET.Element]:
 def test_tflm_candidate_passes_and_agrees_with_litert(edge_copy):
     result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
-    tflm = result.report["candidates"]["tflm"]
-    assert tflm["verdict"] == Verdict.PASS and tflm["runtime"] == "tflite-micro"
-    assert {check["id"] for check in tflm["checks"]} >= {SOURCE_CHECK, "top1_agreement[probabilities]",
-                                                         "dynamic_batch[probabilities]"}
-    assert tflm["description"].startswith("tflite-micro") and tflm["seconds"] < 10  # the bar for `edge`
-    arena = tflm["microcontroller"]["arena"]
+    tflm = result.report.candidates["tflm"]
+    assert tflm.verdict == Verdict.PASS and tflm.runtime == "tflite-micro"
+    assert {check.id for check in tflm.checks} >= {SOURCE_CHECK, "top1_agreement[probabilities]",
+                                                   "dynamic_batch[probabilities]"}
+    assert tflm.description.startswith("tflite-micro") and tflm.seconds < 10  # the bar for `edge`
+    arena = tflm.microcontroller.arena
     assert arena["measured"] and 0 < arena["used_bytes"] < ARENA_BAR
-    assert set(tflm["vs_litert"]) == set(LITERT_SETTINGS)
-    builtin = tflm["vs_litert"]["builtin kernels"]["probabilities"]
+    assert set(tflm.vs_litert) == set(LITERT_SETTINGS)
+    builtin = tflm.vs_litert["builtin kernels"]["probabilities"]
     assert builtin["within_bound"] and builtin["steps"] <= LITERT_BUILTIN_STEPS
     assert builtin["top1_agreement"] == 1.0
-    assert not [finding for finding in result.report["findings"] if finding.startswith("tflm")]
+    assert not [finding for finding in result.report.findings if finding.startswith("tflm")]
     manifest = load_manifest(edge_copy)
     assert manifest.parity_verdict("tflm") == Verdict.PASS
     assert manifest.artifact("tflm").get("fit")["samd21"]["ram"] == (arena["reserve_bytes"] <= 32 * KIB)
@@ -109,22 +109,22 @@ def test_without_tflite_micro_skipped_never_passed_and_parity_fills_the_arena_la
     monkeypatch.setitem(sys.modules, "tflite_micro", None)  # what `import tflite_micro` meets when not installed
     export_bundle(ExportOptions(run=str(edge_copy), formats=["tflite-int8", "tflm"], calibration_samples=20))
     result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
-    tflm = result.report["candidates"]["tflm"]
-    assert tflm["verdict"] == Verdict.SKIPPED and "tflite-micro is not importable" in tflm["skipped"]
-    assert result.exit_code == EXIT_OK and result.report["passed"]
+    tflm = result.report.candidates["tflm"]
+    assert tflm.verdict == Verdict.SKIPPED and "tflite-micro is not importable" in tflm.skipped
+    assert result.exit_code == EXIT_OK and result.report.passed
     manifest = load_manifest(edge_copy)
     assert manifest.parity_verdict("tflm") == Verdict.SKIPPED and not manifest.artifact("tflm").passed_parity
     assert junit_cases(edge_copy)["parity.tflm/tflm_runtime"].find("skipped") is not None
-    assert not tflm["microcontroller"]["arena"]["measured"]
+    assert not tflm.microcontroller.arena["measured"]
     # a RAM budget cannot be shown to hold without a measured arena: it fails, flash is still judged
     report = copy.deepcopy(result.report)
     apply_budgets(report, resolve_budgets("samd21"))
-    assert not report["passed"] and [failure.split(" — ")[0] for failure in report["failures"]] == [
+    assert not report.passed and [failure.split(" — ")[0] for failure in report.failures] == [
         f"{BUDGET_CLASS}: budget_ram"]
-    assert "not measured" in report["failures"][0]
+    assert "not measured" in report.failures[0]
     monkeypatch.undo()
     again = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
-    assert again.exit_code == EXIT_OK and again.report["candidates"]["tflm"]["verdict"] == Verdict.PASS
+    assert again.exit_code == EXIT_OK and again.report.candidates["tflm"].verdict == Verdict.PASS
     arena = load_manifest(edge_copy).artifact("tflm").get("arena")
     assert arena["measured"] and 0 < arena["used_bytes"] < ARENA_BAR  # parity filled in what export could not
 
@@ -168,22 +168,22 @@ def test_int8_io_model_runs_in_tflm_with_its_own_quantization(edge_copy):
     assert tensor_in["dtype"] == "int8"
     result = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
     assert result.exit_code == EXIT_OK, result.failures
-    builtin = result.report["candidates"]["tflm"]["vs_litert"]["builtin kernels"]["probabilities"]
+    builtin = result.report.candidates["tflm"].vs_litert["builtin kernels"]["probabilities"]
     assert builtin["within_bound"] and builtin["top1_agreement"] == 1.0
 
 
 def test_tflm_runs_a_sample_and_full_on_request_with_the_same_checks(edge_copy, tmp_path):
     sampled = run_parity(ParityOptions(run=str(edge_copy), sweep=False))
     assert sampled.exit_code == EXIT_OK, sampled.failures
-    tflm = sampled.report["candidates"]["tflm"]
-    record = tflm["tflm_sample"]
+    tflm = sampled.report.candidates["tflm"]
+    record = tflm.tflm_sample
     assert record["mode"] == "sample" and record["bit_identical"] is True
-    examples = sampled.report["inputs"]["eval_sample"]["examples"]  # this tiny bundle's eval sample may be smaller
+    examples = sampled.report.inputs.eval_sample.examples  # this tiny bundle's eval sample may be smaller
     assert record["eval_examples"] == min(TFLM_SAMPLE_EVAL, examples) and record["edge_examples"] == TFLM_SAMPLE_EDGE
     assert record["tflm_inferences"] == record["eval_examples"] + TFLM_SAMPLE_EDGE
-    assert tflm["vs_litert"]["builtin kernels"]["probabilities"]["examples"] == record["tflm_inferences"]
-    (row,) = sampled.report["sampled_checks"]
-    assert row["candidate"] == "tflm" and row["sample"]["eval_examples"] == record["eval_examples"]
+    assert tflm.vs_litert["builtin kernels"]["probabilities"]["examples"] == record["tflm_inferences"]
+    (row,) = sampled.report.sampled_checks
+    assert row.candidate == "tflm" and row.sample["eval_examples"] == record["eval_examples"]
     report_md = (edge_copy / "parity" / "report.md").read_text()
     assert "## Checks run on a sample" in report_md and "Why the sample proves the rest" in report_md
     full_run = tmp_path / "full"
@@ -193,9 +193,9 @@ def test_tflm_runs_a_sample_and_full_on_request_with_the_same_checks(edge_copy, 
     full = load_manifest(full_run).parity_verdict("tflm"), (full_run / "parity" / "report.json").read_text()
     assert full[0] == "pass" and '"mode": "full"' in full[1] and '"sampled_checks": []' in full[1]
     full_tflm = json.loads(full[1])["candidates"]["tflm"]
-    assert [c["id"] for c in full_tflm["checks"]] == [c["id"] for c in tflm["checks"]]
+    assert [c["id"] for c in full_tflm["checks"]] == [c.id for c in tflm.checks]
     assert full_tflm["outputs"]["probabilities"]["eval"]["top1_agreement"] == \
-        tflm["outputs"]["probabilities"]["eval"]["top1_agreement"]
+        tflm.eval_stats("probabilities")["top1_agreement"]
     bad = runner.invoke(app, ["parity", "--run", str(full_run), "--tflm", "most"])
     assert bad.exit_code == EXIT_USAGE and "--tflm 'most'" in bad.output
 

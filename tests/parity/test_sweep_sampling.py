@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.reports import sweep_ran
+from parity.formatting import sweep_ran
 from parity.runners import EVAL_BATCH
 from parity.sweep import batch_bounds, run_setting
 
