@@ -19,7 +19,7 @@ quiet_tensorflow()
 # tests of that measurement ask for it (perf=True / --perf); the subprocesses the tests start inherit this too.
 os.environ.setdefault(PERF_ENV, "0")
 
-from helpers import copy_bundle, shared_bundle, trained_bundle, write_idx_dir  # noqa: E402
+from helpers import build_source_wheel, copy_bundle, shared_bundle, trained_bundle, write_idx_dir  # noqa: E402
 
 
 @pytest.fixture
@@ -92,6 +92,14 @@ def verified(exported, tmp_path_factory) -> Path:
 
     return shared_bundle(tmp_path_factory, "verified", build)
 
+
+
+@pytest.fixture(scope="session")
+def source_wheel(tmp_path_factory) -> Path:
+    """`pip wheel --no-deps` of a copy of the whole working tree (helpers.build_source_wheel), built once per session:
+    tests/test_packaging.py inspects and installs it, the container tests that are not about building a wheel take
+    it with `--wheel` (the build from the source tree is test_package.py's container-context test). Read-only."""
+    return shared_bundle(tmp_path_factory, "wheel", build_source_wheel)
 
 
 @pytest.fixture(scope="session")
