@@ -19,7 +19,7 @@ quiet_tensorflow()
 # tests of that measurement ask for it (perf=True / --perf); the subprocesses the tests start inherit this too.
 os.environ.setdefault(PERF_ENV, "0")
 
-from helpers import copy_bundle, shared_bundle, trained_bundle, write_idx_dir  # noqa: E402
+from helpers import build_source_wheel, copy_bundle, shared_bundle, trained_bundle, write_idx_dir  # noqa: E402
 
 
 @pytest.fixture
@@ -106,6 +106,14 @@ def two_inputs_exported(tmp_path_factory) -> Path:
         return export_formats(run, ["onnx-fp32", "tflite-fp32"])
 
     return shared_bundle(tmp_path_factory, "two-inputs", build)
+
+
+@pytest.fixture(scope="session")
+def source_wheel(tmp_path_factory) -> Path:
+    """`pip wheel --no-deps` of a copy of the whole working tree (helpers.build_source_wheel), built once per session:
+    tests/test_packaging.py inspects and installs it, the container tests that are not about building a wheel take
+    it with `--wheel` (the build from the source tree is test_package.py's container-context test). Read-only."""
+    return shared_bundle(tmp_path_factory, "wheel", build_source_wheel)
 
 
 @pytest.fixture(scope="session")

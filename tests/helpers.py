@@ -10,6 +10,8 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import numpy as np
 
 from devtools.serving import ServerProcess
 
-__all__ = ["ServerProcess", "copy_bundle", "shared_bundle", "synthetic_digits", "trained_bundle", "write_idx",
-           "write_idx_dir", "write_npz", "write_png_folders"]
+__all__ = ["ServerProcess", "build_source_wheel", "copy_bundle", "shared_bundle", "synthetic_digits", "trained_bundle",
+           "write_idx", "write_idx_dir", "write_npz", "write_png_folders"]
 
 IMAGE = 28
 
@@ -94,6 +96,22 @@ def copy_bundle(run: Path, destination: Path) -> Path:
     copy = destination / "run"
     shutil.copytree(run, copy)
     return copy
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
+
+
+def build_source_wheel(root: Path) -> Path:
+    """`pip wheel --no-deps` of a copy of the whole working tree (not only the packaged folders, so a stray top-level
+    package would show up in the wheel), into root; returns the wheel's path."""
+    shutil.copytree(ROOT, root / "src", ignore=SOURCE_SKIP)
+    # cwd: outside the repository, as for any command that must not see its kerasport/ folder
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(root / "src"), "-w", str(root)]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(sys.executable).anchor)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (path,) = root.glob("kerasport-*.whl")
+    return path
 
 
 BUILT_MARKER = "built"

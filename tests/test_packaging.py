@@ -5,7 +5,6 @@ its `[serve]` extra into a fresh virtual environment without system site-package
 dependencies come from pip's cache or the configured index).
 """
 
-import shutil
 import subprocess
 import sys
 import venv
@@ -14,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
 EXPECTED = ["kerasport/__init__.py", "kerasport/app/cli.py", "kerasport/train/fit.py", "kerasport/export/stage.py",
             "kerasport/parity/stage.py", "kerasport/parity/templates/report.html.j2", "kerasport/serve/app.py",
             "kerasport/serve/server.py"]
@@ -27,13 +24,9 @@ def run(*command: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    scratch = tmp_path_factory.mktemp("wheel")
-    shutil.copytree(ROOT, scratch / "src", ignore=SKIP)
-    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(scratch / "src"), "-w", str(scratch))
-    assert built.returncode == 0, built.stderr[-3000:]
-    (path,) = scratch.glob("kerasport-*.whl")
-    return path
+def wheel(source_wheel) -> Path:
+    """The session's wheel of the whole working tree (conftest.source_wheel, shared with the container tests)."""
+    return source_wheel
 
 
 @pytest.mark.slow

@@ -368,9 +368,10 @@ def test_container_context_is_a_valid_dockerfile_with_a_verified_trimmed_bundle_
 
 
 @pytest.mark.slow
-def test_container_check_install_measures_a_tf_free_serve_install_and_pins_it(bundle, tmp_path):
+def test_container_check_install_measures_a_tf_free_serve_install_and_pins_it(bundle, source_wheel, tmp_path):
     out = tmp_path / "context"
-    result = package(bundle, "container", out, "--check-install")
+    # --wheel: the session's wheel; building one from the source tree is the container-context test's subject
+    result = package(bundle, "container", out, "--check-install", "--wheel", str(source_wheel))
     assert result.exit_code == 0, result.output
     installed = load_manifest(bundle).stage("package")["container"]["installed"]
     assert installed["tensorflow_absent"] and installed["bundle_verify"].startswith("ok:")

@@ -25,14 +25,16 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory, regressor_versions):
+def context(tmp_path_factory, regressor_versions, source_wheel):
     root = tmp_path_factory.mktemp("signed-package")
     keys = write_key_pair(root / "keys")
     run = Path(shutil.copytree(regressor_versions[1], root / "run"))
     sign_bundle(run, keys.private)
     before = sha256_file(run / MANIFEST_NAME)
     out = root / "context"
-    result = runner.invoke(app, ["package", "--run", str(run), "--target", "container", "--out", str(out)])
+    # --wheel: the session's wheel (building one from the source tree is tests/deploy/test_package.py's subject)
+    result = runner.invoke(app, ["package", "--run", str(run), "--target", "container", "--out", str(out),
+                                 "--wheel", str(source_wheel)])
     assert result.exit_code == EXIT_OK, result.output
     return {"run": run, "out": out, "keys": keys, "manifest_before": before}
 
