@@ -20,9 +20,12 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 from kerasport.devices import open_tflm, tflm_missing
+from kerasport.errors import ConversionError
 from kerasport.int8_recipe import Int8Recipe, judge_tuning
+from kerasport.isolation import run_isolated
 from kerasport.runtimes import RuntimeSettings, dequantize_output, quantize_input
 from kerasport.samples import Samples
+from kerasport.tflm_limits import tflm_limitations
 
 from .int8_recipe import TFLM_IDENTITY_EXAMPLES, RecipeBackend, RecipeRequest, judge_file, run_tuning
 from .tflm import TFLM_OPS
@@ -146,14 +149,25 @@ class TfliteRecipes(RecipeBackend):
         if missing:
             figures = judge_file(path, "tflite", self.tuning, self.context.contract, builtin)
             return {**figures, "measured_with": f"LiteRT built-in kernels (TFLite Micro unavailable: {missing})"}
+        limits = tflm_limitations(path.read_bytes())
+        if limits:
+            return {"passed": False, "error": f"TFLite Micro limitation: {'; '.join(limits)}"}
         head = Samples({name: array[:TFLM_IDENTITY_EXAMPLES] for name, array in self.tuning.samples.inputs.items()})
-        micro = tflm_outputs(path.read_bytes(), self.context.contract, head.inputs)
+        try:  # TFLite Micro aborts (not raises) on some models: it runs in a child, a crash costs this recipe
+            micro = run_isolated("TFLite Micro (int8 recipe)", tflm_outputs, path.read_bytes(), self.context.contract,
+                                 head.inputs)
+        except ConversionError as error:
+            return {"passed": False, "error": str(error)}
         litert = run_tuning(path, "tflite", _head_tuning(self.tuning, head), builtin)
         if all(np.array_equal(micro[name], litert[name]) for name in micro):
             figures = judge_file(path, "tflite", self.tuning, self.context.contract, builtin)
             return {**figures, "measured_with": f"LiteRT built-in kernels (bit-identical to TFLite Micro on "
                                                 f"{len(head)} tuning examples)"}
-        outputs = tflm_outputs(path.read_bytes(), self.context.contract, self.tuning.samples.inputs)
+        try:
+            outputs = run_isolated("TFLite Micro (int8 recipe)", tflm_outputs, path.read_bytes(),
+                                   self.context.contract, self.tuning.samples.inputs)
+        except ConversionError as error:
+            return {"passed": False, "error": str(error)}
         figures = judge_tuning(self.context.contract, self.tuning.tolerance, self.tuning.reference, outputs,
                                self.tuning.samples.targets)
         return {**figures, "measured_with": "TFLite Micro (LiteRT's built-in kernels differ from it here)"}

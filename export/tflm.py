@@ -23,7 +23,9 @@ from kerasport.devices import (
     tflm_version,
     unmeasured_arena,
 )
+from kerasport.errors import ConversionError
 from kerasport.isolation import StepCrashed, run_isolated
+from kerasport.tflm_limits import tflm_limitations
 
 # Built-in operators TensorFlow Lite Micro registers (tflite-micro's micro_mutable_op_resolver.h, AddXxx()).
 TFLM_OPS = frozenset({
@@ -156,11 +158,15 @@ def tflm_details(int8_path: Path, ops: list[str], inputs: int) -> dict:
     unmeasured, with the reason.
 
     Raises:
-        ConversionError: TFLite Micro cannot prepare or run a model whose ops it supports.
+        ConversionError: TFLite Micro cannot prepare or run a model whose ops it supports; or a known TFLM limit
+            (kerasport.tflm_limits: an op whose kernel would abort while preparing) is reached, named exactly.
     """
     model = int8_path.read_bytes()
     unsupported = sorted(op for op in ops if op not in TFLM_OPS)
     missing = tflm_missing()
+    limits = tflm_limitations(model)
+    if limits:
+        raise ConversionError(f"TFLite Micro limitation: {'; '.join(limits)}")
     if unsupported:
         arena = unmeasured_arena(f"ops without a TFLite Micro kernel: {', '.join(unsupported)}")
     elif missing:

@@ -108,6 +108,29 @@ def noise_floors(tolerance: Tolerance, noise: dict) -> tuple[float, float]:
     return noise["max_abs_diff"], noise["edge_max_abs_diff"]
 
 
+# Two classes whose reference scores are closer than twice the model's own error for a precision (fp16 weight
+# rounding, float32 rounding) can swap places with no fault in the artifact: each may move by that error.
+NEAR_TIE_NOISE_FACTOR = 2.0
+
+
+def decision_margin(tolerance: Tolerance, noise_floor: float) -> float:
+    """The reference top-2 margin below which an example is a near-tie for this tolerance.
+
+    The larger of the configured `tie_margin` and NEAR_TIE_NOISE_FACTOR x the model's own error for the precision
+    on the eval inputs (`noise_floors`' first value): a model whose fp16-rounded weights alone move a probability
+    by 0.12 cannot be expected to keep a decision whose margin is 0.02 in an fp16 artifact, while a model whose
+    fp16 error is 1e-3 keeps the configured margin. A flip on a near-tie is reported, not judged.
+
+    Args:
+        tolerance: the precision class's tolerance.
+        noise_floor: the model's own error on the eval inputs for this tolerance's noise source.
+
+    Returns:
+        The margin, in the output's own units (the same units as the top-2 margin it is compared with).
+    """
+    return max(tolerance.tie_margin, NEAR_TIE_NOISE_FACTOR * noise_floor)
+
+
 def allowed_difference(tolerance: Tolerance, reference: np.ndarray, noise_floor: float,
                        kind: str = "probabilities") -> np.ndarray | None:
     """The largest |candidate - reference| the tolerance allows for each reference value; None when not checked.

@@ -2,7 +2,9 @@
 
 Per output: shapes at every batch size (`dynamic_batch`), `finite`, `max_abs_diff` (the bound of
 `tolerances.allowed_difference`), and for classification outputs `top1_agreement` and (with targets)
-`accuracy_drop`, for regression outputs (with targets) `mae_increase`. A check is identified as
+`accuracy_drop`, both judged on the decisive examples (reference top-2 margin at least
+`tolerances.decision_margin`: the configured tie margin, or twice the model's own error for the precision when
+that is larger; every flip is reported), for regression outputs (with targets) `mae_increase`. A check is identified as
 `<check>[<output>]`; `outputs` (the candidate returns the contract's output names) and `loads_and_runs` are
 per candidate.
 """
@@ -17,17 +19,20 @@ from kerasport.compare import (
     accuracy_statistics,
     agreement_statistics,
     class_scores,
+    class_targets,
     error_statistics,
     regression_statistics,
 )
 from kerasport.contract import ModelContract, OutputSpec
-from kerasport.tolerances import Tolerance, bound_excess, noise_floors
+from kerasport.tolerances import Tolerance, bound_excess, decision_margin, noise_floors
 from kerasport.verdict import Verdict
 
 from .results import Check, OutputResult
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference
 
 LOAD_CHECK = "loads_and_runs"
+NOISE_WORDS = {"fp16_weights": "fp16 weight-rounding error", "float32_error": "float32 error",
+               "batch_order": "batch-order noise"}
 
 
 class Checks:
@@ -137,11 +142,15 @@ def _check_classification(spec: OutputSpec, tolerance: Tolerance, reference: Ref
                           targets: np.ndarray | None, result: OutputResult, checks: Checks) -> None:
     ref_scores = class_scores(reference.outputs.eval[spec.name], spec.kind)
     cand_scores = class_scores(outputs.eval[spec.name], spec.kind)
-    stats = agreement_statistics(ref_scores, cand_scores, tolerance.tie_margin)
+    margin = decision_margin(tolerance, noise_floors(tolerance, reference.noise[spec.name])[0])
+    stats = agreement_statistics(ref_scores, cand_scores, margin)
     result.eval.update(stats)
+    noise = NOISE_WORDS.get(tolerance.noise_source, tolerance.noise_source)
+    why = "" if margin == tolerance.tie_margin else \
+        f", twice the model's own {noise}, above tie_margin {tolerance.tie_margin:g}"
     checks.add("top1_agreement", stats["decisive_agreement"] >= tolerance.min_agreement,
                f"top-1 agreement {stats['decisive_agreement']:.4f} on {stats['decisive_examples']} decisive "
-               f"examples (reference top-2 margin >= {tolerance.tie_margin:g}); raw {stats['top1_agreement']:.4f} "
+               f"examples (reference top-2 margin >= {margin:.3g}{why}); raw {stats['top1_agreement']:.4f} "
                f"with {stats['label_flips']} flips of {len(ref_scores)}, {stats['near_tie_flips']} on near-ties; "
                f"required >= {tolerance.min_agreement:g}", spec.name)
     if targets is None:
@@ -149,11 +158,17 @@ def _check_classification(spec: OutputSpec, tolerance: Tolerance, reference: Ref
     accuracy = accuracy_statistics(ref_scores, cand_scores, targets)
     result.eval.update(accuracy)
     if tolerance.max_accuracy_drop is not None:
-        drop = -accuracy["accuracy_delta"]
+        # Judged on the decisive examples, like top-1 agreement: a near-tie's flip is within the output bound.
+        top2 = np.sort(ref_scores, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) >= margin
+        labels = class_targets(targets, len(ref_scores), ref_scores.shape[1])
+        drop = -accuracy_statistics(ref_scores[decisive], cand_scores[decisive], labels[decisive])[
+            "accuracy_delta"] if decisive.any() else 0.0
+        result.eval["decisive_accuracy_delta"] = -drop
         checks.add("accuracy_drop", drop <= tolerance.max_accuracy_drop + 1e-12,
                    f"accuracy {accuracy['accuracy']:.4f} vs reference {accuracy['reference_accuracy']:.4f} "
-                   f"(Δ {accuracy['accuracy_delta'] * 100:+.2f} pp); allowed drop "
-                   f"{tolerance.max_accuracy_drop * 100:.2f} pp", spec.name)
+                   f"(Δ {accuracy['accuracy_delta'] * 100:+.2f} pp); on the {int(decisive.sum())} decisive examples "
+                   f"Δ {-drop * 100:+.2f} pp; allowed drop {tolerance.max_accuracy_drop * 100:.2f} pp", spec.name)
 
 
 def _check_regression(name: str, tolerance: Tolerance, reference: Reference, outputs: Outputs,

@@ -34,6 +34,7 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
+from .first_load import first_load
 from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .results import (
@@ -328,6 +329,8 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format)
     tolerance = policy.for_precision(artifact.precision)
     try:
+        if artifact.format in RUNTIME_FORMATS:  # an abort in the first load costs this candidate, not the report
+            first_load(artifact.resolve(run_dir), artifact.format, artifact.runtime, artifact.name, data.inputs)
         outputs = run_everything(open_candidate(run_dir, artifact, contract), data.inputs, data.edges.inputs)
     except ConversionError as error:
         result.verdict, result.checks = Verdict.ERROR, load_error(str(error))

@@ -23,7 +23,7 @@ from kerasport.compare import agreement_statistics, class_scores, error_statisti
 from kerasport.contract import ModelContract
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings
-from kerasport.tolerances import PRECISION_CLASS, Tolerance, bound_excess, noise_floors
+from kerasport.tolerances import PRECISION_CLASS, Tolerance, bound_excess, decision_margin, noise_floors
 
 from .runners import EVAL_BATCH, Reference, open_candidate
 
@@ -121,12 +121,12 @@ def _compare(contract: ModelContract, outputs: Mapping[str, np.ndarray], referen
             within = False
             continue
         stats = {"max_abs_diff": error_statistics(expected, received)["max_abs_diff"]}
+        eval_noise, _ = noise_floors(tolerance, reference.noise[spec.name])
         if tolerance.atol is not None:
-            eval_noise, _ = noise_floors(tolerance, reference.noise[spec.name])
             within &= bound_excess(tolerance, expected, received, eval_noise, spec.kind) <= 0
         if spec.is_classification:
             agreement = agreement_statistics(class_scores(expected, spec.kind), class_scores(received, spec.kind),
-                                             tolerance.tie_margin)
+                                             decision_margin(tolerance, eval_noise))
             stats.update(top1_agreement=agreement["top1_agreement"],
                          decisive_agreement=agreement["decisive_agreement"])
             agreements.append(agreement["top1_agreement"])

@@ -31,7 +31,6 @@ from kerasport.compare import agreement_statistics, class_scores, error_statisti
 from kerasport.contract import ModelContract
 from kerasport.devices import (
     device_fit,
-    measure_arena,
     open_tflm,
     parse_c_array,
     tflm_missing,
@@ -41,10 +40,12 @@ from kerasport.devices import (
 from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact, Manifest, load_manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
+from kerasport.tflm_limits import tflm_limitations
 from kerasport.tolerances import TolerancePolicy
 from kerasport.verdict import Verdict
 
 from .checks import Checks, judge, load_error
+from .first_load import tflm_arena, tflm_first_load
 from .results import CandidateResult, Check, MicrocontrollerSection, ParityReport, SampledCheck
 from .runners import EDGE_BATCH_SIZES, Outputs, Reference, run_batched, run_everything
 
@@ -269,11 +270,19 @@ def sampled_markdown(report: ParityReport) -> list[str]:
 
 
 def _arena(artifact: Artifact, model: bytes, inputs: int) -> dict:
-    """Export's measurement when this tflite-micro made it (the runner then proves the reserve), else a new one."""
+    """Export's measurement when this tflite-micro made it (the runner then proves the reserve), else a new one.
+
+    TFLite Micro first loads the model in an isolated child (first_load.py), so an abort is this candidate's
+    error; a known TFLM limit (kerasport.tflm_limits) is named before it loads at all.
+    """
+    limits = tflm_limitations(model)
+    if limits:
+        raise ConversionError(f"TFLite Micro limitation: {'; '.join(limits)}")
     recorded = artifact.get("arena") or {}
     if recorded.get("measured") and recorded.get("tflite_micro") == tflm_version():
+        tflm_first_load(model, inputs, artifact.name)
         return recorded
-    return measure_arena(model, inputs)
+    return tflm_arena(model, inputs, artifact.name)
 
 
 def _check_source(manifest: Manifest, artifact: Artifact, model: bytes, run_dir: Path, checks: Checks) -> None:
