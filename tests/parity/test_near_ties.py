@@ -47,7 +47,7 @@ def verdicts(error: float, candidate: np.ndarray) -> dict[str, bool]:
     fp16 = TolerancePolicy().fp16
     targets = {"p": reference_scores().argmax(axis=1)}
     _, checks = judge(CONTRACT, fp16, reference_with_fp16_error(error), outputs_of(candidate), targets)
-    return {record["check"]: record["passed"] for record in checks.records}
+    return {record.check: record.passed for record in checks.records}
 
 
 def test_the_decision_margin_is_the_tie_margin_or_twice_the_models_own_error():
