@@ -85,7 +85,7 @@ def received(monkeypatch):
 
     def run_parity(options, console=None):
         calls["parity"] = options
-        return SimpleNamespace(report={"passed": True}, failures=[], exit_code=0, run_dir=options.run)
+        return SimpleNamespace(report=SimpleNamespace(passed=True), failures=[], exit_code=0, run_dir=options.run)
 
     monkeypatch.setattr("kerasport.train.fit.train", train)
     monkeypatch.setattr("kerasport.export.stage.export_bundle", export_bundle)

@@ -64,7 +64,8 @@ def test_a_recommendation_per_target(measured):
     recommendation = manifest.recommendation
     timed = {name: figures["latency_ms"]["p50"] for name, figures in manifest.performance["candidates"].items()
              if figures["measured"]}
-    assert recommendation["server_cpu"]["variant"] == min(timed, key=timed.get)
+    # Lowest p50 (two candidates may tie at the recorded precision: either is the lowest)
+    assert timed[recommendation["server_cpu"]["variant"]] == min(timed.values())
     assert "lowest batch-1 p50" in recommendation["server_cpu"]["why"]
     litert = {a.name: a.bytes for a in manifest.artifacts() if a.format == "tflite" and a.passed_parity}
     assert recommendation["mobile_edge"]["variant"] == min(litert, key=litert.get)
