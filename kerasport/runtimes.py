@@ -9,6 +9,7 @@ contract's dtypes. onnxruntime and ai_edge_litert are imported only when a runti
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,22 @@ class RuntimeSettings:
         return f"xnnpack={'on' if self.xnnpack else 'off'}, threads={threads}"
 
 
+def default_intra_op_threads() -> int:
+    """onnxruntime's default intra-op thread count (one per physical core), counted among the cores this process
+    may run on (its CPU affinity); 0 (the runtime's own default) where the affinity cannot be read."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return 0
+    physical = set()
+    for cpu in allowed:  # hyper-threads of one core share a sibling list
+        try:
+            physical.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            physical.add(str(cpu))
+    return max(1, len(physical))
+
+
 def _check_names(given: Mapping[str, np.ndarray], expected: list[str], artifact: str) -> None:
     if set(given) != set(expected):
         raise UsageError(f"{artifact}: inputs {sorted(given)}; expected exactly {sorted(expected)}")
@@ -68,6 +85,11 @@ class OnnxRuntime:
         if settings.threads:
             options.intra_op_num_threads = settings.threads
             options.inter_op_num_threads = 1
+        else:
+            # onnxruntime's own default pins its pool threads to cores of its choosing, outside a taskset or a
+            # container's CPU set: measured here, a pool thread on core 1 of a server confined to core 0. Its
+            # default thread count, counted within this process's cores and set explicitly, leaves them unpinned.
+            options.intra_op_num_threads = default_intra_op_threads()
         options.log_severity_level = 3
         if not settings.memory_pattern:
             options.enable_mem_pattern = False
