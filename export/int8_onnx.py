@@ -14,7 +14,7 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
-from kerasport.int8_recipe import Int8Recipe
+from kerasport.int8_recipe import ONNX_REDUCE_RANGE, ONNX_WEIGHTS, Int8Recipe
 from kerasport.samples import Samples
 
 from .int8_recipe import RecipeBackend, RecipeRequest, judge_file
@@ -80,14 +80,15 @@ class OnnxRecipes(RecipeBackend):
             batch = CALIBRATION_BATCH if recipe.calibration_method == "minmax" else 1
             quantize_static(str(self.prepared()), str(destination),
                             CalibrationBatches(calibration, self.context.contract, batch),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activations,
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=ONNX_REDUCE_RANGE,
+                            activation_type=activations,
                             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=nodes)
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types
             raise ConversionError(f"onnxruntime static quantization with recipe ({recipe.describe()}) failed: "
                                   f"{first_line(error)}") from error
         bits = "uint16" if recipe.activation_bits == 16 else "uint8"
         method = recipe.calibration_method
-        return {"quantization": f"static QDQ, per-channel int8 weights, {bits} activations, {method}",
+        return {"quantization": f"static QDQ, {ONNX_WEIGHTS}, {bits} activations, {method}",
                 "calibration_samples": len(calibration), "float_nodes": len(nodes)}
 
     def _graph_scopes(self) -> list[tuple[str, list[str]]]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
+from kerasport.int8_recipe import ONNX_REDUCE_RANGE, ONNX_WEIGHTS
 from kerasport.samples import Samples
 
 from .messages import first_line, ort_missing_op
@@ -245,8 +246,9 @@ def quantize_onnx_static(fp32_model: Path, destination: Path, calibration: Sampl
     try:
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(destination), _CalibrationReader(calibration, contract),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=ONNX_REDUCE_RANGE,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
     except Exception as error:  # noqa: BLE001
         op = ort_missing_op(error)
         missing = f" (op {op} has no onnxruntime kernel)" if op else ""
@@ -254,7 +256,7 @@ def quantize_onnx_static(fp32_model: Path, destination: Path, calibration: Sampl
                               f"{first_line(error)}") from error
     finally:
         prepared.unlink(missing_ok=True)
-    return {"quantization": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+    return {"quantization": f"static QDQ, {ONNX_WEIGHTS}, uint8 activations, MinMax",
             "calibration_samples": len(calibration)}
 
 
@@ -262,5 +264,6 @@ def quantize_onnx_dynamic(fp32_model: Path, destination: Path) -> dict:
     """Dynamic (weights-only ahead of time) int8 quantization; measured against static in bench/export.py."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_model), str(destination), weight_type=QuantType.QInt8, per_channel=True)
-    return {"quantization": "dynamic, per-channel int8 weights"}
+    quantize_dynamic(str(fp32_model), str(destination), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=ONNX_REDUCE_RANGE)
+    return {"quantization": f"dynamic, {ONNX_WEIGHTS}"}

@@ -1,7 +1,7 @@
 """`--explain` for the full-integer int8 artifacts: the fixes for the costliest layers, tried and measured.
 
 The bundle is never changed: each fix re-quantizes in a temporary directory, from the bundle's own float model and
-calibration sample, with the settings export uses (onnxruntime `quantize_static`, QDQ, per-channel int8 weights,
+calibration sample, with the settings export uses (onnxruntime `quantize_static`, QDQ, per-channel 7-bit int8 weights,
 uint8 activations, MinMax; the TFLite MLIR quantizer, full integer, per-channel), and the result runs on the eval
 slice against the reference like the gate's candidates do. Trials, per int8 artifact:
 
@@ -30,6 +30,7 @@ from kerasport.compare import (
     regression_statistics,
 )
 from kerasport.contract import ModelContract
+from kerasport.int8_recipe import ONNX_REDUCE_RANGE
 from kerasport.layer_scopes import ScopeIndex
 from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
@@ -238,7 +239,8 @@ class _OnnxBuild:
         self.count += 1
         destination = self.scratch / f"trial_{self.count}.onnx"
         quantize_static(str(self.prepared), str(destination), _Reader(calibration, self.contract),
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
+                        quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=ONNX_REDUCE_RANGE,
+                        activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=list(exclude or []))
         return destination

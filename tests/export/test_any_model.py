@@ -24,6 +24,7 @@ from kerasport.errors import EXIT_OK, EXIT_RUNTIME
 from kerasport.export.smoke import SMOKE_BATCHES
 from kerasport.export.stage import STAGE_DIR_NAME, ExportOptions, export_bundle
 from kerasport.export.variants import VARIANTS
+from kerasport.int8_recipe import ONNX_REDUCE_RANGE
 from kerasport.manifest import load_manifest, verify_bundle
 
 runner = CliRunner()
@@ -57,6 +58,21 @@ def test_two_inputs_two_outputs_every_variant_is_recorded_as_its_runtime_sees_it
     # full-integer int8 keeps float I/O by default but quantizes inside: its ops include QUANTIZE
     assert "QUANTIZE" in manifest.artifact("tflite-int8").get("ops")
     assert manifest.artifact("onnx-int8").get("calibration_samples") == SAMPLES
+
+
+def test_onnx_int8_weights_fit_seven_bits_so_every_x86_host_computes_the_gated_integers(two_inputs):
+    """u8 x s8 on x86 without VNNI sums product pairs in 16 bits: 255 x 127 x 2 saturates, 255 x 64 x 2 = 32640
+    does not."""
+    import onnx
+    from onnx import numpy_helper
+
+    assert ONNX_REDUCE_RANGE
+    model = onnx.load(str(load_manifest(two_inputs).artifact("onnx-int8").resolve(two_inputs)))
+    weights = [numpy_helper.to_array(tensor) for tensor in model.graph.initializer
+               if tensor.data_type == onnx.TensorProto.INT8 and len(tensor.dims) >= 2]
+    assert weights, "no int8 weight tensors in the int8 model"
+    assert all(int(w.min()) >= -64 and int(w.max()) <= 64 for w in weights), [(w.min(), w.max()) for w in weights]
+    assert "7-bit" in load_manifest(two_inputs).artifact("onnx-int8").get("quantization")
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
