@@ -44,10 +44,11 @@ class ParityArgs:
         "--max-flash-kib", help="Flash budget of the tflm model, KiB.")] = None
     max_ram_kib: Annotated[float | None, typer.Option(
         "--max-ram-kib", help="RAM budget of the tflm tensor arena (reserve incl. margin), KiB.")] = None
-    explain: Annotated[bool, typer.Option(
-        "--explain", help="Compare every ONNX/TFLite candidate with Keras layer by layer and name the first layer "
-                          "beyond tolerance; for int8, rank the costliest layers and try fixes (a failing candidate "
-                          "is explained even without it).")] = False
+    explain: Annotated[bool | None, typer.Option(
+        "--explain/--no-explain", help="Compare every ONNX/TFLite candidate with Keras layer by layer and name the "
+                                       "first layer beyond tolerance; for int8, rank the costliest layers and try "
+                                       "fixes (default: only the candidates that fail; --no-explain: none, for a "
+                                       "gate that only needs its verdict).")] = None
     baseline: Annotated[str | None, typer.Option(
         "--baseline", metavar="OTHER_RUN", help="A previous release's run directory: compare both on its pinned eval "
                                                 "slice (flips, accuracy Δ with CI, output shift).")] = None

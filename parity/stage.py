@@ -77,8 +77,8 @@ class ParityOptions:
     device: str | None = None
     max_flash_kib: float | None = None
     max_ram_kib: float | None = None
-    # Per-layer explanation (explain.py) of every candidate; without it, of each candidate that fails.
-    explain: bool = False
+    # Per-layer explanation (explain/) of every candidate (True), of none (False), or of each candidate that fails.
+    explain: bool | None = None
     # Drift against a previous release (drift.py): its run directory and the policy limits.
     baseline: str | None = None
     max_accuracy_drop: float | None = None
@@ -170,8 +170,9 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
                                                  sweep=options.sweep, tflm_mode=options.tflm)
         if console is not None:
             console.print(candidate_line(artifact.name, results[artifact.name]))
-    explained, files = explain_for_gate(run_dir, plan, runner, policy, reference, data, results,
-                                        everything=options.explain, console=console)
+    explained, files = (explain_for_gate(run_dir, plan, runner, policy, reference, data, results,
+                                         everything=options.explain is True, console=console)
+                        if options.explain is not False else (None, {}))
     drifted, drift_files = (run_drift(baseline, run_dir, plan.manifest, runner, console=console)
                             if baseline else (None, {}))
     report = build_report(plan, policy, reference, data, results, notes, options.seed,

@@ -135,6 +135,13 @@ def test_planted_fault_in_onnx_is_named_first_on_the_console_and_in_the_reports(
     assert section["inputs"] == {"eval_examples": EXPLAIN_EVAL, "edge_examples": EXPLAIN_EDGE,
                                  "edge_kinds": section["inputs"]["edge_kinds"]}
 
+    # --no-explain: the same failing gate, its verdict only
+    result = runner.invoke(app, ["parity", "--run", str(bundle), "--no-sweep", "--no-explain"])
+    assert result.exit_code == EXIT_CHECK_FAILED, result.output
+    assert "explain onnx-fp32" not in result.output
+    assert json.loads((bundle / "parity" / "report.json").read_text()).get("explain") is None
+    assert not (bundle / "parity" / PLOT_FILE).exists()
+
 
 def test_planted_fault_in_tflite_is_named_first(bundle):
     scale_tflite_layer(bundle, FAULTY)
