@@ -23,6 +23,8 @@ def recipe_scratch(context: BuildContext, variant: Variant, path: Path) -> Path:
 
 # Lower opsets the ONNX ladder tries after the requested one (tf2onnx maps some ops differently per opset).
 ONNX_FALLBACK_OPSETS = (17, 15, 13)
+# What the rungs converting a copy without XLA-compilation marks (xla_calls.py) add after their opset.
+RUNG_XLA_INLINED = "XLA-compiled calls inlined"
 
 
 def onnx_opsets(requested: int) -> list[int]:
@@ -31,7 +33,27 @@ def onnx_opsets(requested: int) -> list[int]:
 
 
 def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:
-    """ONNX through tf2onnx's command line, down an opset ladder; each rung is checked and loaded in onnxruntime."""
+    """ONNX through tf2onnx's command line, down an opset ladder; each rung is checked and loaded in onnxruntime.
+
+    A SavedModel with calls marked for XLA compilation (Keras' grouped convolutions: ConvNeXt) is converted from a
+    copy without the marks, which tf2onnx can inline (xla_calls.py); its rungs say so and `xla_calls_inlined`
+    records what was inlined. Any other SavedModel is converted as it is.
+    """
+    import tempfile
+
+    from .xla_calls import write_without_xla_marks, xla_marked_calls
+
+    marked = xla_marked_calls(context.saved_model)
+    if not marked["calls"]:
+        return _onnx_ladder(context, variant, path, context.saved_model, rung_suffix="")
+    with tempfile.TemporaryDirectory(prefix="onnx-source-", dir=context.scratch) as scratch:
+        source = Path(scratch) / "saved_model"
+        write_without_xla_marks(context.saved_model, source)
+        details = _onnx_ladder(context, variant, path, source, rung_suffix=f", {RUNG_XLA_INLINED}")
+    return {**details, "xla_calls_inlined": marked}
+
+
+def _onnx_ladder(context: BuildContext, variant: Variant, path: Path, saved_model: Path, *, rung_suffix: str) -> dict:
     from kerasport.isolation import run_isolated
 
     from .ladder import climb
@@ -40,14 +62,15 @@ def build_onnx(context: BuildContext, variant: Variant, path: Path) -> dict:
 
     def rung(opset: int):
         def attempt() -> dict:
-            details = convert_saved_model_to_onnx(context.saved_model, path, opset=opset, contract=context.contract)
+            details = convert_saved_model_to_onnx(saved_model, path, opset=opset, contract=context.contract)
             if context.eval_sample is not None:
                 run_isolated(f"{variant.runtime} load", smoke_run, path, variant.format, variant.runtime,
                              context.contract, context.eval_sample)
             return details
         return attempt
 
-    details = climb("ONNX", [(f"tf2onnx opset {opset}", rung(opset)) for opset in onnx_opsets(context.opset)])
+    details = climb("ONNX", [(f"tf2onnx opset {opset}{rung_suffix}", rung(opset))
+                             for opset in onnx_opsets(context.opset)])
     return {**details, **onnx_io_details(path)}
 
 
