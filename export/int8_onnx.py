@@ -14,7 +14,7 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
-from kerasport.int8_recipe import ONNX_REDUCE_RANGE, ONNX_WEIGHTS, Int8Recipe
+from kerasport.int8_recipe import ONNX_WEIGHTS, Int8Recipe, onnx_static_quantization
 from kerasport.samples import Samples
 
 from .int8_recipe import RecipeBackend, RecipeRequest, judge_file
@@ -68,21 +68,18 @@ class OnnxRecipes(RecipeBackend):
         if recipe.is_full:
             return quantize_onnx_static(self.fp32, destination, calibration, contract=self.context.contract,
                                         scratch=self.scratch)
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import quantize_static
 
         nodes = self.nodes_of(set(recipe.float_layers))
-        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                  "entropy": CalibrationMethod.Entropy}[recipe.calibration_method]
-        activations = QuantType.QUInt16 if recipe.activation_bits == 16 else QuantType.QUInt8
         try:
             # The histogram calibrators stack every batch's tensors into one array: batches of one example keep
             # them equal-shaped (a short last batch makes onnxruntime's stacking fail).
             batch = CALIBRATION_BATCH if recipe.calibration_method == "minmax" else 1
             quantize_static(str(self.prepared()), str(destination),
                             CalibrationBatches(calibration, self.context.contract, batch),
-                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=ONNX_REDUCE_RANGE,
-                            activation_type=activations,
-                            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=nodes)
+                            nodes_to_exclude=nodes,
+                            **onnx_static_quantization(activation_bits=recipe.activation_bits,
+                                                       calibration_method=recipe.calibration_method))
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types
             raise ConversionError(f"onnxruntime static quantization with recipe ({recipe.describe()}) failed: "
                                   f"{first_line(error)}") from error

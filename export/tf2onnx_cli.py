@@ -72,25 +72,30 @@ def _register_squares() -> None:
     from tf2onnx.handler import tf_op
     from tf2onnx.onnx_opset import math as tf2onnx_math
 
-    @tf_op("SquaredDifference")
-    class SquaredDifference:  # noqa: F841 - registered by the decorator
-        @classmethod
-        def version_1(cls, ctx, node, **kwargs):
-            if not _squared_by_pow(ctx, node):
-                return tf2onnx_math.SquaredDifference.version_1(ctx, node, **kwargs)
-            node.type = "Sub"
-            two = _pow_two(ctx, node, node.output[0])
-            ctx.insert_new_node_on_output("Pow", node.output[0], name=utils.make_name(f"{node.name}_square"),
-                                          inputs=[node.output[0], two])
+    def difference_squared(ctx, node) -> None:
+        node.type = "Sub"
+        ctx.insert_new_node_on_output("Pow", node.output[0], name=utils.make_name(f"{node.name}_square"),
+                                      inputs=[node.output[0], _pow_two(ctx, node, node.output[0])])
 
-    @tf_op("Square")
-    class Square:  # noqa: F841 - registered by the decorator
+    def squared(ctx, node) -> None:
+        node.type = "Pow"
+        node.input.append(_pow_two(ctx, node, node.input[0]))
+
+    for op, rewrite in (("SquaredDifference", difference_squared), ("Square", squared)):
+        tf_op(op)(_pow_where_needed(getattr(tf2onnx_math, op), rewrite))
+
+
+def _pow_where_needed(tf2onnx_handler, rewrite):
+    """A tf2onnx handler class: `rewrite` where `_squared_by_pow` says so, tf2onnx's own conversion elsewhere."""
+
+    class Handler:
         @classmethod
         def version_1(cls, ctx, node, **kwargs):
             if not _squared_by_pow(ctx, node):
-                return tf2onnx_math.Square.version_1(ctx, node, **kwargs)
-            node.type = "Pow"
-            node.input.append(_pow_two(ctx, node, node.input[0]))
+                return tf2onnx_handler.version_1(ctx, node, **kwargs)
+            return rewrite(ctx, node)
+
+    return Handler
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from kerasport.contract import ModelContract
 from kerasport.errors import ConversionError
-from kerasport.int8_recipe import ONNX_REDUCE_RANGE, ONNX_WEIGHTS
+from kerasport.int8_recipe import ONNX_REDUCE_RANGE, ONNX_WEIGHTS, onnx_static_quantization
 from kerasport.samples import Samples
 
 from .messages import first_line, ort_missing_op
@@ -239,16 +239,14 @@ def quantize_onnx_static(fp32_model: Path, destination: Path, calibration: Sampl
     Raises:
         ConversionError: the quantizer fails (naming the op onnxruntime lacks a kernel for, when it says so).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = scratch / f"{destination.stem}_prepared.onnx"
     try:
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(destination), _CalibrationReader(calibration, contract),
-                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=ONNX_REDUCE_RANGE,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        **onnx_static_quantization())
     except Exception as error:  # noqa: BLE001
         op = ort_missing_op(error)
         missing = f" (op {op} has no onnxruntime kernel)" if op else ""

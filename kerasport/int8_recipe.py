@@ -40,6 +40,20 @@ ACTIVATION_BITS = (8, 16)
 # the integers the gate checked.
 ONNX_REDUCE_RANGE = True
 ONNX_WEIGHTS = "per-channel 7-bit int8 weights (reduce_range)" if ONNX_REDUCE_RANGE else "per-channel int8 weights"
+
+
+def onnx_static_quantization(*, per_channel: bool = True, activation_bits: int = 8,
+                             calibration_method: str = "minmax") -> dict:
+    """The `onnxruntime.quantization.quantize_static` settings of every ONNX int8 model kerasport builds (export,
+    its int8 recipes and explain's re-quantized trials alike): QDQ, int8 weights in 7 bits (`ONNX_REDUCE_RANGE`),
+    uint8 activations (uint16 with `activation_bits=16`), the given calibration method."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    return {"quant_format": QuantFormat.QDQ, "per_channel": per_channel, "reduce_range": ONNX_REDUCE_RANGE,
+            "activation_type": QuantType.QUInt16 if activation_bits == 16 else QuantType.QUInt8,
+            "weight_type": QuantType.QInt8, "calibrate_method": methods[calibration_method]}
 # The ladder's rungs, in the order they are climbed.
 RUNG_FULL, RUNG_FLOAT_LAYERS, RUNG_INT16, RUNG_CALIBRATION = ("full", "float-layers", "16-bit-activations",
                                                               "calibration")

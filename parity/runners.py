@@ -88,33 +88,36 @@ class KerasRunner:
         twin.description = f"{self.description}, float64"
         return twin
 
-    def _forward(self, inputs):
-        """`model(inputs, training=False)`, traced once into a TensorFlow graph and reused for every batch size.
+    def _forward(self, arrays: list[np.ndarray]):
+        """`model(arrays, training=False)`, traced once into a TensorFlow graph and reused for every batch size.
 
         The gate calls the reference about a hundred times (eval batches, one-by-one probes, edge batches, the fp16
         and float64 twins); called eagerly, a deep model pays Python dispatch per layer on every call (MobileNetV2
         at batch 1: 136 ms eagerly, 4 ms traced; tracing once: 0.85 s). A model that cannot be traced runs eagerly.
         """
-        if getattr(self, "_traced", None) is None:
+        model = self._model
+
+        def call(*values):
+            return model(values[0] if len(values) == 1 else list(values), training=False)
+
+        if getattr(self, "_traced", None) is None:  # the twins are built without __init__
             import tensorflow as tf
 
-            model, arrays = self._model, inputs if isinstance(inputs, list) else [inputs]
             # one trace per model: any batch size, the item shapes and dtypes of the first call
-            specs = [tf.TensorSpec((None, *array.shape[1:]), array.dtype) for array in arrays]
-            self._traced = tf.function(lambda *values: model(list(values) if len(values) > 1 else values[0],
-                                                             training=False), input_signature=specs)
+            self._traced = tf.function(call, input_signature=[tf.TensorSpec((None, *array.shape[1:]), array.dtype)
+                                                              for array in arrays])
         if not getattr(self, "_eager", False):
             try:
-                return self._traced(*(inputs if isinstance(inputs, list) else [inputs]))
+                return self._traced(*arrays)
             except Exception:  # noqa: BLE001 - untraceable Python in a custom layer: the eager call still answers
                 self._eager = True
-        return self._model(inputs, training=False)
+        return call(*arrays)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         widen = getattr(self, "_input_dtype", None)
         arrays = [np.asarray(inputs[spec.name], dtype=widen if widen and np.dtype(spec.dtype) == np.float32
                              else spec.dtype) for spec in self._contract.input_specs()]
-        outputs = self._forward(arrays[0] if len(arrays) == 1 else arrays)
+        outputs = self._forward(arrays)
         names = self._contract.output_names
         if isinstance(outputs, Mapping):
             outputs = [outputs[name] for name in names] if set(names) <= set(outputs) else list(outputs.values())

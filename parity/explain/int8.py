@@ -30,7 +30,7 @@ from kerasport.compare import (
     regression_statistics,
 )
 from kerasport.contract import ModelContract
-from kerasport.int8_recipe import ONNX_REDUCE_RANGE
+from kerasport.int8_recipe import onnx_static_quantization
 from kerasport.layer_scopes import ScopeIndex
 from kerasport.manifest import Artifact, Manifest
 from kerasport.runtimes import RuntimeSettings, open_runtime
@@ -234,15 +234,12 @@ class _OnnxBuild:
         self.prepared, self.scratch, self.contract, self.count = prepared, scratch, contract, 0
 
     def __call__(self, calibration: Samples, per_channel: bool, exclude: list[str] | None = None) -> Path:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import quantize_static
 
         self.count += 1
         destination = self.scratch / f"trial_{self.count}.onnx"
         quantize_static(str(self.prepared), str(destination), _Reader(calibration, self.contract),
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=ONNX_REDUCE_RANGE,
-                        activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=list(exclude or []))
+                        nodes_to_exclude=list(exclude or []), **onnx_static_quantization(per_channel=per_channel))
         return destination
 
 
