@@ -205,16 +205,19 @@ class _ForkServer:
 
 
 _server: _ForkServer | None = None
+# Threads of one process (parity checks two candidates at once) share one fork server.
+_server_lock = threading.Lock()
 
 
 def _fork_server() -> _ForkServer:
     """The running fork server, started (again) when there is none or it lacks a module asked for since."""
     global _server
-    if _server is None or not _server.alive or set(_preloaded) - set(_server.modules):
-        if _server is not None and _server.alive:
-            _server.process.stdin.close()
-        _server = _ForkServer(_preloaded)
-    return _server
+    with _server_lock:
+        if _server is None or not _server.alive or set(_preloaded) - set(_server.modules):
+            if _server is not None and _server.alive:
+                _server.process.stdin.close()
+            _server = _ForkServer(_preloaded)
+        return _server
 
 
 def _serve_forks(modules: list[str]) -> None:

@@ -14,6 +14,7 @@ results (`sweep.py`). Reports are written atomically to `<run>/parity/` and the 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,8 @@ from .tflm import TFLM_FORMAT, TFLM_MODES, check_tflm, record_microcontroller, s
 STAGE_DIR_NAME = Stage.PARITY.folder
 REPORT_ARTIFACT = "parity-report"
 REPORT_PATH = f"{STAGE_DIR_NAME}/report.json"
+# Candidate checks run at once (`check_candidates`).
+CANDIDATE_THREADS = 2
 NO_LABELS = "no labelled data was given: agreement only, no accuracy"
 
 
@@ -164,12 +167,8 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
                         for artifact in plan.candidates)
     reference = measure_reference(runner, plan.reference, contract, data.inputs, data.edges.inputs,
                                   fp16_noise=fp16_noise, float32_noise=float32_noise)
-    results = {}
-    for artifact in plan.candidates:
-        results[artifact.name] = check_candidate(run_dir, artifact, contract, policy, reference, data,
-                                                 sweep=options.sweep, tflm_mode=options.tflm)
-        if console is not None:
-            console.print(candidate_line(artifact.name, results[artifact.name]))
+    results = check_candidates(run_dir, plan.candidates, contract, policy, reference, data, sweep=options.sweep,
+                               tflm_mode=options.tflm, console=console)
     explained, files = (explain_for_gate(run_dir, plan, runner, policy, reference, data, results,
                                          everything=options.explain is True, console=console)
                         if options.explain is not False else (None, {}))
@@ -318,6 +317,28 @@ def label_notes(contract: ModelContract, data: EvalData) -> list[str]:
 def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract, source: dict):
     path = artifact.resolve(run_dir)
     return KerasRunner(path, contract, source) if artifact.name == "keras" else SavedModelRunner(path, contract)
+
+
+def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelContract, policy: TolerancePolicy,
+                     reference: Reference, data: EvalData, *, sweep: bool, tflm_mode: str = "sample",
+                     console=None) -> dict[str, CandidateResult]:
+    """`check_candidate` for every candidate, CANDIDATE_THREADS at a time; results (and console lines) in order.
+
+    The runtimes release the GIL while they compute, and much of a check runs on one core (TFLite Micro, the
+    sweep's one-thread settings, Python between batches), so two checks at once keep a second core busy. Each
+    check owns its sessions; the outputs do not depend on what runs beside them.
+    """
+    # The longest checks first (TFLite Micro runs example by example), so the pool does not end on one of them.
+    order = sorted(candidates, key=lambda artifact: artifact.format != TFLM_FORMAT)
+    with ThreadPoolExecutor(max_workers=CANDIDATE_THREADS, thread_name_prefix="parity-candidate") as pool:
+        futures = {artifact.name: pool.submit(check_candidate, run_dir, artifact, contract, policy, reference, data,
+                                              sweep=sweep, tflm_mode=tflm_mode) for artifact in order}
+        results = {}
+        for artifact in candidates:
+            results[artifact.name] = futures[artifact.name].result()
+            if console is not None:
+                console.print(candidate_line(artifact.name, results[artifact.name]))
+    return results
 
 
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,

@@ -84,6 +84,20 @@ def test_faithful_bundle_passes_and_records_verdicts(exported_copy):
     require_verified(manifest, "onnx-fp32")  # the serving gate accepts it
 
 
+def test_candidates_checked_side_by_side_answer_as_one_at_a_time(exported_copy, monkeypatch):
+    from kerasport.parity import stage
+
+    assert stage.CANDIDATE_THREADS > 1
+    side_by_side = run_parity(ParityOptions(run=str(exported_copy), sweep=False, perf=False)).report
+    monkeypatch.setattr(stage, "CANDIDATE_THREADS", 1)
+    one_at_a_time = run_parity(ParityOptions(run=str(exported_copy), sweep=False, perf=False)).report
+    assert list(side_by_side.candidates) == list(one_at_a_time.candidates)  # the plan's order, not finishing order
+    output = next(iter(side_by_side.outputs))
+    for name, result in one_at_a_time.candidates.items():
+        assert side_by_side.candidates[name].verdict == result.verdict, name
+        assert side_by_side.candidates[name].eval_stats(output) == result.eval_stats(output), name
+
+
 def test_report_json_has_every_field(exported_copy):
     run_parity(ParityOptions(run=str(exported_copy)))
     report = json.loads((exported_copy / "parity" / "report.json").read_text())
