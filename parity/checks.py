@@ -127,7 +127,8 @@ def _check_bound(spec: OutputSpec, tolerance: Tolerance, reference: Reference, o
     rtol = tolerance.rtol + (tolerance.values_rtol if spec.kind != "probabilities" else 0.0)
     allowed_eval = max(tolerance.atol, tolerance.noise_multiple * eval_noise)
     allowed_edge = max(tolerance.atol, tolerance.noise_multiple * edge_noise)
-    noise_name = {"fp16_weights": "the reference's own error with float16-rounded weights",
+    noise_name = {"fp16_weights": reference.noise[name].get("fp16_source",
+                                                         "the reference's own error with float16-rounded weights"),
                   "float32_error": "the reference's own float32 error (vs float64, or batch order if larger)"}.get(
         tolerance.noise_source, "the reference's own batch-order noise")
     worst_edge = max(stats["max_abs_diff"] for stats in result.edge.values())

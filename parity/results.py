@@ -172,6 +172,8 @@ class CandidateResult(Record):
     vs_litert: dict[str, dict] | None = _optional()
     histograms: dict[str, list[int]] | None = _optional()
     sweep: list[dict] | None = _optional()
+    # fp16 candidates: the fp16 rounding error their bound follows, where it was measured and why (fp16_error.py)
+    fp16_error: dict | None = _optional()
     seconds: float = 0.0
 
     def failed_checks(self) -> list[Check]:

@@ -6,6 +6,7 @@ Every runner takes a dict of named input arrays (the contract's names) and retur
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,3 +275,50 @@ def _float32_error(runner, outputs: Outputs, contract: ModelContract, eval_input
                        error_statistics(outputs.edge[b][name], twin.edge[b][name])["max_abs_diff"]
                        for b in EDGE_BATCH_SIZES)}
             for name in contract.output_names}
+
+
+class CandidateOutputs:
+    """Each candidate's outputs under the default settings, computed once for whichever check asks first.
+
+    The fp16 candidate's bound runs the tflite-fp32 graph as it is (`fp16_error.py`), which is the tflite-fp32
+    candidate's own run: the checks run side by side, so the first to ask computes it and the other waits for it.
+    """
+
+    def __init__(self, run_dir: Path, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
+                 edge_inputs: Mapping[str, np.ndarray]):
+        self._run_dir, self._contract = run_dir, contract
+        self._eval_inputs, self._edge_inputs = eval_inputs, edge_inputs
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict] = {}
+
+    def get(self, artifact: Artifact) -> Outputs:
+        """The artifact's outputs on every eval and edge input: its first load in an isolated child (an abort
+        costs this candidate, not the report), then the run here.
+
+        Raises:
+            ConversionError: it would not load or run (raised to every caller).
+        """
+        with self._lock:
+            entry = self._entries.setdefault(artifact.name, {"lock": threading.Lock()})
+        with entry["lock"]:
+            if "outputs" not in entry and "error" not in entry:
+                try:
+                    entry["outputs"] = self._compute(artifact)
+                except ConversionError as error:
+                    entry["error"] = error
+            if "error" in entry:
+                raise entry["error"]
+            return entry["outputs"]
+
+    def _compute(self, artifact: Artifact) -> Outputs:
+        from .first_load import first_load
+
+        if artifact.format in RUNTIME_FORMATS:
+            first_load(artifact.resolve(self._run_dir), artifact.format, artifact.runtime, artifact.name,
+                       self._eval_inputs)
+        return run_everything(open_candidate(self._run_dir, artifact, self._contract), self._eval_inputs,
+                              self._edge_inputs)
+
+    def path(self, artifact: Artifact) -> Path:
+        """The artifact's file in the bundle."""
+        return artifact.resolve(self._run_dir)

@@ -28,14 +28,14 @@ from kerasport.manifest import Artifact, Manifest, artifact_entry, load_manifest
 from kerasport.perf import DEFAULT_BUDGET_S, perf_by_default
 from kerasport.samples import load_samples
 from kerasport.tfenv import quiet_tensorflow
-from kerasport.tolerances import TolerancePolicy, load_policy
+from kerasport.tolerances import PRECISION_CLASS, TolerancePolicy, load_policy
 from kerasport.verdict import Verdict
 
 from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
-from .first_load import first_load
+from .fp16_error import with_stored_fp16_error
 from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .results import (
@@ -53,12 +53,11 @@ from .runners import (
     EDGE_BATCH_SIZES,
     EVAL_BATCH,
     RUNTIME_FORMATS,
+    CandidateOutputs,
     KerasRunner,
     Reference,
     SavedModelRunner,
     measure_reference,
-    open_candidate,
-    run_everything,
 )
 from .tflm import TFLM_FORMAT, TFLM_MODES, check_tflm, record_microcontroller, sampled_checks
 
@@ -321,7 +320,7 @@ def _reference_runner(run_dir: Path, artifact: Artifact, contract: ModelContract
 
 def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelContract, policy: TolerancePolicy,
                      reference: Reference, data: EvalData, *, sweep: bool, tflm_mode: str = "sample",
-                     console=None) -> dict[str, CandidateResult]:
+                     console=None, shared: CandidateOutputs | None = None) -> dict[str, CandidateResult]:
     """`check_candidate` for every candidate, CANDIDATE_THREADS at a time; results (and console lines) in order.
 
     The runtimes release the GIL while they compute, and much of a check runs on one core (TFLite Micro, the
@@ -329,10 +328,17 @@ def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelC
     check owns its sessions; the outputs do not depend on what runs beside them.
     """
     # The longest checks first (TFLite Micro runs example by example), so the pool does not end on one of them.
-    order = sorted(candidates, key=lambda artifact: artifact.format != TFLM_FORMAT)
+    # (fp16 runs the tflite-fp32 graph twice more for its bound, fp16_error.py)
+    order = sorted(candidates, key=lambda artifact: (artifact.format != TFLM_FORMAT,
+                                                     PRECISION_CLASS.get(artifact.precision) != "fp16"))
+    fp32_graph = next((artifact for artifact in candidates if artifact.format == "tflite"
+                       and PRECISION_CLASS.get(artifact.precision) == "fp32"), None)
+    shared = shared or CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
     with ThreadPoolExecutor(max_workers=CANDIDATE_THREADS, thread_name_prefix="parity-candidate") as pool:
         futures = {artifact.name: pool.submit(check_candidate, run_dir, artifact, contract, policy, reference, data,
-                                              sweep=sweep, tflm_mode=tflm_mode) for artifact in order}
+                                              sweep=sweep, tflm_mode=tflm_mode, fp32_graph=fp32_graph,
+                                              shared=shared)
+                   for artifact in order}
         results = {}
         for artifact in candidates:
             results[artifact.name] = futures[artifact.name].result()
@@ -343,17 +349,24 @@ def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelC
 
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
                     reference: Reference, data: EvalData, *, sweep: bool,
-                    tflm_mode: str = "sample") -> CandidateResult:
-    """Run one candidate on every input, judge every output, optionally sweep its runtime settings."""
+                    tflm_mode: str = "sample", fp32_graph: Artifact | None = None,
+                    shared: CandidateOutputs | None = None) -> CandidateResult:
+    """Run one candidate on every input, judge every output, optionally sweep its runtime settings.
+
+    A TFLite candidate whose tolerance follows the fp16 weight-rounding error is judged with that error measured
+    on `fp32_graph` (the bundle's tflite-fp32 artifact) where it can be (`fp16_error.py`). `shared` computes each
+    artifact's default outputs once across the checks (a new one when None).
+    """
+    shared = shared or CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
     if artifact.format == TFLM_FORMAT:
         return check_tflm(run_dir, artifact, contract, policy, reference, data, tflm_mode)
     started = time.perf_counter()
     result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format)
     tolerance = policy.for_precision(artifact.precision)
+    if tolerance.noise_source == "fp16_weights" and artifact.format == "tflite":
+        reference, result.fp16_error = with_stored_fp16_error(shared, fp32_graph, reference, data)
     try:
-        if artifact.format in RUNTIME_FORMATS:  # an abort in the first load costs this candidate, not the report
-            first_load(artifact.resolve(run_dir), artifact.format, artifact.runtime, artifact.name, data.inputs)
-        outputs = run_everything(open_candidate(run_dir, artifact, contract), data.inputs, data.edges.inputs)
+        outputs = shared.get(artifact)
     except ConversionError as error:
         result.verdict, result.checks = Verdict.ERROR, load_error(str(error))
         result.seconds = round(time.perf_counter() - started, 3)
