@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasport.manifest import Artifact, Manifest, hash_artifact, load_manifest
+from kerasport.tflite_flatbuffer import buffer_view
 
 SAME, EQUIVALENT, DIFFERS, ONLY_A, ONLY_B = "same", "equivalent", "differs", "only in A", "only in B"
 KERAS_WEIGHTS = "model.weights.h5"
@@ -243,7 +244,8 @@ def _tflite_buffers(path: Path) -> list[tuple[str, np.ndarray]]:
         subgraph = model.Subgraphs(s)
         for t in range(subgraph.TensorsLength()):
             tensor = subgraph.Tensors(t)
-            data = _buffer_bytes(model.Buffers(tensor.Buffer()), raw)
+            view = buffer_view(model.Buffers(tensor.Buffer()), raw)
+            data = None if view is None else view.tobytes()
             dtype = dtypes.get(tensor.Type(), "")
             if data is None or not _numpy_dtype(dtype):
                 continue
@@ -251,14 +253,6 @@ def _tflite_buffers(path: Path) -> list[tuple[str, np.ndarray]]:
             name = tensor.Name().decode() if tensor.Name() else f"tensor {t}"
             tensors.append((name if s == 0 else f"subgraph {s}/{name}", _dequantized(values, tensor)))
     return tensors
-
-
-def _buffer_bytes(buffer, raw: bytes) -> bytes | None:
-    if buffer is None:
-        return None
-    if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-        return raw[buffer.Offset():buffer.Offset() + buffer.Size()]
-    return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else None
 
 
 def _numpy_dtype(name: str) -> bool:

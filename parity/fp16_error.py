@@ -27,6 +27,7 @@ from kerasport.compare import error_statistics
 from kerasport.errors import ConversionError
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings, open_runtime
+from kerasport.tflite_flatbuffer import buffer_view
 
 from .first_load import first_load
 from .runners import EDGE_BATCH_SIZES, CandidateOutputs, Reference, run_everything
@@ -56,23 +57,13 @@ def round_float_constants(model: bytes) -> tuple[bytes, int]:
             tensor = subgraph.Tensors(t)
             if tensor.Type() != schema.TensorType.FLOAT32 or tensor.Buffer() in rounded:
                 continue
-            values = _buffer_view(root.Buffers(tensor.Buffer()), raw)
-            if values is None:
+            data = buffer_view(root.Buffers(tensor.Buffer()), raw)
+            if data is None:
                 continue
+            values = data.view(np.float32)
             values[:] = values.astype(np.float16).astype(np.float32)
             rounded.add(tensor.Buffer())
     return bytes(raw), len(rounded)
-
-
-def _buffer_view(buffer, raw: bytearray) -> np.ndarray | None:
-    """A writable float32 view of a constant buffer's bytes inside `raw` (inline or after the flatbuffer)."""
-    if buffer is None:
-        return None
-    if buffer.Offset() > 1:  # large models keep their buffers after the flatbuffer
-        return np.frombuffer(raw, dtype=np.float32, count=buffer.Size() // 4, offset=buffer.Offset())
-    if not buffer.DataLength():
-        return None
-    return buffer.DataAsNumpy().view(np.float32)  # flatbuffers' numpy accessor is a view into `raw`
 
 
 def with_stored_fp16_error(shared: CandidateOutputs, fp32_graph: Artifact | None, reference: Reference,

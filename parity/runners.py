@@ -19,6 +19,7 @@ from kerasport.errors import ConversionError, UsageError
 from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings, open_runtime
 
+from .first_load import first_load
 from .results import NoiseFloor, ReferenceInfo
 
 EVAL_BATCH = 64
@@ -289,7 +290,8 @@ class CandidateOutputs:
         self._run_dir, self._contract = run_dir, contract
         self._eval_inputs, self._edge_inputs = eval_inputs, edge_inputs
         self._lock = threading.Lock()
-        self._entries: dict[str, dict] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._results: dict[str, Outputs | ConversionError] = {}
 
     def get(self, artifact: Artifact) -> Outputs:
         """The artifact's outputs on every eval and edge input: its first load in an isolated child (an abort
@@ -299,20 +301,19 @@ class CandidateOutputs:
             ConversionError: it would not load or run (raised to every caller).
         """
         with self._lock:
-            entry = self._entries.setdefault(artifact.name, {"lock": threading.Lock()})
-        with entry["lock"]:
-            if "outputs" not in entry and "error" not in entry:
+            lock = self._locks.setdefault(artifact.name, threading.Lock())
+        with lock:
+            if artifact.name not in self._results:
                 try:
-                    entry["outputs"] = self._compute(artifact)
+                    self._results[artifact.name] = self._compute(artifact)
                 except ConversionError as error:
-                    entry["error"] = error
-            if "error" in entry:
-                raise entry["error"]
-            return entry["outputs"]
+                    self._results[artifact.name] = error
+        result = self._results[artifact.name]
+        if isinstance(result, ConversionError):
+            raise result
+        return result
 
     def _compute(self, artifact: Artifact) -> Outputs:
-        from .first_load import first_load
-
         if artifact.format in RUNTIME_FORMATS:
             first_load(artifact.resolve(self._run_dir), artifact.format, artifact.runtime, artifact.name,
                        self._eval_inputs)
