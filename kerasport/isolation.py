@@ -173,6 +173,7 @@ class _ForkServer:
         self.process = subprocess.Popen([sys.executable, "-P", "-m", __name__, _SERVER_FLAG, *modules],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.lock = threading.Lock()
+        self.pending = b""  # bytes read from its stdout that do not end a line yet
 
     @property
     def alive(self) -> bool:
@@ -194,14 +195,20 @@ class _ForkServer:
                 return None
 
     def _line(self, limit: float | None) -> str:
-        ready, _, _ = select.select([self.process.stdout], [], [], limit)
-        if not ready:
-            raise TimeoutError
-        line = self.process.stdout.readline()
-        if not line:
-            raise ConversionError(f"the isolation helper process exited ({self.process.poll()}); expected it to "
-                                  f"report its child's exit status")
-        return line
+        # Read the pipe's bytes ourselves: a buffered readline can take the pid and the exit status in one read,
+        # and a select() on the descriptor would then wait for a line already read (a child that ends before
+        # this process asks for its status, e.g. while two parity checks share the server).
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([self.process.stdout], [], [], limit)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.process.stdout.fileno(), 4096)
+            if not chunk:
+                raise ConversionError(f"the isolation helper process exited ({self.process.poll()}); expected it "
+                                      f"to report its child's exit status")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
 
 
 _server: _ForkServer | None = None

@@ -5,6 +5,7 @@ The abort is real: the child process of the step calls os.abort() through kerasp
 """
 
 import math
+import os
 import signal
 
 import pytest
@@ -71,3 +72,23 @@ def test_without_keep_going_a_crash_exits_3_and_changes_nothing(exported_copy, m
     assert "variant tflite-fp16" in line and f"crashed ({ABORT})" in line, line
     assert snapshot(exported_copy) == before
     assert staging_leftovers(exported_copy) == []
+
+
+def test_fork_server_reads_both_lines_that_arrive_in_one_write():
+    """A child that ends before the parent reads its pid leaves the pid and the exit status in the pipe together;
+    the second line must not wait on the descriptor for bytes already read (two parity checks share the server)."""
+    import types
+
+    from kerasport.isolation import _ForkServer
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"4242\n-6\n")
+    server = object.__new__(_ForkServer)
+    server.process = types.SimpleNamespace(stdout=os.fdopen(read_end, "r"), poll=lambda: None)
+    server.pending = b""
+    try:
+        assert server._line(1.0) == "4242"
+        assert server._line(1.0) == "-6"
+    finally:
+        server.process.stdout.close()
+        os.close(write_end)
