@@ -30,7 +30,7 @@ from kerasport.runtimes import RuntimeSettings, open_runtime
 from kerasport.tflite_flatbuffer import buffer_view
 
 from .first_load import first_load
-from .runners import EDGE_BATCH_SIZES, CandidateOutputs, Reference, run_everything
+from .runners import EDGE_BATCH_SIZES, CandidateOutputs, Outputs, Reference, run_everything
 
 STORED_GRAPH_SOURCE = "the tflite-fp32 graph with its float constants rounded to float16, against itself"
 KERAS_TWIN_SOURCE = "the Keras reference with float16-rounded weights, against itself"
@@ -118,14 +118,28 @@ def _stored_graph_error(shared: CandidateOutputs, fp32_graph: Artifact, referenc
             return (f"{fp32_graph.name} is {distance:.3g} from the reference on {name!r}, more than float16 "
                     f"rounding or float32 order move the reference ({allowed:.3g}): not the same model to "
                     f"measure rounding on")
-    model, _ = round_float_constants(shared.path(fp32_graph).read_bytes())
-    with tempfile.TemporaryDirectory(prefix="kerasport-fp16-") as scratch:
-        path = Path(scratch) / "model_fp32_rounded.tflite"
-        path.write_bytes(model)
-        first_load(path, "tflite", "ai-edge-litert", f"{fp32_graph.name} with float16-rounded constants",
-                   data.inputs)
-        rounded = run_everything(open_runtime(path, "tflite", RuntimeSettings()), data.inputs, data.edges.inputs)
+    rounded = rounded_graph_outputs(shared, fp32_graph, data)
     return {name: {"eval": error_statistics(plain.eval[name], rounded.eval[name])["max_abs_diff"],
                    "edge": max(error_statistics(plain.edge[b][name], rounded.edge[b][name])["max_abs_diff"]
                                for b in EDGE_BATCH_SIZES)}
             for name in reference.noise}
+
+
+def rounded_graph_outputs(shared: CandidateOutputs, fp32_graph: Artifact, data) -> Outputs:
+    """The outputs of `fp32_graph` with its float constants rounded to float16, on the eval and edge inputs;
+    computed once per gate (`shared`), its first load in an isolated child.
+
+    Raises:
+        ConversionError: the rounded graph would not load or run.
+    """
+    what = f"{fp32_graph.name} with float16-rounded constants"
+
+    def compute() -> Outputs:
+        model, _ = round_float_constants(shared.path(fp32_graph).read_bytes())
+        with tempfile.TemporaryDirectory(prefix="kerasport-fp16-") as scratch:
+            path = Path(scratch) / "model_fp32_rounded.tflite"
+            path.write_bytes(model)
+            first_load(path, "tflite", "ai-edge-litert", what, data.inputs)
+            return run_everything(open_runtime(path, "tflite", RuntimeSettings()), data.inputs, data.edges.inputs)
+
+    return shared.once(what, compute)

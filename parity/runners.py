@@ -5,11 +5,13 @@ Every runner takes a dict of named input arrays (the contract's names) and retur
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +28,11 @@ EVAL_BATCH = 64
 EDGE_BATCH_SIZES = (1, 7, 64)
 RUNTIME_FORMATS = ("onnx", "tflite")
 SIGNATURE = "serving_default"
+# The runtimes' default settings, except that onnxruntime's idle workers do not spin: the gate runs several
+# sessions side by side on few cores, where spinning threads take the cores the others compute on (the outputs
+# are the same either way).
+GATE_SETTINGS = RuntimeSettings(spinning=False)
+T = TypeVar("T")
 
 
 class KerasRunner:
@@ -169,7 +176,7 @@ def open_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract,
     """
     path = artifact.resolve(run_dir)
     if artifact.format in RUNTIME_FORMATS:
-        return open_runtime(path, artifact.format, settings or RuntimeSettings())
+        return open_runtime(path, artifact.format, settings or GATE_SETTINGS)
     return SavedModelRunner(path, contract)
 
 
@@ -279,19 +286,21 @@ def _float32_error(runner, outputs: Outputs, contract: ModelContract, eval_input
 
 
 class CandidateOutputs:
-    """Each candidate's outputs under the default settings, computed once for whichever check asks first.
+    """Each candidate's runs that do not depend on the reference (its outputs under the default settings, its
+    settings sweep, the fp16 bound's rounded graph), computed once for whichever asks first.
 
     The fp16 candidate's bound runs the tflite-fp32 graph as it is (`fp16_error.py`), which is the tflite-fp32
     candidate's own run: the checks run side by side, so the first to ask computes it and the other waits for it.
+    A prefetch thread (`prefetch`) computes them while the reference loads.
     """
 
     def __init__(self, run_dir: Path, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
                  edge_inputs: Mapping[str, np.ndarray]):
-        self._run_dir, self._contract = run_dir, contract
-        self._eval_inputs, self._edge_inputs = eval_inputs, edge_inputs
+        self.run_dir, self.contract = run_dir, contract
+        self.eval_inputs, self.edge_inputs = eval_inputs, edge_inputs
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
-        self._results: dict[str, Outputs | ConversionError] = {}
+        self._results: dict[str, object] = {}
 
     def get(self, artifact: Artifact) -> Outputs:
         """The artifact's outputs on every eval and edge input: its first load in an isolated child (an abort
@@ -300,26 +309,60 @@ class CandidateOutputs:
         Raises:
             ConversionError: it would not load or run (raised to every caller).
         """
+        return self.once(artifact.name, lambda: self._compute(artifact))
+
+    def once(self, key: str, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `key` is asked for (callers asking meanwhile wait for it), then its result.
+
+        Raises:
+            ConversionError: what `compute` raised, to every caller.
+        """
         with self._lock:
-            lock = self._locks.setdefault(artifact.name, threading.Lock())
+            lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if artifact.name not in self._results:
+            if key not in self._results:
                 try:
-                    self._results[artifact.name] = self._compute(artifact)
+                    self._results[key] = compute()
                 except ConversionError as error:
-                    self._results[artifact.name] = error
-        result = self._results[artifact.name]
+                    self._results[key] = error
+        result = self._results[key]
         if isinstance(result, ConversionError):
             raise result
         return result
 
+    def prefetch(self, jobs: list[Callable[[], object]]) -> threading.Thread:
+        """Run `jobs` (calls of `get`/`once`) one after another on a background thread, so their results are
+        ready when the checks ask; a job that fails is left for its check to run again and report."""
+        def run_all():
+            for job in jobs:
+                with contextlib.suppress(Exception):
+                    job()
+
+        thread = threading.Thread(target=run_all, name="parity-prefetch", daemon=True)
+        thread.start()
+        return thread
+
     def _compute(self, artifact: Artifact) -> Outputs:
         if artifact.format in RUNTIME_FORMATS:
-            first_load(artifact.resolve(self._run_dir), artifact.format, artifact.runtime, artifact.name,
-                       self._eval_inputs)
-        return run_everything(open_candidate(self._run_dir, artifact, self._contract), self._eval_inputs,
-                              self._edge_inputs)
+            first_load(artifact.resolve(self.run_dir), artifact.format, artifact.runtime, artifact.name,
+                       self.eval_inputs)
+        return run_everything(open_candidate(self.run_dir, artifact, self.contract), self.eval_inputs,
+                              self.edge_inputs)
+
+    def under(self, artifact: Artifact, settings: RuntimeSettings) -> Outputs:
+        """The artifact's outputs on every eval and edge input under other runtime settings (after its first
+        load), computed once.
+
+        Raises:
+            ConversionError: it would not load or run.
+        """
+        def compute() -> Outputs:
+            self.get(artifact)
+            return run_everything(open_candidate(self.run_dir, artifact, self.contract, settings), self.eval_inputs,
+                                  self.edge_inputs)
+
+        return self.once(f"{artifact.name} with {settings}", compute)
 
     def path(self, artifact: Artifact) -> Path:
         """The artifact's file in the bundle."""
-        return artifact.resolve(self._run_dir)
+        return artifact.resolve(self.run_dir)

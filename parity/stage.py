@@ -13,6 +13,8 @@ results (`sweep.py`). Reports are written atomically to `<run>/parity/` and the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
-from .fp16_error import with_stored_fp16_error
+from .fp16_error import rounded_graph_outputs, with_stored_fp16_error
 from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .results import (
@@ -59,7 +61,17 @@ from .runners import (
     SavedModelRunner,
     measure_reference,
 )
-from .tflm import TFLM_FORMAT, TFLM_MODES, check_tflm, record_microcontroller, sampled_checks
+from .sweep import SettingRun
+from .tflm import (
+    TFLM_BUILTIN,
+    TFLM_FORMAT,
+    TFLM_MODES,
+    TFLM_RUN_LABEL,
+    check_tflm,
+    litert_source,
+    record_microcontroller,
+    sampled_checks,
+)
 
 STAGE_DIR_NAME = Stage.PARITY.folder
 REPORT_ARTIFACT = "parity-report"
@@ -159,6 +171,8 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     notes = label_notes(contract, data)
     for note in notes if console is not None else ():
         console.print(f"parity: {note}")
+    shared = CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
+    prefetch_outputs(shared, plan.candidates, policy, data, sweep=options.sweep)
     runner = _reference_runner(run_dir, plan.reference, contract, plan.manifest.source)
     fp16_noise = any(policy.for_precision(artifact.precision).noise_source == "fp16_weights"
                      for artifact in plan.candidates)
@@ -167,7 +181,7 @@ def run_parity(options: ParityOptions, *, console=None) -> ParityResult:
     reference = measure_reference(runner, plan.reference, contract, data.inputs, data.edges.inputs,
                                   fp16_noise=fp16_noise, float32_noise=float32_noise)
     results = check_candidates(run_dir, plan.candidates, contract, policy, reference, data, sweep=options.sweep,
-                               tflm_mode=options.tflm, console=console)
+                               tflm_mode=options.tflm, console=console, shared=shared)
     explained, files = (explain_for_gate(run_dir, plan, runner, policy, reference, data, results,
                                          everything=options.explain is True, console=console)
                         if options.explain is not False else (None, {}))
@@ -327,17 +341,13 @@ def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelC
     sweep's one-thread settings, Python between batches), so two checks at once keep a second core busy. Each
     check owns its sessions; the outputs do not depend on what runs beside them.
     """
-    # The longest checks first (TFLite Micro runs example by example), so the pool does not end on one of them.
-    # (fp16 runs the tflite-fp32 graph twice more for its bound, fp16_error.py)
-    order = sorted(candidates, key=lambda artifact: (artifact.format != TFLM_FORMAT,
-                                                     PRECISION_CLASS.get(artifact.precision) != "fp16"))
-    fp32_graph = next((artifact for artifact in candidates if artifact.format == "tflite"
-                       and PRECISION_CLASS.get(artifact.precision) == "fp32"), None)
+    order = check_order(candidates)
+    fp32_graph = stored_fp32_graph(candidates)
     shared = shared or CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
     with ThreadPoolExecutor(max_workers=CANDIDATE_THREADS, thread_name_prefix="parity-candidate") as pool:
         futures = {artifact.name: pool.submit(check_candidate, run_dir, artifact, contract, policy, reference, data,
                                               sweep=sweep, tflm_mode=tflm_mode, fp32_graph=fp32_graph,
-                                              shared=shared)
+                                              shared=shared, tflm_source=litert_source(candidates))
                    for artifact in order}
         results = {}
         for artifact in candidates:
@@ -347,19 +357,72 @@ def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelC
     return results
 
 
+def check_order(candidates: list[Artifact]) -> list[Artifact]:
+    """The order the checks start in: the longest first (TFLite Micro runs example by example; fp16 runs the
+    tflite-fp32 graph twice more for its bound, fp16_error.py), so the pool does not end on one of them."""
+    return sorted(candidates, key=lambda artifact: (artifact.format != TFLM_FORMAT,
+                                                    PRECISION_CLASS.get(artifact.precision) != "fp16"))
+
+
+def swept(shared: CandidateOutputs, artifact: Artifact, tflm_source: Artifact | None) -> list[SettingRun]:
+    """The candidate's settings sweep runs (`sweep.sweep_runs`), computed once per gate; the tflm check's run of
+    `tflm_source` (the tflite-int8 artifact its C array holds) in LiteRT's built-in kernels is reused.
+
+    Raises:
+        ConversionError: the candidate does not run under its default settings.
+    """
+    def compute() -> list[SettingRun]:
+        seeds = []
+        if tflm_source is not None and artifact.name == tflm_source.name:
+            with contextlib.suppress(ConversionError):  # then the sweep runs that setting and records why not
+                seeds.append((TFLM_BUILTIN, TFLM_RUN_LABEL, shared.under(artifact, TFLM_BUILTIN).eval))
+        return settings_sweep.sweep_runs(shared.run_dir, artifact, shared.contract, shared.eval_inputs,
+                                         default_outputs=shared.get(artifact).eval, seeds=seeds)
+
+    return shared.once(f"{artifact.name}: settings sweep", compute)
+
+
+def stored_fp32_graph(candidates: list[Artifact]) -> Artifact | None:
+    """The bundle's tflite-fp32 artifact (the fp16 bound's stored graph, `fp16_error.py`), or None."""
+    return next((artifact for artifact in candidates if artifact.format == "tflite"
+                 and PRECISION_CLASS.get(artifact.precision) == "fp32"), None)
+
+
+def prefetch_outputs(shared: CandidateOutputs, candidates: list[Artifact], policy: TolerancePolicy,
+                     data: EvalData, *, sweep: bool) -> None:
+    """Start the candidates' runs that need no reference on a background thread (their default runs, then their
+    settings sweeps): TensorFlow's import, the reference's load and its noise measurement take about 10 s, much of
+    it on one core. The sweeps go in the opposite order to the checks', which compute what is not ready yet."""
+    fp32_graph = stored_fp32_graph(candidates)
+    jobs = []
+    if fp32_graph is not None and any(artifact.format == "tflite" and policy.for_precision(
+            artifact.precision).noise_source == "fp16_weights" for artifact in candidates):
+        jobs += [functools.partial(shared.get, fp32_graph),
+                 functools.partial(rounded_graph_outputs, shared, fp32_graph, data)]
+    runnable = [artifact for artifact in check_order(candidates) if artifact.format in RUNTIME_FORMATS]
+    jobs += [functools.partial(shared.get, artifact) for artifact in runnable]
+    if sweep:
+        tflm_source = litert_source(candidates)
+        if tflm_source is not None:  # the tflm check's run, which the tflite-int8 sweep reuses
+            jobs.append(functools.partial(shared.under, tflm_source, TFLM_BUILTIN))
+        jobs += [functools.partial(swept, shared, artifact, tflm_source) for artifact in reversed(runnable)]
+    shared.prefetch(jobs)
+
+
 def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
                     reference: Reference, data: EvalData, *, sweep: bool,
                     tflm_mode: str = "sample", fp32_graph: Artifact | None = None,
-                    shared: CandidateOutputs | None = None) -> CandidateResult:
+                    shared: CandidateOutputs | None = None, tflm_source: Artifact | None = None) -> CandidateResult:
     """Run one candidate on every input, judge every output, optionally sweep its runtime settings.
 
     A TFLite candidate whose tolerance follows the fp16 weight-rounding error is judged with that error measured
     on `fp32_graph` (the bundle's tflite-fp32 artifact) where it can be (`fp16_error.py`). `shared` computes each
-    artifact's default outputs once across the checks (a new one when None).
+    artifact's runs that need no reference once across the checks (a new one when None); the sweep of
+    `tflm_source` (the tflite-int8 artifact the tflm candidate's C array holds) reuses the tflm check's run.
     """
     shared = shared or CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
     if artifact.format == TFLM_FORMAT:
-        return check_tflm(run_dir, artifact, contract, policy, reference, data, tflm_mode)
+        return check_tflm(run_dir, artifact, contract, policy, reference, data, tflm_mode, shared)
     started = time.perf_counter()
     result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format)
     tolerance = policy.for_precision(artifact.precision)
@@ -376,7 +439,7 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     result.histograms = error_histograms(reference, outputs)
     if sweep and artifact.format in RUNTIME_FORMATS:
         result.sweep = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance,
-                                            default_outputs=outputs.eval)
+                                            runs=swept(shared, artifact, tflm_source))
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 

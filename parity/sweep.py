@@ -5,16 +5,27 @@ threads. A setting that moves any output beyond the tolerance (the gate's own bo
 that cannot run, is a finding in the report — not a gate failure: the gate judges the default settings.
 
 Each setting first runs one eval batch of every shape the full run uses (the first batch and the last, shorter
-one). Where its outputs there are bit-identical to outputs already computed on the whole eval sample — the default
-settings' (the gate's own run) or another setting's — the setting performs the same arithmetic (a kernel's
-sequence of operations depends on the shapes, not the values), so those outputs stand for the rest and the other
-batches are not re-run. Otherwise the remaining batches run as well. Each row says which it was.
+one). Where its outputs there are bit-identical to outputs already computed on the whole eval sample by the same
+kernels with another thread count — the default settings' (the gate's own run) or another setting's — the setting
+performs the same arithmetic (how the kernels split the work across threads depends on the shapes, not the
+values), so those outputs stand for the rest and the other batches are not re-run. Otherwise the remaining
+batches run as well. Each row says which it was.
+
+Outputs of other kernels (XNNPACK on or off, another optimization level) never stand in, however well they match
+on the sampled batches: integer kernels round ties their own way, so they can agree on whole batches and differ
+on a few examples elsewhere (the seed model's tflite-int8: XNNPACK and LiteRT's built-in kernels agree on the
+first and last batch and differ on 2 of 359 examples, by 14 output steps).
+
+The runs do not depend on the reference (`sweep_runs`), so they can be computed while it loads; `sweep` judges
+them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +36,7 @@ from kerasport.manifest import Artifact
 from kerasport.runtimes import RuntimeSettings
 from kerasport.tolerances import PRECISION_CLASS, Tolerance, bound_excess, decision_margin, noise_floors
 
-from .runners import EVAL_BATCH, Reference, open_candidate
+from .runners import EVAL_BATCH, GATE_SETTINGS, Reference, open_candidate
 
 ORT_SWEEP_LEVELS = ("disabled", "basic", "all")
 SWEEP_THREADS = (1, 2)
@@ -34,14 +45,65 @@ SWEEP_THREADS = (1, 2)
 def sweep_settings(artifact_format: str) -> tuple[str, list[RuntimeSettings]]:
     """The runtime's name and the settings the sweep tries for an artifact format."""
     if artifact_format == "onnx":
-        return "onnxruntime", [RuntimeSettings(threads=t, ort_optimization=level) for level in ORT_SWEEP_LEVELS
-                               for t in SWEEP_THREADS]
-    return "ai-edge-litert", [RuntimeSettings(threads=t, xnnpack=x) for x in (True, False) for t in SWEEP_THREADS]
+        return "onnxruntime", [dataclasses.replace(GATE_SETTINGS, threads=t, ort_optimization=level)
+                               for level in ORT_SWEEP_LEVELS for t in SWEEP_THREADS]
+    return "ai-edge-litert", [dataclasses.replace(GATE_SETTINGS, threads=t, xnnpack=x) for x in (True, False)
+                              for t in SWEEP_THREADS]
+
+
+@dataclass
+class SettingRun:
+    """One setting's run on the eval sample: its outputs and what ran, or why it could not run."""
+
+    settings: str
+    outputs: dict[str, np.ndarray] | None = None
+    ran: dict | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def same_kernels(first: RuntimeSettings, second: RuntimeSettings) -> bool:
+    """Whether two settings run the same kernels, differing at most in their thread count."""
+    return dataclasses.replace(first, threads=0) == dataclasses.replace(second, threads=0)
+
+
+def sweep_runs(run_dir: Path, artifact: Artifact, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
+               default_outputs: Mapping[str, np.ndarray] | None = None,
+               seeds: Sequence[tuple[RuntimeSettings, str, Mapping[str, np.ndarray]]] = ()) -> list[SettingRun]:
+    """Every sweep setting's outputs on the eval inputs (see the module doc for what is reused).
+
+    Args:
+        default_outputs: the candidate's eval outputs under the default settings (the gate's run), if known.
+        seeds: (settings, label, eval outputs) of other runs of this artifact computed already on the whole eval
+            sample (the tflm check's run in LiteRT's built-in kernels), reused like the default settings'.
+
+    Returns:
+        One SettingRun per setting of `sweep_settings`, in order; a setting that cannot run carries its error.
+    """
+    runtime, settings = sweep_settings(artifact.format)
+    known = [(GATE_SETTINGS, "the default settings", default_outputs)] if default_outputs is not None else []
+    known += list(seeds)
+    runs = []
+    for setting in settings:
+        started = time.perf_counter()
+        label = setting.describe(runtime)
+        try:
+            runner = open_candidate(run_dir, artifact, contract, setting)
+            outputs, ran = run_setting(runner, eval_inputs, [(known_label, known_outputs)
+                                                             for known_setting, known_label, known_outputs in known
+                                                             if same_kernels(known_setting, setting)])
+        except Exception as error:  # noqa: BLE001 - a setting that cannot run is itself a finding, not a crash
+            runs.append(SettingRun(label, error=f"{type(error).__name__}: {error}"))
+            continue
+        if ran.get("same_as") is None:
+            known.append((setting, label, outputs))
+        runs.append(SettingRun(label, outputs, ran, time.perf_counter() - started))
+    return runs
 
 
 def sweep(run_dir: Path, artifact: Artifact, contract: ModelContract, eval_inputs: Mapping[str, np.ndarray],
-          reference: Reference, tolerance: Tolerance, default_outputs: Mapping[str, np.ndarray] | None = None
-          ) -> list[dict]:
+          reference: Reference, tolerance: Tolerance, default_outputs: Mapping[str, np.ndarray] | None = None,
+          runs: list[SettingRun] | None = None) -> list[dict]:
     """One row per setting: how far each output moves from the reference, and whether it stays within tolerance.
 
     Args:
@@ -51,29 +113,23 @@ def sweep(run_dir: Path, artifact: Artifact, contract: ModelContract, eval_input
         eval_inputs: the whole eval sample.
         reference: the reference outputs and noise floors.
         tolerance: the candidate's precision class bound.
-        default_outputs: the candidate's eval outputs under the default settings (the gate's run), if known: a
-            setting bit-identical to them on the sampled batches reuses them.
+        default_outputs: the candidate's eval outputs under the default settings (the gate's run), if known: the
+            same kernels with another thread count, bit-identical to them on the sampled batches, reuse them.
+        runs: the settings' runs when computed already (`sweep_runs`); None runs them here.
 
     Returns:
         One row per setting, with `ran` saying whether it ran on every batch or on the sampled ones only.
     """
-    runtime, settings = sweep_settings(artifact.format)
-    known = [("the default settings", default_outputs)] if default_outputs is not None else []
+    if runs is None:
+        runs = sweep_runs(run_dir, artifact, contract, eval_inputs, default_outputs)
     rows = []
-    for setting in settings:
-        started = time.perf_counter()
-        try:
-            runner = open_candidate(run_dir, artifact, contract, setting)
-            outputs, ran = run_setting(runner, eval_inputs, known)
-        except Exception as error:  # noqa: BLE001 - a setting that cannot run is itself a finding, not a crash
-            rows.append({"settings": setting.describe(runtime), "error": f"{type(error).__name__}: {error}",
-                         "max_abs_diff": None, "seconds": 0.0, "within_tolerance": False})
+    for run in runs:
+        if run.error is not None:
+            rows.append({"settings": run.settings, "error": run.error, "max_abs_diff": None, "seconds": 0.0,
+                         "within_tolerance": False})
             continue
-        if ran.get("same_as") is None:
-            known.append((setting.describe(runtime), outputs))
-        seconds = time.perf_counter() - started
-        rows.append({"settings": setting.describe(runtime), "seconds": round(seconds, 3), "ran": ran,
-                     **_compare(contract, outputs, reference, tolerance)})
+        rows.append({"settings": run.settings, "seconds": round(run.seconds, 3), "ran": run.ran,
+                     **_compare(contract, run.outputs, reference, tolerance)})
     return rows
 
 

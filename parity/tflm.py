@@ -19,10 +19,13 @@ always runs everything in TFLM.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import hashlib
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,15 @@ from kerasport.verdict import Verdict
 from .checks import Checks, judge, load_error
 from .first_load import tflm_arena, tflm_first_load
 from .results import CandidateResult, Check, MicrocontrollerSection, ParityReport, SampledCheck
-from .runners import EDGE_BATCH_SIZES, Outputs, Reference, run_batched, run_everything
+from .runners import (
+    EDGE_BATCH_SIZES,
+    GATE_SETTINGS,
+    CandidateOutputs,
+    Outputs,
+    Reference,
+    run_batched,
+    run_everything,
+)
 
 TFLM_FORMAT = "c-array"
 TFLM_ARTIFACT = "tflm"
@@ -57,7 +68,12 @@ SOURCE_CHECK = "c_array_source"
 # the output may separate them (measured: identical on `edge` and `seed`).
 LITERT_BUILTIN_STEPS = 1.0
 BUILTIN_LABEL = "builtin kernels"
-LITERT_SETTINGS = {BUILTIN_LABEL: RuntimeSettings(xnnpack=False), "default (XNNPACK)": RuntimeSettings()}
+XNNPACK_LABEL = "default (XNNPACK)"
+# How the tflite-int8 candidate's settings sweep names the tflm check's run it reuses.
+TFLM_RUN_LABEL = "LiteRT's built-in kernels (the tflm check's run)"
+# One thread: the run the tflite-int8 candidate's settings sweep reuses for its "xnnpack=off, threads=1" row.
+TFLM_BUILTIN = dataclasses.replace(GATE_SETTINGS, xnnpack=False, threads=1)
+LITERT_SETTINGS = {BUILTIN_LABEL: TFLM_BUILTIN, XNNPACK_LABEL: GATE_SETTINGS}
 TFLM_MODES = ("sample", "full")
 TFLM_SAMPLE_EVAL = 32  # eval examples run in TFLite Micro when sampling (about 2 s for the 12 MB seed model)
 TFLM_SAMPLE_EDGE = 8  # edge examples: every pattern of edges.py (min, max, noise, bright pixel, checkerboard)
@@ -146,12 +162,15 @@ def microcontroller_section(entry: dict, arena: dict | None = None) -> Microcont
 
 
 def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, policy: TolerancePolicy,
-               reference: Reference, data, mode: str = "sample") -> CandidateResult:
+               reference: Reference, data, mode: str = "sample",
+               shared: CandidateOutputs | None = None) -> CandidateResult:
     """Judge the `tflm` candidate: its model in TFLite Micro against the reference, and against LiteRT.
 
     Args:
         mode: "sample" (TFLM on a bounded sample; LiteRT's built-in kernels stand in on the rest where they are
             bit-identical there) or "full" (every example in TFLM).
+        shared: the gate's runs of the other candidates: where the C array holds the tflite-int8 artifact's exact
+            bytes, LiteRT's runs of that artifact are taken from there, not run again.
 
     Returns:
         The candidate's result (as `stage.check_candidate`) plus `microcontroller` (flash, arena, MACs, fit),
@@ -170,12 +189,17 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
         return result
     model = parse_c_array(artifact.resolve(run_dir).read_text())
     checks = Checks()
-    _check_source(manifest, artifact, model, run_dir, checks)
+    twin = _check_source(manifest, artifact, model, run_dir, checks)
+    twin = twin if shared is not None else None
+    builtin = None if twin is None else functools.partial(shared.under, twin, TFLM_BUILTIN)
     try:
         arena = _arena(artifact, model, len(contract.inputs))
         result.microcontroller = microcontroller_section(artifact.entry, arena)
         runner = TflmRunner(model, contract, arena["reserve_bytes"])
-        outputs, sampled, measured = run_tflm(runner, model, contract, data, mode)
+        outputs, sampled, measured = run_tflm(runner, model, contract, data, mode, builtin)
+        if twin is not None:
+            with contextlib.suppress(ConversionError):  # then compare_with_litert runs it and says why not
+                measured[XNNPACK_LABEL] = (shared.get(twin).eval, outputs.eval)
     except ConversionError as error:
         result.verdict, result.checks = Verdict.ERROR, checks.records + load_error(str(error))
         result.seconds = round(time.perf_counter() - started, 3)
@@ -192,9 +216,12 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
     return result
 
 
-def run_tflm(runner: TflmRunner, model: bytes, contract: ModelContract, data,
-             mode: str) -> tuple[Outputs, dict, dict]:
+def run_tflm(runner: TflmRunner, model: bytes, contract: ModelContract, data, mode: str,
+             builtin: Callable[[], Outputs] | None = None) -> tuple[Outputs, dict, dict]:
     """The `tflm` candidate's outputs on every input: all from TFLM ("full"), or sampled (see the module doc).
+
+    `builtin` gives LiteRT's built-in kernels' outputs (TFLM_BUILTIN) on every eval and edge input where they were
+    computed elsewhere; None runs `model` in them here.
 
     Returns:
         (outputs, the sample record for the report, {LiteRT settings label: (LiteRT outputs, TFLM outputs)} of the
@@ -217,11 +244,9 @@ def run_tflm(runner: TflmRunner, model: bytes, contract: ModelContract, data,
         tflm = runner.run(sample)
     except Exception as error:  # noqa: BLE001 - the wrapper raises RuntimeError/ValueError
         raise ConversionError(f"TFLite Micro failed at run time: {type(error).__name__}: {error}") from error
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "model_int8.tflite"
-        path.write_bytes(model)
-        builtin = run_everything(open_runtime(path, "tflite", LITERT_SETTINGS[BUILTIN_LABEL]), data.inputs,
-                                 data.edges.inputs)
+    if builtin is None:
+        builtin = functools.partial(_run_bytes, model, TFLM_BUILTIN, data)
+    builtin = builtin()
     widest = max(EDGE_BATCH_SIZES)
     litert = {name: np.concatenate([builtin.eval[name][:eval_count], builtin.edge[widest][name][:edge_count]])
               for name in contract.output_names}
@@ -285,8 +310,13 @@ def _arena(artifact: Artifact, model: bytes, inputs: int) -> dict:
     return tflm_arena(model, inputs, artifact.name)
 
 
-def _check_source(manifest: Manifest, artifact: Artifact, model: bytes, run_dir: Path, checks: Checks) -> None:
-    """The C array holds exactly the int8 TFLite model it was made from (its recorded sha256, and the file)."""
+def _check_source(manifest: Manifest, artifact: Artifact, model: bytes, run_dir: Path,
+                  checks: Checks) -> Artifact | None:
+    """The C array holds exactly the int8 TFLite model it was made from (its recorded sha256, and the file).
+
+    Returns:
+        The bundle's tflite-int8 artifact when the C array holds its exact bytes, else None.
+    """
     digest = hashlib.sha256(model).hexdigest()
     expected = artifact.get("source_sha256")
     int8 = manifest.artifact(INT8_ARTIFACT) if manifest.has(INT8_ARTIFACT) else None
@@ -294,15 +324,23 @@ def _check_source(manifest: Manifest, artifact: Artifact, model: bytes, run_dir:
         expected = expected or int8.sha256
         same_file = int8.resolve(run_dir).read_bytes() == model
     else:
-        same_file = True  # built in scratch and not kept: the recorded digest is the evidence
+        int8, same_file = None, True  # built in scratch and not kept: the recorded digest is the evidence
     source = artifact.get("source_model", "the int8 model")
     if expected is None:
         checks.add(SOURCE_CHECK, False, f"the manifest records no sha256 of {source} for the C array; re-export")
-        return
-    checks.add(SOURCE_CHECK, digest == expected and same_file,
-               f"the C array's {len(model)} bytes (sha256 {digest[:12]}…) "
-               + ("equal " if digest == expected and same_file else "differ from ")
-               + f"{source} (sha256 {expected[:12]}…)")
+        return None
+    same = digest == expected and same_file
+    checks.add(SOURCE_CHECK, same, f"the C array's {len(model)} bytes (sha256 {digest[:12]}…) "
+               + ("equal " if same else "differ from ") + f"{source} (sha256 {expected[:12]}…)")
+    return int8 if same else None
+
+
+def _run_bytes(model: bytes, settings: RuntimeSettings, data) -> Outputs:
+    """The TFLite `model` (bytes) in LiteRT under `settings` on every eval and edge input."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model_int8.tflite"
+        path.write_bytes(model)
+        return run_everything(open_runtime(path, "tflite", settings), data.inputs, data.edges.inputs)
 
 
 def output_steps(model_path: Path, contract: ModelContract) -> dict[str, float | None]:
@@ -399,6 +437,16 @@ def record_microcontroller(manifest: Manifest, report: ParityReport) -> None:
     if report.budgets:
         entry["budgets"] = report.budgets.to_dict()
     manifest.set_artifact(TFLM_ARTIFACT, entry)
+
+
+def litert_source(candidates: list[Artifact]) -> Artifact | None:
+    """The tflite-int8 candidate the tflm candidate's C array was made from, as the manifest records it (its
+    sha256), or None: the tflm check runs that artifact in LiteRT's built-in kernels (TFLM_BUILTIN)."""
+    tflm = next((artifact for artifact in candidates if artifact.format == TFLM_FORMAT), None)
+    int8 = next((artifact for artifact in candidates if artifact.name == INT8_ARTIFACT), None)
+    if tflm is None or int8 is None or not int8.sha256 or tflm.get("source_sha256") != int8.sha256:
+        return None
+    return int8
 
 
 def candidate_is_tflm(artifact: Artifact) -> bool:

@@ -20,18 +20,22 @@ from kerasport.export.stage import ExportOptions, export_bundle
 from kerasport.export.tflm import read_c_array
 from kerasport.manifest import hash_artifact, load_manifest
 from kerasport.parity.budgets import BUDGET_CLASS, apply_budgets, resolve_budgets
-from kerasport.parity.runners import EDGE_BATCH_SIZES
+from kerasport.parity.runners import EDGE_BATCH_SIZES, GATE_SETTINGS, run_batched
 from kerasport.parity.stage import ParityOptions, load_eval_data, run_parity
 from kerasport.parity.tflm import (
     BUILTIN_LABEL,
     LITERT_BUILTIN_STEPS,
     LITERT_SETTINGS,
     SOURCE_CHECK,
+    TFLM_BUILTIN,
+    TFLM_RUN_LABEL,
     TFLM_SAMPLE_EDGE,
     TFLM_SAMPLE_EVAL,
+    XNNPACK_LABEL,
     TflmRunner,
     run_tflm,
 )
+from kerasport.runtimes import open_runtime
 from kerasport.verdict import Verdict
 
 runner = CliRunner()
@@ -223,3 +227,21 @@ def test_a_sample_that_differs_from_litert_sends_everything_through_tflm(edge):
     examples = len(data.inputs["image"])
     assert planted.calls == min(TFLM_SAMPLE_EVAL, examples) + TFLM_SAMPLE_EDGE + examples + sum(EDGE_BATCH_SIZES)
     assert len(outputs.eval["probabilities"]) == examples and set(measured) == {BUILTIN_LABEL}
+
+
+def test_tflm_check_and_int8_sweep_share_litert_runs_with_the_same_figures(edge_copy):
+    result = run_parity(ParityOptions(run=str(edge_copy), perf=False))
+    assert result.exit_code == EXIT_OK, result.failures
+    manifest = load_manifest(edge_copy)
+    data = load_eval_data(edge_copy, manifest)
+    int8_path = manifest.artifact("tflite-int8").resolve(edge_copy)
+    builtin = run_batched(open_runtime(int8_path, "tflite", TFLM_BUILTIN), data.inputs)["probabilities"]
+    xnnpack = run_batched(open_runtime(int8_path, "tflite", GATE_SETTINGS), data.inputs)["probabilities"]
+    # TFLM equals the built-in kernels on this model (bit-identical sample), so its XNNPACK row is theirs
+    compared = result.report.candidates["tflm"].vs_litert[XNNPACK_LABEL]["probabilities"]
+    assert compared["examples"] == len(xnnpack)
+    assert compared["max_abs_diff"] == float(np.abs(xnnpack - builtin).max())
+    rows = {row["settings"]: row for row in result.report.candidates["tflite-int8"].sweep}
+    one_thread_off = rows[TFLM_BUILTIN.describe("ai-edge-litert")]
+    assert one_thread_off["ran"]["same_as"] == TFLM_RUN_LABEL
+    assert one_thread_off["ran"]["of"] == len(builtin)

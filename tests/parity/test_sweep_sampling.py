@@ -65,3 +65,48 @@ def test_a_later_setting_matches_an_earlier_full_run():
     outputs, ran = run_setting(runner, inputs, known)
     assert ran["same_as"] == "threads=1" and len(runner.batches) == 2
     np.testing.assert_array_equal(outputs["y"], first["y"])
+
+
+class SettingsRunner(CountingRunner):
+    """Answers like the default except where `differ` says: on one example outside the sampled batches."""
+
+    def __init__(self, differ: bool):
+        super().__init__()
+        self.differ = differ
+
+    def run(self, inputs):
+        outputs = super().run(inputs)
+        if self.differ and len(inputs["x"]) == EVAL_BATCH and self.batches.count(EVAL_BATCH) == 2:
+            outputs["y"][5] += 1e-3  # the second full batch: neither the first nor the last, shorter one
+        return outputs
+
+
+def test_other_kernels_never_stand_in_however_well_they_match_on_the_sampled_batches(monkeypatch):
+    from kerasport.manifest import Artifact
+    from parity import sweep
+
+    inputs = eval_inputs()
+    default = CountingRunner().run(inputs)
+    opened = []
+
+    def open_candidate(run_dir, artifact, contract, setting):
+        opened.append(SettingsRunner(differ=not setting.xnnpack))  # XNNPACK off: other kernels
+        return opened[-1]
+
+    monkeypatch.setattr(sweep, "open_candidate", open_candidate)
+    artifact = Artifact("tflite-int8", {"path": "model_int8.tflite", "format": "tflite", "precision": "int8"})
+    runs = {run.settings: run for run in sweep.sweep_runs(None, artifact, None, inputs, default_outputs=default)}
+    assert runs["xnnpack=on, threads=1"].ran["same_as"] == "the default settings"  # same kernels, other threads
+    off = runs["xnnpack=off, threads=1"]
+    assert off.ran == {"examples": TOTAL, "of": TOTAL, "same_as": None}
+    assert np.abs(off.outputs["y"] - default["y"]).max() > 0  # the difference outside the sample is seen
+    assert runs["xnnpack=off, threads=2"].ran["same_as"] == "xnnpack=off, threads=1"
+
+
+def test_same_kernels_differ_at_most_in_thread_count():
+    from kerasport.runtimes import RuntimeSettings
+    from parity.sweep import same_kernels
+
+    assert same_kernels(RuntimeSettings(threads=1), RuntimeSettings(threads=2))
+    assert not same_kernels(RuntimeSettings(xnnpack=False), RuntimeSettings())
+    assert not same_kernels(RuntimeSettings(ort_optimization="basic"), RuntimeSettings())
