@@ -168,6 +168,8 @@ def sweep_ran(row: dict) -> str:
         return "–"
     if ran["same_as"] is None:
         return f"all {ran['of']}"
+    if ran.get("same_settings"):
+        return f"none: on this host, the same configuration as {ran['same_as']}"
     return f"{ran['examples']} of {ran['of']}; bit-identical there to {ran['same_as']}, which stands for the rest"
 
 

@@ -16,6 +16,9 @@ on the sampled batches: integer kernels round ties their own way, so they can ag
 on a few examples elsewhere (the seed model's tflite-int8: XNNPACK and LiteRT's built-in kernels agree on the
 first and last batch and differ on 2 of 359 examples, by 14 output steps).
 
+A setting that is, on this host, the very configuration of a run already made (onnxruntime's default thread count
+is one per physical core, so on 2 cores `threads=2` is the default) runs nothing and says so.
+
 The runs do not depend on the reference (`sweep_runs`), so they can be computed while it loads; `sweep` judges
 them.
 """
@@ -33,7 +36,7 @@ import numpy as np
 from kerasport.compare import agreement_statistics, class_scores, error_statistics
 from kerasport.contract import ModelContract
 from kerasport.manifest import Artifact
-from kerasport.runtimes import RuntimeSettings
+from kerasport.runtimes import RuntimeSettings, default_intra_op_threads
 from kerasport.tolerances import PRECISION_CLASS, Tolerance, bound_excess, decision_margin, noise_floors
 
 from .runners import EVAL_BATCH, GATE_SETTINGS, Reference, open_candidate
@@ -62,6 +65,14 @@ class SettingRun:
     error: str | None = None
 
 
+def effective(settings: RuntimeSettings, runtime: str) -> RuntimeSettings:
+    """The settings as the runtime applies them on this host: onnxruntime's default thread count (0) is one per
+    physical core (kerasport.runtimes); LiteRT's default is left to LiteRT, so it stays 0 (unknown)."""
+    if runtime == "onnxruntime" and not settings.threads:
+        return dataclasses.replace(settings, threads=default_intra_op_threads())
+    return settings
+
+
 def same_kernels(first: RuntimeSettings, second: RuntimeSettings) -> bool:
     """Whether two settings run the same kernels, differing at most in their thread count."""
     return dataclasses.replace(first, threads=0) == dataclasses.replace(second, threads=0)
@@ -84,9 +95,16 @@ def sweep_runs(run_dir: Path, artifact: Artifact, contract: ModelContract, eval_
     known = [(GATE_SETTINGS, "the default settings", default_outputs)] if default_outputs is not None else []
     known += list(seeds)
     runs = []
+    total = len(next(iter(eval_inputs.values())))
     for setting in settings:
         started = time.perf_counter()
         label = setting.describe(runtime)
+        identical = next(((known_label, known_outputs) for known_setting, known_label, known_outputs in known
+                          if effective(known_setting, runtime) == effective(setting, runtime)), None)
+        if identical is not None:  # e.g. onnxruntime's default thread count is this host's cores: nothing to run
+            runs.append(SettingRun(label, dict(identical[1]), {"examples": 0, "of": total, "same_as": identical[0],
+                                                               "same_settings": True}))
+            continue
         try:
             runner = open_candidate(run_dir, artifact, contract, setting)
             outputs, ran = run_setting(runner, eval_inputs, [(known_label, known_outputs)

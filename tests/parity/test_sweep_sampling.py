@@ -110,3 +110,26 @@ def test_same_kernels_differ_at_most_in_thread_count():
     assert same_kernels(RuntimeSettings(threads=1), RuntimeSettings(threads=2))
     assert not same_kernels(RuntimeSettings(xnnpack=False), RuntimeSettings())
     assert not same_kernels(RuntimeSettings(ort_optimization="basic"), RuntimeSettings())
+
+
+def test_a_setting_that_is_the_default_on_this_host_runs_nothing(monkeypatch):
+    from kerasport.manifest import Artifact
+    from parity import sweep
+
+    inputs = eval_inputs()
+    default = CountingRunner().run(inputs)
+    opened = []
+
+    def open_candidate(run_dir, artifact, contract, setting):
+        opened.append((setting.ort_optimization, setting.threads))
+        return CountingRunner()
+
+    monkeypatch.setattr(sweep, "open_candidate", open_candidate)
+    monkeypatch.setattr(sweep, "default_intra_op_threads", lambda: 2)
+    artifact = Artifact("onnx-fp32", {"path": "model.onnx", "format": "onnx", "precision": "fp32"})
+    runs = {run.settings: run for run in sweep.sweep_runs(None, artifact, None, inputs, default_outputs=default)}
+    same = runs["optimization=all, threads=2"]
+    assert ("all", 2) not in opened and same.ran["examples"] == 0 and same.ran["same_as"] == "the default settings"
+    np.testing.assert_array_equal(same.outputs["y"], default["y"])
+    assert "none: on this host, the same configuration as the default settings" in sweep_ran({"ran": same.ran})
+    assert ("all", 1) in opened and runs["optimization=all, threads=1"].ran["examples"] == EVAL_BATCH + 7
