@@ -132,7 +132,7 @@ def rounded_graph_outputs(shared: CandidateOutputs, fp32_graph: Artifact, data) 
     Raises:
         ConversionError: the rounded graph would not load or run.
     """
-    what = f"{fp32_graph.name} with float16-rounded constants"
+    what = rounded_key(fp32_graph)
 
     def compute() -> Outputs:
         model, _ = round_float_constants(shared.path(fp32_graph).read_bytes())
@@ -143,3 +143,8 @@ def rounded_graph_outputs(shared: CandidateOutputs, fp32_graph: Artifact, data) 
             return run_everything(open_runtime(path, "tflite", RuntimeSettings()), data.inputs, data.edges.inputs)
 
     return shared.once(what, compute)
+
+
+def rounded_key(fp32_graph: Artifact) -> str:
+    """What the rounded graph's run is called (in messages, and its key in CandidateOutputs)."""
+    return f"{fp32_graph.name} with float16-rounded constants"

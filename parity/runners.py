@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,8 @@ class CandidateOutputs:
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._results: dict[str, object] = {}
+        self._spent: dict[str, float] = {}
+        self._local = threading.local()
 
     def get(self, artifact: Artifact) -> Outputs:
         """The artifact's outputs on every eval and edge input: its first load in an isolated child (an abort
@@ -317,18 +320,39 @@ class CandidateOutputs:
         Raises:
             ConversionError: what `compute` raised, to every caller.
         """
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self._results:
-                try:
-                    self._results[key] = compute()
-                except ConversionError as error:
-                    self._results[key] = error
+        local = self._local
+        enclosing = getattr(local, "inside", 0.0)
+        local.inside, entered = 0.0, time.perf_counter()
+        try:
+            with self._lock:
+                lock = self._locks.setdefault(key, threading.Lock())
+            with lock:
+                if key not in self._results:
+                    try:
+                        self._results[key] = compute()
+                    except ConversionError as error:
+                        self._results[key] = error
+                    # its own seconds: not those of the runs it asked for (they count under their own keys)
+                    self._spent[key] = time.perf_counter() - entered - local.inside
+        finally:
+            local.inside = enclosing + time.perf_counter() - entered
         result = self._results[key]
         if isinstance(result, ConversionError):
             raise result
         return result
+
+    def start_timing(self) -> float:
+        """Start timing a check on this thread; returns the start for `own_seconds`."""
+        self._local.inside = 0.0
+        return time.perf_counter()
+
+    def own_seconds(self, started: float) -> float:
+        """Seconds since `start_timing` that this thread spent outside `once` (judging, not computing or waiting)."""
+        return time.perf_counter() - started - getattr(self._local, "inside", 0.0)
+
+    def spent(self, *keys: str) -> float:
+        """Seconds the computations of `keys` took, whichever thread ran them (0 for one not computed)."""
+        return sum(self._spent.get(key, 0.0) for key in keys)
 
     def prefetch(self, jobs: list[Callable[[], object]]) -> threading.Thread:
         """Run `jobs` (calls of `get`/`once`) one after another on a background thread, so their results are
@@ -361,7 +385,12 @@ class CandidateOutputs:
             return run_everything(open_candidate(self.run_dir, artifact, self.contract, settings), self.eval_inputs,
                                   self.edge_inputs)
 
-        return self.once(f"{artifact.name} with {settings}", compute)
+        return self.once(self.under_key(artifact, settings), compute)
+
+    @staticmethod
+    def under_key(artifact: Artifact, settings: RuntimeSettings) -> str:
+        """The key of `under(artifact, settings)` (for `spent`)."""
+        return f"{artifact.name} with {settings}"
 
     def path(self, artifact: Artifact) -> Path:
         """The artifact's file in the bundle."""

@@ -37,7 +37,7 @@ from . import sweep as settings_sweep
 from .budgets import apply_budgets, require_tflm, resolve_budgets
 from .checks import judge, load_error
 from .edges import EDGE_EXAMPLES, EDGE_SEED, GeneratedInputs, edge_inputs
-from .fp16_error import rounded_graph_outputs, with_stored_fp16_error
+from .fp16_error import rounded_graph_outputs, rounded_key, with_stored_fp16_error
 from .performance import measure_and_recommend
 from .recipes import recipe_section
 from .results import (
@@ -379,7 +379,12 @@ def swept(shared: CandidateOutputs, artifact: Artifact, tflm_source: Artifact | 
         return settings_sweep.sweep_runs(shared.run_dir, artifact, shared.contract, shared.eval_inputs,
                                          default_outputs=shared.get(artifact).eval, seeds=seeds)
 
-    return shared.once(f"{artifact.name}: settings sweep", compute)
+    return shared.once(sweep_key(artifact), compute)
+
+
+def sweep_key(artifact: Artifact) -> str:
+    """The key of the candidate's settings sweep in CandidateOutputs."""
+    return f"{artifact.name}: settings sweep"
 
 
 def stored_fp32_graph(candidates: list[Artifact]) -> Artifact | None:
@@ -423,16 +428,19 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     shared = shared or CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
     if artifact.format == TFLM_FORMAT:
         return check_tflm(run_dir, artifact, contract, policy, reference, data, tflm_mode, shared)
-    started = time.perf_counter()
+    started = shared.start_timing()
     result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format)
     tolerance = policy.for_precision(artifact.precision)
+    # its seconds: its own runs (wherever computed) and its judging, not the runs it reuses from other candidates
+    runs = [artifact.name, sweep_key(artifact)]
     if tolerance.noise_source == "fp16_weights" and artifact.format == "tflite":
         reference, result.fp16_error = with_stored_fp16_error(shared, fp32_graph, reference, data)
+        runs += [rounded_key(fp32_graph)] if fp32_graph is not None else []
     try:
         outputs = shared.get(artifact)
     except ConversionError as error:
         result.verdict, result.checks = Verdict.ERROR, load_error(str(error))
-        result.seconds = round(time.perf_counter() - started, 3)
+        result.seconds = round(shared.own_seconds(started) + shared.spent(*runs), 3)
         return result
     result.outputs, checks = judge(contract, tolerance, reference, outputs, data.targets)
     result.verdict, result.checks = checks.verdict, checks.records
@@ -440,7 +448,7 @@ def check_candidate(run_dir: Path, artifact: Artifact, contract: ModelContract, 
     if sweep and artifact.format in RUNTIME_FORMATS:
         result.sweep = settings_sweep.sweep(run_dir, artifact, contract, data.inputs, reference, tolerance,
                                             runs=swept(shared, artifact, tflm_source))
-    result.seconds = round(time.perf_counter() - started, 3)
+    result.seconds = round(shared.own_seconds(started) + shared.spent(*runs), 3)
     return result
 
 

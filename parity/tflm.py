@@ -177,7 +177,7 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
         `vs_litert` and `findings`; verdict `skipped` (with `skipped`: why) when tflite_micro does not import,
         `error` when TFLite Micro cannot prepare or run the model.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if shared is None else shared.start_timing()
     manifest = load_manifest(run_dir)
     result = CandidateResult(artifact.precision, artifact.runtime, artifact.path, artifact.format,
                              microcontroller=microcontroller_section(artifact.entry), findings=[])
@@ -212,7 +212,9 @@ def check_tflm(run_dir: Path, artifact: Artifact, contract: ModelContract, polic
     tie_margin = policy.for_precision(artifact.precision).tie_margin
     result.vs_litert = compare_with_litert(model, contract, data.inputs, outputs.eval, tie_margin, measured=measured)
     result.findings = litert_findings(result.vs_litert)
-    result.seconds = round(time.perf_counter() - started, 3)
+    result.seconds = round(time.perf_counter() - started if shared is None else
+                           shared.own_seconds(started) + shared.spent(*([] if twin is None else [
+                               shared.under_key(twin, TFLM_BUILTIN)])), 3)
     return result
 
 

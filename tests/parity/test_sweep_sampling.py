@@ -133,3 +133,25 @@ def test_a_setting_that_is_the_default_on_this_host_runs_nothing(monkeypatch):
     np.testing.assert_array_equal(same.outputs["y"], default["y"])
     assert "none: on this host, the same configuration as the default settings" in sweep_ran({"ran": same.ran})
     assert ("all", 1) in opened and runs["optimization=all, threads=1"].ran["examples"] == EVAL_BATCH + 7
+
+
+def test_shared_runs_count_once_under_their_own_key_and_not_as_the_callers_own_time():
+    import time
+
+    from parity.runners import CandidateOutputs
+
+    shared = CandidateOutputs(None, None, {}, {})
+
+    def inner():
+        time.sleep(0.05)
+        return 1
+
+    def outer():
+        time.sleep(0.02)
+        return shared.once("inner", inner) + 1
+
+    started = shared.start_timing()
+    assert shared.once("outer", outer) == 2 and shared.once("outer", outer) == 2  # the second call reuses
+    time.sleep(0.01)
+    assert 0.05 <= shared.spent("inner") < 0.07 and 0.02 <= shared.spent("outer") < 0.04
+    assert 0.01 <= shared.own_seconds(started) < 0.03
