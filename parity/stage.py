@@ -342,12 +342,12 @@ def check_candidates(run_dir: Path, candidates: list[Artifact], contract: ModelC
     check owns its sessions; the outputs do not depend on what runs beside them.
     """
     order = check_order(candidates)
-    fp32_graph = stored_fp32_graph(candidates)
+    fp32_graph, tflm_source = stored_fp32_graph(candidates), litert_source(candidates)
     shared = shared or CandidateOutputs(run_dir, contract, data.inputs, data.edges.inputs)
     with ThreadPoolExecutor(max_workers=CANDIDATE_THREADS, thread_name_prefix="parity-candidate") as pool:
         futures = {artifact.name: pool.submit(check_candidate, run_dir, artifact, contract, policy, reference, data,
                                               sweep=sweep, tflm_mode=tflm_mode, fp32_graph=fp32_graph,
-                                              shared=shared, tflm_source=litert_source(candidates))
+                                              shared=shared, tflm_source=tflm_source)
                    for artifact in order}
         results = {}
         for artifact in candidates:
