@@ -43,9 +43,12 @@ def test_the_wheel_holds_one_namespace(wheel):
 @pytest.mark.slow
 def test_a_serve_install_runs_without_tensorflow(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True, system_site_packages=False)
+    venv.create(env_dir, with_pip=False, system_site_packages=False)
     python, script = env_dir / "bin" / "python", env_dir / "bin" / "kerasport"
-    installed = run(str(python), "-m", "pip", "install", "-q", f"{wheel}[serve]", timeout=600)
+    # This venv's pip installs into the new one (`--python`), without byte-compiling: 6.6 s instead of 22 s for
+    # ensurepip, pip's own start and compiling every dependency; what is installed is the same.
+    installed = run(sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-compile",
+                    f"{wheel}[serve]", timeout=600)
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     imported = run(str(python), "-c", "import kerasport.serve.app, kerasport.serve.model, kerasport.serve.server, "

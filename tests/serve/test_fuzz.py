@@ -13,10 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from helpers import ServerProcess
+from helpers import ServerProcess, loopback_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -333,7 +332,7 @@ def test_real_server_survives_the_hostile_round_with_bounded_memory(verified, bo
         rng = random.Random(0)
         cases += [random_garbage(rng, MODEL) for _ in range(60)]
         good = {"inputs": [{"name": "image", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}]}
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with loopback_client(base_url=server.url, timeout=30) as http:
             assert http.post(f"/v2/models/{MODEL}/infer", json=good).status_code == 200
             baseline = rss_kb(server.pid)
 
@@ -362,14 +361,14 @@ def test_health_answers_while_big_bodies_are_parsed(verified):
         stop = time.monotonic() + 6
 
         def hammer(_):
-            with httpx.Client(base_url=server.url, timeout=60) as http:
+            with loopback_client(base_url=server.url, timeout=60) as http:
                 while time.monotonic() < stop:
                     assert http.post(f"/v2/models/{MODEL}/infer", content=big).status_code == 200
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = [pool.submit(hammer, i) for i in range(4)]
             latencies = []
-            with httpx.Client(base_url=server.url, timeout=10) as http:
+            with loopback_client(base_url=server.url, timeout=10) as http:
                 time.sleep(1.0)
                 while time.monotonic() < stop - 0.5:
                     started = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import ServerProcess
+from helpers import ServerProcess, loopback_client, loopback_get
 
 from devtools.tiny_models import CLASS_OUTPUT, VALUE_OUTPUT, two_input_samples
 from kerasport.errors import EXIT_OK, EXIT_USAGE
@@ -50,7 +50,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as session:
+    with loopback_client(base_url=server.url, headers=AUTH, timeout=30) as session:
         yield session
 
 
@@ -248,7 +248,7 @@ def test_sigterm_drains_in_flight_grpc_calls(verified, sample):
                                lambda result, error: results.append(error or result))
         deadline, in_flight = time.monotonic() + 10, 0.0
         while time.monotonic() < deadline and in_flight < 8:
-            text = httpx.get(f"{process.url}/metrics").text
+            text = loopback_get(f"{process.url}/metrics").text
             in_flight = float(re.search(r"^kerasport_requests_in_flight (\S+)", text, re.M).group(1)) - 1
         assert in_flight >= 8  # all eight are inside the server, none answered yet
     finally:

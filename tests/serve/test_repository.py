@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ServerProcess
+from helpers import ServerProcess, loopback_client
 
 from devtools.keys import write_key_pair
 from devtools.repository_bundles import MODEL_NAME, PROBE, drop_in, expected_output, flip_byte
@@ -83,7 +83,7 @@ def test_hot_swap_under_load_refuses_tampered_and_unsigned(versions, tmp_path):
     failures, seen, stop = [], [], threading.Event()
 
     def client_loop():
-        with httpx.Client(timeout=10) as client:
+        with loopback_client(timeout=10) as client:
             while not stop.is_set():
                 response = infer(client, server.url)
                 if response.status_code != 200:
@@ -108,7 +108,7 @@ def test_hot_swap_under_load_refuses_tampered_and_unsigned(versions, tmp_path):
         unsigned = shutil.copytree(versions["runs"][2], tmp_path / "unsigned")
         (unsigned / "bundle.sig").unlink()
         drop_in(unsigned, repository, MODEL_NAME, 4)
-        with httpx.Client(timeout=10) as client:
+        with loopback_client(timeout=10) as client:
             wait_for(lambda: {index(client, server.url).get((MODEL_NAME, v), {}).get("state") for v in "34"}
                      == {UNAVAILABLE}, SWAP_DEADLINE)
             time.sleep(1)  # clients keep asking after the refusals
@@ -202,7 +202,7 @@ def test_explicit_mode_changes_only_through_load(explicit, versions):
     """A version dropped into an explicit-mode repository is not served until the model is loaded again."""
     repository = explicit.ready and explicit_repository(explicit)
     drop_in(versions["runs"][2], repository, "other", 8)
-    with httpx.Client(timeout=10) as client:
+    with loopback_client(timeout=10) as client:
         time.sleep(1)
         assert ("other", "8") not in index(client, explicit.url)
         assert client.post(f"{explicit.url}/v2/repository/models/other/load").status_code == 200
@@ -260,16 +260,16 @@ def test_workers_share_one_repository_state(versions, tmp_path):
     def indices() -> list[list[dict]]:
         answers = []
         for _ in range(12):
-            with httpx.Client(timeout=10) as client:  # a new connection each time: the kernel spreads them
+            with loopback_client(timeout=10) as client:  # a new connection each time: the kernel spreads them
                 answers.append(client.post(server.url + "/v2/repository/index").json())
         return answers
 
     try:
-        with httpx.Client(timeout=10) as client:
+        with loopback_client(timeout=10) as client:
             assert client.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/unload").status_code == 200
         time.sleep(1)
         unloaded = indices()
-        with httpx.Client(timeout=10) as client:
+        with loopback_client(timeout=10) as client:
             assert client.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load").status_code == 200
         time.sleep(1)
         loaded = indices()

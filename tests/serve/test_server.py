@@ -11,11 +11,10 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import keras
 import numpy as np
 import pytest
-from helpers import ServerProcess
+from helpers import ServerProcess, loopback_client, loopback_get
 from PIL import Image
 
 from kerasport.errors import EXIT_OK, EXIT_USAGE
@@ -33,7 +32,7 @@ def server(verified):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with loopback_client(base_url=server.url, timeout=30) as http:
         yield http
 
 
@@ -199,7 +198,7 @@ def test_64_parallel_requests_are_all_answered_correctly(server, sample, referen
 
     def one(index: int):
         i = index % len(images)
-        with httpx.Client(base_url=server.url, timeout=60) as http:
+        with loopback_client(base_url=server.url, timeout=60) as http:
             response = http.post(f"/v2/models/{MODEL}/infer", json=v2_body(images[i:i + 1], id=str(index)))
         return index, i, response
 
@@ -233,7 +232,7 @@ def test_server_process_never_loads_tensorflow(server):
 def test_api_key(verified):
     process = ServerProcess(verified, "--variant", "tflite-fp32", "--api-key", "s3cret")
     try:
-        with httpx.Client(base_url=process.url) as http:
+        with loopback_client(base_url=process.url) as http:
             assert http.get("/v2/health/ready").status_code == 200  # health stays open
             body = v2_body(np.zeros((1, 28, 28, 1)))
             assert http.post(f"/v2/models/{MODEL}/infer", json=body).status_code == 401
@@ -255,7 +254,7 @@ def test_sigterm_drains_in_flight_requests(verified):
     images = np.zeros((1, 28, 28, 1))
 
     def call(_):
-        with httpx.Client(base_url=process.url, timeout=30) as http:
+        with loopback_client(base_url=process.url, timeout=30) as http:
             return http.post(f"/v2/models/{MODEL}/infer", json=v2_body(images)).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -263,7 +262,7 @@ def test_sigterm_drains_in_flight_requests(verified):
         deadline = time.monotonic() + 10
         in_flight = 0
         while time.monotonic() < deadline and in_flight < 8:
-            text = httpx.get(f"{process.url}/metrics").text
+            text = loopback_get(f"{process.url}/metrics").text
             in_flight = float(re.search(r"^kerasport_requests_in_flight (\S+)", text, re.M).group(1)) - 1
         assert in_flight >= 8  # all eight are inside the server, none answered yet
         code = process.stop()

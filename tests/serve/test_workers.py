@@ -9,10 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from helpers import ServerProcess
+from helpers import ServerProcess, loopback_client, loopback_get
 
 from kerasport.errors import EXIT_OK
 from kerasport.serve.workers import default_workers, threads_per_worker
@@ -37,7 +36,7 @@ def alive(pid: int) -> bool:
 
 
 def infer_count(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
+    text = loopback_get(f"{url}/metrics").text
     found = re.search(r'^kerasport_requests_total\{method="POST",route="/v2/models/\{name\}/infer",status="200"\} '
                       r'(\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
@@ -50,7 +49,7 @@ def access_pids(server) -> set[int]:
 
 def send(url: str, count: int) -> list[int]:
     def one(_):
-        with httpx.Client(base_url=url, timeout=30) as http:  # a new connection each: spread over the workers
+        with loopback_client(base_url=url, timeout=30) as http:  # a new connection each: spread over the workers
             return http.post(f"/v2/models/{MODEL}/infer", json=BODY).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -80,7 +79,7 @@ def test_two_workers_answer_and_metrics_aggregate(server):
     assert access_pids(server) == set(ready["pids"])  # both workers answered
     # whichever worker answers /metrics reports every worker's requests
     assert {infer_count(server.url) for _ in range(6)} == {60.0}
-    stats = httpx.get(f"{server.url}/v2/models/{MODEL}/stats").json()["model_stats"][0]
+    stats = loopback_get(f"{server.url}/v2/models/{MODEL}/stats").json()["model_stats"][0]
     assert stats["inference_stats"]["success"]["count"] == 60 and stats["inference_count"] == 60
 
 
@@ -100,7 +99,7 @@ def test_a_killed_worker_is_replaced(server):
     assert restarted[0]["pid"] == victim and restarted[0]["exitcode"] == -signal.SIGKILL
     # the survivor serves throughout; once the replacement is up, both serve again
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and httpx.get(f"{server.url}/v2/health/ready").status_code == 200:
+    while time.monotonic() < deadline and loopback_get(f"{server.url}/v2/health/ready").status_code == 200:
         if restarted[0]["replacements"][0] in access_pids(server):
             break
         send(server.url, 8)
@@ -116,14 +115,14 @@ def test_sigterm_drains_every_worker_and_exits_0(verified):
     body = {"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": images.ravel().tolist()}]}
 
     def call(_):
-        with httpx.Client(base_url=process.url, timeout=30) as http:
+        with loopback_client(base_url=process.url, timeout=30) as http:
             return http.post(f"/v2/models/{MODEL}/infer", json=body).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(call, i) for i in range(8)]
         deadline, in_flight = time.monotonic() + 10, 0.0
         while time.monotonic() < deadline and in_flight < 8:  # summed over both workers, less this /metrics call
-            text = httpx.get(f"{process.url}/metrics").text
+            text = loopback_get(f"{process.url}/metrics").text
             in_flight = float(re.search(r"^kerasport_requests_in_flight (\S+)", text, re.M).group(1)) - 1
         assert in_flight >= 8  # all eight are inside the workers, none answered yet
         code = process.stop()
