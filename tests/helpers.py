@@ -20,8 +20,7 @@ import numpy as np
 from devtools.serving import ServerProcess, loopback_client, loopback_get
 
 __all__ = ["ServerProcess", "build_source_wheel", "copy_bundle", "loopback_client", "loopback_get", "shared_bundle",
-           "synthetic_digits", "trained_bundle",
-           "write_idx", "write_idx_dir", "write_npz", "write_png_folders"]
+           "synthetic_digits", "trained_bundle", "write_idx", "write_idx_dir", "write_npz", "write_png_folders"]
 
 IMAGE = 28
 
