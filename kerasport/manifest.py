@@ -85,6 +85,12 @@ class Artifact:
         return self.verdict == Verdict.PASS
 
     @property
+    def settings_beyond_tolerance(self) -> list[str]:
+        """The runtime settings parity's sweep found this artifact's answers leave its tolerance (or fail) under;
+        empty when none did or no sweep ran."""
+        return list((self.parity.get("sweep") or {}).get("beyond_tolerance") or [])
+
+    @property
     def status(self) -> str:
         """'ok', or 'failed: <reason>' for a variant export could not build (`--keep-going`)."""
         return self.entry.get("status", "ok")

@@ -8,6 +8,12 @@ A recommendation per target, from the parity verdicts and the measured `performa
 - `mobile_edge`: the smallest LiteRT (`tflite`) artifact that passed;
 - `microcontroller`: `tflm` when it passed and fits a listed device, or the flash/RAM budgets the gate was given.
 
+For the first two, a candidate whose answers leave its tolerance under another runtime setting of parity's sweep
+(XNNPACK off, another thread count or ORT optimization level) is left out while a steady one remains: the gate
+judges the default settings, but a device whose LiteRT runs the built-in kernels is not hypothetical (measured: the
+seed bundle's tflite-dynamic, the smallest, answers at chance level in LiteRT's built-in hybrid kernels, 9.5 % top-1
+agreement, while tflite-int8 of the same size holds). The choice's reason names what was left out and why.
+
 A consumer that runs only some formats (Triton: ONNX) asks `choose` for its formats: the server recommendation
 when it can run it, else the lowest measured p50 among what it can run. A bundle without a `performance` block
 falls back to FALLBACK_ORDER (a fixed order from one machine) and every choice says so.
@@ -85,6 +91,24 @@ def _fits(artifact: Artifact) -> tuple[bool, str]:
     return bool(fitting), (f"fits {', '.join(fitting)}" if fitting else "fits none of the listed devices")
 
 
+def steady_first(artifacts: list[Artifact]) -> tuple[list[Artifact], str]:
+    """The artifacts whose answers held under every runtime setting parity swept, with a note (for a Choice's reason)
+    naming those left out; all of them, and a note saying so, when none held."""
+    unsteady = {artifact.name: artifact.settings_beyond_tolerance for artifact in artifacts
+                if artifact.settings_beyond_tolerance}
+    if not unsteady:
+        return artifacts, ""
+    described = "; ".join(f"{name} with {' / '.join(settings)}" for name, settings in unsteady.items())
+    steady = [artifact for artifact in artifacts if artifact.name not in unsteady]
+    if steady:
+        return steady, f"; left out, answers beyond tolerance under other runtime settings: {described}"
+    return artifacts, f"; every candidate leaves its tolerance under some runtime setting: {described}"
+
+
+def _with_note(choice: Choice | None, note: str) -> Choice | None:
+    return Choice(choice.variant, choice.why + note, choice.measured) if choice and note else choice
+
+
 def recommend(manifest: Manifest, max_accuracy_drop: float | None = None) -> dict:
     """A recommendation per target (TARGETS): {target: {"variant" or None, "why", "measured"}}.
 
@@ -93,13 +117,13 @@ def recommend(manifest: Manifest, max_accuracy_drop: float | None = None) -> dic
         max_accuracy_drop: for server_cpu, only candidates within this accuracy drop of the reference (0.01 = 1 pp).
     """
     passed = [artifact for artifact in manifest.artifacts() if artifact.passed_parity and artifact.status == "ok"]
-    servable = [artifact.name for artifact in passed if artifact.format in SERVABLE_FORMATS]
-    server = server_choice(manifest, servable, max_accuracy_drop)
-    if server is None:
-        server = fallback_choice(servable, "no measured speed in the manifest") if servable else None
-    litert = sorted((artifact.bytes, artifact.name) for artifact in passed if artifact.format == "tflite")
-    mobile = (Choice(litert[0][1], f"the smallest LiteRT artifact that passed parity ({litert[0][0]:,} bytes of "
-                                   f"{len(litert)})", True) if litert else None)
+    servable, server_note = steady_first([artifact for artifact in passed if artifact.format in SERVABLE_FORMATS])
+    server = _with_note(_server_or_fallback(manifest, [artifact.name for artifact in servable], max_accuracy_drop),
+                        server_note)
+    litert, mobile_note = steady_first([artifact for artifact in passed if artifact.format == "tflite"])
+    smallest = min(litert, key=lambda artifact: (artifact.bytes, artifact.name), default=None)
+    mobile = _with_note(Choice(smallest.name, f"the smallest LiteRT artifact that passed parity ({smallest.bytes:,} "
+                                              f"bytes of {len(litert)})", True) if smallest else None, mobile_note)
     micro = None
     for artifact in passed:
         if artifact.format == TFLM_FORMAT:
@@ -113,6 +137,13 @@ def recommend(manifest: Manifest, max_accuracy_drop: float | None = None) -> dic
                "parity", "microcontroller": micro_missing}
     return {target: (choice.to_dict() if choice else {"variant": None, "why": missing[target], "measured": False})
             for target, choice in zip(TARGETS, (server, mobile, micro), strict=True)}
+
+
+def _server_or_fallback(manifest: Manifest, names: list[str], max_accuracy_drop: float | None) -> Choice | None:
+    server = server_choice(manifest, names, max_accuracy_drop)
+    if server is None and names:
+        return fallback_choice(names, "no measured speed in the manifest")
+    return server
 
 
 def fallback_choice(names: list[str], reason: str) -> Choice:
@@ -153,11 +184,13 @@ def choose(manifest: Manifest, *, formats: tuple[str, ...] = SERVABLE_FORMATS, r
         recorded = manifest.recommendation.get("server_cpu") or {}
         if recorded.get("variant") in passed and recorded.get("measured"):
             return Choice(recorded["variant"], f"the server CPU recommendation: {recorded['why']}", True)
-        measured = server_choice(manifest, passed)
+        steady, note = steady_first([manifest.artifact(name) for name in passed])
+        names = [artifact.name for artifact in steady]
+        measured = server_choice(manifest, names)
         if measured is not None:
-            return measured
-        return fallback_choice(passed, "no measured speed in the manifest" if not manifest.performance else
-                               f"none of {', '.join(passed)} was measured")
+            return _with_note(measured, note)
+        return _with_note(fallback_choice(names, "no measured speed in the manifest" if not manifest.performance
+                                          else f"none of {', '.join(names)} was measured"), note)
     if allow_unverified and runnable:
         return fallback_choice(runnable, "nothing runnable passed parity (--allow-unverified)")
     if not runnable:

@@ -21,6 +21,7 @@ from .results import (
     RecommendationPolicy,
     TargetChoice,
 )
+from .sweep import sweep_record
 from .tflm import record_microcontroller
 
 
@@ -37,7 +38,7 @@ def verdict_preview(manifest: Manifest, report: ParityReport) -> Manifest:
     """A copy of the manifest with this run's verdicts and microcontroller fit, as record_verdicts will write them."""
     preview = manifest.copy()
     for name, result in report.candidates.items():
-        preview.set_parity(name, {"verdict": result.verdict})
+        preview.set_parity(name, {"verdict": result.verdict, **sweep_record(result.sweep)})
     record_microcontroller(preview, report)
     return preview
 

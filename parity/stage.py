@@ -529,7 +529,8 @@ def record_verdicts(run_dir: Path, report: ParityReport) -> None:
     checked = report.finished
     for name, result in report.candidates.items():
         manifest.set_parity(name, {"verdict": result.verdict, "checked": checked, "report": REPORT_PATH,
-                                   "failed_checks": [check.id for check in result.failed_checks()]})
+                                   "failed_checks": [check.id for check in result.failed_checks()],
+                                   **settings_sweep.sweep_record(result.sweep)})
     manifest.set_artifact(REPORT_ARTIFACT, artifact_entry(run_dir, REPORT_PATH, format="json", precision="n/a",
                                                           role="parity report"))
     record_microcontroller(manifest, report)

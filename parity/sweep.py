@@ -214,6 +214,20 @@ def _compare(contract: ModelContract, outputs: Mapping[str, np.ndarray], referen
     return row
 
 
+def unsteady_settings(rows: list[dict]) -> list[str]:
+    """The swept settings under which the artifact does not run or leaves its tolerance (the manifest records them:
+    the selection policy prefers artifacts whose answers hold under every setting)."""
+    return [row["settings"] for row in rows if "error" in row or not row["within_tolerance"]]
+
+
+def sweep_record(rows: list[dict] | None) -> dict:
+    """What the manifest keeps of a candidate's sweep, beside its verdict: {} when no sweep ran (`--no-sweep`, or a
+    format that has none), else {"sweep": {"settings": n, "beyond_tolerance": [settings...]}}."""
+    if rows is None:
+        return {}
+    return {"sweep": {"settings": len(rows), "beyond_tolerance": unsteady_settings(rows)}}
+
+
 def findings(name: str, precision: str, rows: list[dict]) -> list[str]:
     """One line per setting that does not run or leaves the tolerance."""
     lines = []

@@ -127,6 +127,13 @@ def test_report_json_has_every_field(exported_copy):
     assert sweep == {f"xnnpack={x}, threads={t}" for x in ("on", "off") for t in SWEEP_THREADS}
     assert {row["settings"] for row in report["candidates"]["onnx-fp32"]["sweep"]} == {
         f"optimization={level}, threads={t}" for level in ORT_SWEEP_LEVELS for t in SWEEP_THREADS}
+    recorded = load_manifest(exported_copy)  # the selection policy reads the sweep's outcome there
+    for name, result in report["candidates"].items():
+        if result.get("sweep") is not None:
+            beyond = [row["settings"] for row in result["sweep"] if not row.get("within_tolerance")]
+            assert recorded.artifact(name).parity["sweep"] == {"settings": len(result["sweep"]),
+                                                               "beyond_tolerance": beyond}, name
+            assert recorded.artifact(name).settings_beyond_tolerance == beyond
     examples = report["inputs"]["eval_sample"]["examples"]
     for row in report["candidates"]["onnx-fp32"]["sweep"] + report["candidates"]["tflite-int8"]["sweep"]:
         ran = row["ran"]  # every example, or the sampled batches bit-identical to outputs computed on every one

@@ -135,12 +135,18 @@ def test_the_independent_timing_script_reads_every_measured_candidate(measured):
     assert all(f"\n{name} " in check.stdout for name in measured_names), check.stdout
 
 
-def speed_manifest(candidates: dict[str, tuple[str, float, float]]):
-    """A manifest whose artifacts all passed parity, with measured p50 (ms) and accuracy Δ per candidate."""
+def speed_manifest(candidates: dict[str, tuple[str, float, float]], sizes: dict[str, int] | None = None,
+                   beyond_tolerance: dict[str, list[str]] | None = None):
+    """A manifest whose artifacts all passed parity, with measured p50 (ms) and accuracy Δ per candidate, optional
+    file sizes and the sweep settings each one left its tolerance under (none by default)."""
     contract = ModelContract(inputs=(image_input_spec("image", 8, 8),),
                              outputs=(OutputSpec("probabilities", "float32", (-1, 2), "probabilities"),))
-    artifacts = {name: {"path": f"export/{name}", "format": fmt, "precision": "fp32", "sha256": "0", "bytes": 1,
-                        "parity": {"verdict": "pass"}} for name, (fmt, _, _) in candidates.items()}
+    sizes, beyond_tolerance = sizes or {}, beyond_tolerance or {}
+    artifacts = {name: {"path": f"export/{name}", "format": fmt, "precision": "fp32", "sha256": "0",
+                        "bytes": sizes.get(name, 1),
+                        "parity": {"verdict": "pass", "sweep": {"settings": 4,
+                                                                "beyond_tolerance": beyond_tolerance.get(name, [])}}}
+                 for name, (fmt, _, _) in candidates.items()}
     manifest = new_manifest(model={"name": "m"}, contract=contract, artifacts=artifacts)
     manifest.set_performance({"host": {"cpu_model": "test CPU", "cores": 2}, "candidates": {
         name: {"measured": True, "latency_ms": {"p50": p50}, "accuracy_delta": delta}
@@ -153,6 +159,36 @@ def test_max_accuracy_drop_limits_the_server_recommendation():
     assert recommend(manifest)["server_cpu"]["variant"] == "fast-int8"
     limited = recommend(manifest, max_accuracy_drop=0.01)["server_cpu"]
     assert limited["variant"] == "slow-fp32" and "within 1 pp" in limited["why"]
+
+
+UNSTEADY = "xnnpack=off, threads=1"
+
+
+def test_a_candidate_unsteady_under_another_runtime_setting_is_left_out_while_a_steady_one_remains():
+    candidates = {"small-dynamic": ("tflite", 0.5, 0.0), "int8": ("tflite", 0.6, 0.0), "fp32": ("onnx", 2.0, 0.0)}
+    manifest = speed_manifest(candidates, sizes={"small-dynamic": 10, "int8": 11, "fp32": 40},
+                              beyond_tolerance={"small-dynamic": [UNSTEADY]})
+    assert manifest.artifact("small-dynamic").settings_beyond_tolerance == [UNSTEADY]
+    chosen = recommend(manifest)
+    for target in ("server_cpu", "mobile_edge"):
+        assert chosen[target]["variant"] == "int8", chosen[target]
+        assert f"left out, answers beyond tolerance under other runtime settings: small-dynamic with {UNSTEADY}" in \
+            chosen[target]["why"]
+    assert "among 2 measured candidates" in chosen["server_cpu"]["why"]
+    served = choose(manifest)  # no recorded recommendation: serve applies the same policy
+    assert served.variant == "int8" and "small-dynamic" in served.why
+    steady = speed_manifest(candidates, sizes={"small-dynamic": 10, "int8": 11, "fp32": 40})
+    assert {target: recommend(steady)[target]["variant"] for target in ("server_cpu", "mobile_edge")} == {
+        "server_cpu": "small-dynamic", "mobile_edge": "small-dynamic"}
+
+
+def test_when_every_candidate_is_unsteady_the_policy_still_chooses_and_says_so():
+    manifest = speed_manifest({"a": ("tflite", 1.0, 0.0), "b": ("tflite", 2.0, 0.0)}, sizes={"a": 5, "b": 3},
+                              beyond_tolerance={"a": [UNSTEADY], "b": [UNSTEADY]})
+    chosen = recommend(manifest)
+    assert (chosen["server_cpu"]["variant"], chosen["mobile_edge"]["variant"]) == ("a", "b")
+    assert all("every candidate leaves its tolerance under some runtime setting" in chosen[target]["why"]
+               for target in ("server_cpu", "mobile_edge"))
 
 
 def test_requested_variants_and_refusals():
