@@ -337,8 +337,7 @@ class _Job:
             for layer in _all_layers(model):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = SYNC_BATCH_NORM  # read at call time; the saved (plain) model keeps False
-            compile_model(model, self.config)
-            model.optimizer.build(model.trainable_variables)
+            compile_model(model, self.config)  # builds the optimizer's state inside the strategy's scope
         steps = _Steps(model, self.strategy, self.config.task, x_fit, y_fit)
         plan = ShardPlan(len(x_fit), self.config.batch_size, self.cluster.size, self.cluster.rank, self.config.seed)
         backup = chief_backup(self.work_dir / BACKUP_DIR, write=self.cluster.is_chief)
@@ -556,7 +555,6 @@ def _plain_copy(model, config: TrainConfig, n_outputs: int):
     plain = build_model(config, n_outputs)
     compile_model(plain, config)
     plain.set_weights(model.get_weights())
-    plain.optimizer.build(plain.trainable_variables)
     for target, source in zip(plain.optimizer.variables, model.optimizer.variables, strict=True):
         target.assign(keras.ops.convert_to_numpy(source))
     return plain
