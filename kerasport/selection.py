@@ -8,11 +8,13 @@ A recommendation per target, from the parity verdicts and the measured `performa
 - `mobile_edge`: the smallest LiteRT (`tflite`) artifact that passed;
 - `microcontroller`: `tflm` when it passed and fits a listed device, or the flash/RAM budgets the gate was given.
 
-For the first two, a candidate whose answers leave its tolerance under another runtime setting of parity's sweep
-(XNNPACK off, another thread count or ORT optimization level) is left out while a steady one remains: the gate
-judges the default settings, but a device whose LiteRT runs the built-in kernels is not hypothetical (measured: the
-seed bundle's tflite-dynamic, the smallest, answers at chance level in LiteRT's built-in hybrid kernels, 9.5 % top-1
-agreement, while tflite-int8 of the same size holds). The choice's reason names what was left out and why.
+For the first two, steady answers come first: among the candidates that qualify (measured and within the accuracy
+limit for the server; any that passed for mobile), one whose answers leave its tolerance (or that does not run)
+under another runtime setting of parity's sweep is left out while a steady one qualifies. Mobile counts every swept
+setting: a device whose LiteRT runs the built-in kernels (no XNNPACK) is common (measured: the seed bundle's
+tflite-dynamic, the smallest, answers at chance level in LiteRT's built-in hybrid kernels, 9.5 % top-1 agreement,
+while tflite-int8 of nearly the same size holds). The server counts the settings `kerasport serve` can run (the
+runtimes' defaults at any thread count). The choice's reason names what was left out and under which setting.
 
 A consumer that runs only some formats (Triton: ONNX) asks `choose` for its formats: the server recommendation
 when it can run it, else the lowest measured p50 among what it can run. A bundle without a `performance` block
@@ -21,10 +23,12 @@ falls back to FALLBACK_ORDER (a fixed order from one machine) and every choice s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import UsageError
 from .manifest import Artifact, Manifest
+from .runtimes import RuntimeSettings
 
 # Fastest first, from bench/export.py on the `seed` arch (batch-1 latency per image, 2 cores):
 # tflite-int8 0.15 ms, tflite-dynamic 0.18, onnx-int8 0.27, tflite-fp32 0.95, tflite-fp16 1.0, onnx-fp32 1.1.
@@ -91,22 +95,71 @@ def _fits(artifact: Artifact) -> tuple[bool, str]:
     return bool(fitting), (f"fits {', '.join(fitting)}" if fitting else "fits none of the listed devices")
 
 
-def steady_first(artifacts: list[Artifact]) -> tuple[list[Artifact], str]:
-    """The artifacts whose answers held under every runtime setting parity swept, with a note (for a Choice's reason)
-    naming those left out; all of them, and a note saying so, when none held."""
-    unsteady = {artifact.name: artifact.settings_beyond_tolerance for artifact in artifacts
-                if artifact.settings_beyond_tolerance}
-    if not unsteady:
-        return artifacts, ""
+def _serving_setting(setting: str) -> bool:
+    """Whether `kerasport serve` can run under this swept setting: the runtimes' default settings (ORT optimization
+    all, XNNPACK on) at any thread count."""
+    defaults = {RuntimeSettings().describe(runtime).split(", threads=")[0]
+                for runtime in ("onnxruntime", "ai-edge-litert")}
+    return setting.split(", threads=")[0] in defaults
+
+
+def _any_setting(setting: str) -> bool:
+    return True
+
+
+def _unsteady(artifacts: list[Artifact], relevant: Callable[[str], bool]) -> dict[str, list[str]]:
+    """{name: the relevant swept settings its answers left the tolerance under, or did not run under}."""
+    found = {artifact.name: [setting for setting in artifact.settings_beyond_tolerance if relevant(setting)]
+             for artifact in artifacts}
+    return {name: settings for name, settings in found.items() if settings}
+
+
+def _unsteady_note(unsteady: dict[str, list[str]], lead: str) -> str:
     described = "; ".join(f"{name} with {' / '.join(settings)}" for name, settings in unsteady.items())
+    return f"; {lead}, beyond tolerance (or not running) under other runtime settings: {described}"
+
+
+def steady_first(artifacts: list[Artifact], pick: Callable[[list[Artifact]], Choice | None],
+                 relevant: Callable[[str], bool] = _any_setting) -> Choice | None:
+    """`pick` among the artifacts whose answers held under every relevant runtime setting parity swept; among all of
+    them when it finds nothing there (none steady, or none of the steady ones measured or within the limits), with a
+    note naming the unsteady ones and under which settings."""
+    unsteady = _unsteady(artifacts, relevant)
     steady = [artifact for artifact in artifacts if artifact.name not in unsteady]
-    if steady:
-        return steady, f"; left out, answers beyond tolerance under other runtime settings: {described}"
-    return artifacts, f"; every candidate leaves its tolerance under some runtime setting: {described}"
+    choice = pick(steady) if steady else None
+    if choice is not None:
+        return _with_note(choice, _unsteady_note(unsteady, "left out") if unsteady else "")
+    choice = pick(artifacts)
+    return _with_note(choice, _unsteady_note(unsteady, "no steady candidate qualified") if unsteady else "")
 
 
 def _with_note(choice: Choice | None, note: str) -> Choice | None:
     return Choice(choice.variant, choice.why + note, choice.measured) if choice and note else choice
+
+
+def _names(artifacts: list[Artifact]) -> list[str]:
+    return [artifact.name for artifact in artifacts]
+
+
+def _smallest_litert(artifacts: list[Artifact]) -> Choice | None:
+    smallest = min(artifacts, key=lambda artifact: (artifact.bytes, artifact.name), default=None)
+    return (Choice(smallest.name, f"the smallest LiteRT artifact that passed parity ({smallest.bytes:,} bytes of "
+                                  f"{len(artifacts)})", True) if smallest else None)
+
+
+def _unmeasured_fallback(manifest: Manifest, servable: list[Artifact], max_accuracy_drop: float | None = None
+                         ) -> Choice:
+    """FALLBACK_ORDER among the servable artifacts (the steady ones when there are any) when none has a measured
+    speed (within the accuracy limit), saying which of the two."""
+    unsteady = _unsteady(servable, _serving_setting)
+    steady = [artifact for artifact in servable if artifact.name not in unsteady] or servable
+    if not manifest.performance:
+        reason = "no measured speed in the manifest"
+    else:
+        limit = (f" within {max_accuracy_drop * 100:g} pp accuracy of the reference" if max_accuracy_drop is not None
+                 else "")
+        reason = f"none of {', '.join(_names(steady))} was measured{limit}"
+    return fallback_choice(_names(steady), reason)
 
 
 def recommend(manifest: Manifest, max_accuracy_drop: float | None = None) -> dict:
@@ -117,13 +170,12 @@ def recommend(manifest: Manifest, max_accuracy_drop: float | None = None) -> dic
         max_accuracy_drop: for server_cpu, only candidates within this accuracy drop of the reference (0.01 = 1 pp).
     """
     passed = [artifact for artifact in manifest.artifacts() if artifact.passed_parity and artifact.status == "ok"]
-    servable, server_note = steady_first([artifact for artifact in passed if artifact.format in SERVABLE_FORMATS])
-    server = _with_note(_server_or_fallback(manifest, [artifact.name for artifact in servable], max_accuracy_drop),
-                        server_note)
-    litert, mobile_note = steady_first([artifact for artifact in passed if artifact.format == "tflite"])
-    smallest = min(litert, key=lambda artifact: (artifact.bytes, artifact.name), default=None)
-    mobile = _with_note(Choice(smallest.name, f"the smallest LiteRT artifact that passed parity ({smallest.bytes:,} "
-                                              f"bytes of {len(litert)})", True) if smallest else None, mobile_note)
+    servable = [artifact for artifact in passed if artifact.format in SERVABLE_FORMATS]
+    server = steady_first(servable, lambda pool: server_choice(manifest, _names(pool), max_accuracy_drop),
+                          relevant=_serving_setting)
+    if server is None and servable:
+        server = _unmeasured_fallback(manifest, servable, max_accuracy_drop)
+    mobile = steady_first([artifact for artifact in passed if artifact.format == "tflite"], _smallest_litert)
     micro = None
     for artifact in passed:
         if artifact.format == TFLM_FORMAT:
@@ -137,13 +189,6 @@ def recommend(manifest: Manifest, max_accuracy_drop: float | None = None) -> dic
                "parity", "microcontroller": micro_missing}
     return {target: (choice.to_dict() if choice else {"variant": None, "why": missing[target], "measured": False})
             for target, choice in zip(TARGETS, (server, mobile, micro), strict=True)}
-
-
-def _server_or_fallback(manifest: Manifest, names: list[str], max_accuracy_drop: float | None) -> Choice | None:
-    server = server_choice(manifest, names, max_accuracy_drop)
-    if server is None and names:
-        return fallback_choice(names, "no measured speed in the manifest")
-    return server
 
 
 def fallback_choice(names: list[str], reason: str) -> Choice:
@@ -184,13 +229,12 @@ def choose(manifest: Manifest, *, formats: tuple[str, ...] = SERVABLE_FORMATS, r
         recorded = manifest.recommendation.get("server_cpu") or {}
         if recorded.get("variant") in passed and recorded.get("measured"):
             return Choice(recorded["variant"], f"the server CPU recommendation: {recorded['why']}", True)
-        steady, note = steady_first([manifest.artifact(name) for name in passed])
-        names = [artifact.name for artifact in steady]
-        measured = server_choice(manifest, names)
+        candidates = [manifest.artifact(name) for name in passed]
+        measured = steady_first(candidates, lambda pool: server_choice(manifest, _names(pool)),
+                                relevant=_serving_setting)
         if measured is not None:
-            return _with_note(measured, note)
-        return _with_note(fallback_choice(names, "no measured speed in the manifest" if not manifest.performance
-                                          else f"none of {', '.join(names)} was measured"), note)
+            return measured
+        return _unmeasured_fallback(manifest, candidates)
     if allow_unverified and runnable:
         return fallback_choice(runnable, "nothing runnable passed parity (--allow-unverified)")
     if not runnable:

@@ -135,10 +135,10 @@ def test_the_independent_timing_script_reads_every_measured_candidate(measured):
     assert all(f"\n{name} " in check.stdout for name in measured_names), check.stdout
 
 
-def speed_manifest(candidates: dict[str, tuple[str, float, float]], sizes: dict[str, int] | None = None,
+def speed_manifest(candidates: dict[str, tuple[str, float | None, float]], sizes: dict[str, int] | None = None,
                    beyond_tolerance: dict[str, list[str]] | None = None):
-    """A manifest whose artifacts all passed parity, with measured p50 (ms) and accuracy Δ per candidate, optional
-    file sizes and the sweep settings each one left its tolerance under (none by default)."""
+    """A manifest whose artifacts all passed parity, with measured p50 (ms; None: not measured) and accuracy Δ per
+    candidate, optional file sizes and the sweep settings each one left its tolerance under (none by default)."""
     contract = ModelContract(inputs=(image_input_spec("image", 8, 8),),
                              outputs=(OutputSpec("probabilities", "float32", (-1, 2), "probabilities"),))
     sizes, beyond_tolerance = sizes or {}, beyond_tolerance or {}
@@ -149,7 +149,7 @@ def speed_manifest(candidates: dict[str, tuple[str, float, float]], sizes: dict[
                  for name, (fmt, _, _) in candidates.items()}
     manifest = new_manifest(model={"name": "m"}, contract=contract, artifacts=artifacts)
     manifest.set_performance({"host": {"cpu_model": "test CPU", "cores": 2}, "candidates": {
-        name: {"measured": True, "latency_ms": {"p50": p50}, "accuracy_delta": delta}
+        name: {"measured": p50 is not None, "latency_ms": {"p50": p50}, "accuracy_delta": delta}
         for name, (_, p50, delta) in candidates.items()}})
     return manifest
 
@@ -161,34 +161,48 @@ def test_max_accuracy_drop_limits_the_server_recommendation():
     assert limited["variant"] == "slow-fp32" and "within 1 pp" in limited["why"]
 
 
-UNSTEADY = "xnnpack=off, threads=1"
+OFF_DEVICE = "xnnpack=off, threads=1"  # LiteRT's built-in kernels: what some devices run, never `kerasport serve`
+SERVING = "xnnpack=on, threads=2"  # the serving default at another thread count
 
 
 def test_a_candidate_unsteady_under_another_runtime_setting_is_left_out_while_a_steady_one_remains():
     candidates = {"small-dynamic": ("tflite", 0.5, 0.0), "int8": ("tflite", 0.6, 0.0), "fp32": ("onnx", 2.0, 0.0)}
-    manifest = speed_manifest(candidates, sizes={"small-dynamic": 10, "int8": 11, "fp32": 40},
-                              beyond_tolerance={"small-dynamic": [UNSTEADY]})
-    assert manifest.artifact("small-dynamic").settings_beyond_tolerance == [UNSTEADY]
+    sizes = {"small-dynamic": 10, "int8": 11, "fp32": 40}
+    manifest = speed_manifest(candidates, sizes, beyond_tolerance={"small-dynamic": [OFF_DEVICE]})
+    assert manifest.artifact("small-dynamic").settings_beyond_tolerance == [OFF_DEVICE]
     chosen = recommend(manifest)
-    for target in ("server_cpu", "mobile_edge"):
-        assert chosen[target]["variant"] == "int8", chosen[target]
-        assert f"left out, answers beyond tolerance under other runtime settings: small-dynamic with {UNSTEADY}" in \
-            chosen[target]["why"]
-    assert "among 2 measured candidates" in chosen["server_cpu"]["why"]
-    served = choose(manifest)  # no recorded recommendation: serve applies the same policy
+    assert chosen["mobile_edge"]["variant"] == "int8"
+    assert (f"left out, beyond tolerance (or not running) under other runtime settings: small-dynamic with "
+            f"{OFF_DEVICE}") in chosen["mobile_edge"]["why"]
+    # a server never runs LiteRT without XNNPACK: that finding does not move the server recommendation
+    assert chosen["server_cpu"]["variant"] == "small-dynamic" and "left out" not in chosen["server_cpu"]["why"]
+
+    serving = speed_manifest(candidates, sizes, beyond_tolerance={"small-dynamic": [SERVING]})
+    server = recommend(serving)["server_cpu"]
+    assert server["variant"] == "int8" and f"small-dynamic with {SERVING}" in server["why"]
+    assert "among 2 measured candidates" in server["why"]
+    served = choose(serving)  # no recorded recommendation: serve applies the same policy
     assert served.variant == "int8" and "small-dynamic" in served.why
-    steady = speed_manifest(candidates, sizes={"small-dynamic": 10, "int8": 11, "fp32": 40})
+    steady = speed_manifest(candidates, sizes)
     assert {target: recommend(steady)[target]["variant"] for target in ("server_cpu", "mobile_edge")} == {
         "server_cpu": "small-dynamic", "mobile_edge": "small-dynamic"}
 
 
-def test_when_every_candidate_is_unsteady_the_policy_still_chooses_and_says_so():
-    manifest = speed_manifest({"a": ("tflite", 1.0, 0.0), "b": ("tflite", 2.0, 0.0)}, sizes={"a": 5, "b": 3},
-                              beyond_tolerance={"a": [UNSTEADY], "b": [UNSTEADY]})
-    chosen = recommend(manifest)
+def test_when_no_steady_candidate_qualifies_the_policy_still_chooses_and_says_so():
+    every = speed_manifest({"a": ("tflite", 1.0, 0.0), "b": ("tflite", 2.0, 0.0)}, {"a": 5, "b": 3},
+                           beyond_tolerance={"a": [SERVING], "b": [SERVING]})
+    chosen = recommend(every)
     assert (chosen["server_cpu"]["variant"], chosen["mobile_edge"]["variant"]) == ("a", "b")
-    assert all("every candidate leaves its tolerance under some runtime setting" in chosen[target]["why"]
-               for target in ("server_cpu", "mobile_edge"))
+    assert all("no steady candidate qualified" in chosen[target]["why"] for target in ("server_cpu", "mobile_edge"))
+    # the accuracy limit comes before steadiness: the only candidate within it is taken, unsteady or not
+    limited = speed_manifest({"steady-worse": ("onnx", 1.0, -0.05), "unsteady": ("tflite", 2.0, 0.0)},
+                             beyond_tolerance={"unsteady": [SERVING]})
+    server = recommend(limited, max_accuracy_drop=0.01)["server_cpu"]
+    assert server["variant"] == "unsteady" and server["measured"] and "no steady candidate qualified" in server["why"]
+    # so does a measurement: an unmeasured steady candidate does not beat a measured unsteady one
+    unmeasured = speed_manifest({"steady": ("onnx", None, 0.0), "unsteady": ("tflite", 2.0, 0.0)},
+                                beyond_tolerance={"unsteady": [SERVING]})
+    assert recommend(unmeasured)["server_cpu"]["variant"] == choose(unmeasured).variant == "unsteady"
 
 
 def test_requested_variants_and_refusals():
