@@ -1,5 +1,6 @@
 """report.html: one self-contained page, checked as a user sees it — rendered in headless Chromium."""
 
+import base64
 import re
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kerasport.app.cli import app
-from kerasport.parity.html import REPORT_NAME, SECTIONS
+from kerasport.parity.html import REPORT_NAME, SECTIONS, TRAIN_CONFUSION_PNG, TRAIN_CURVES_PNG, render_html
 from kerasport.parity.stage import ParityOptions, run_parity
 
 runner = CliRunner()
@@ -51,6 +52,21 @@ def test_every_section_is_present_with_its_content(reported):
     assert all(name in recipes for name in ("onnx-int8", "tflite-int8", "tflm")) and "byte-identical" in recipes
     manifest_hash = re.search(r'"sha256": "([0-9a-f]{64})"', (reported / "manifest.json").read_text()).group(1)
     assert manifest_hash in section_html(page, "versions")
+
+
+def test_the_train_stages_own_figures_are_shown_and_drawn_only_where_missing(reported, tmp_path):
+    page = (reported / REPORT_NAME).read_text()
+    for key, name in (("training", TRAIN_CURVES_PNG), ("confusion", TRAIN_CONFUSION_PNG)):
+        stored = base64.b64encode((reported / "train" / name).read_bytes()).decode()
+        assert f"data:image/png;base64,{stored}" in section_html(page, key), name
+    bare = tmp_path / "run"
+    shutil.copytree(reported, bare)
+    for name in (TRAIN_CURVES_PNG, TRAIN_CONFUSION_PNG):
+        (bare / "train" / name).unlink()
+    drawn = render_html(bare)  # from history.csv and metrics.json instead
+    assert '<img alt="training curves and learning rate"' in section_html(drawn, "training")
+    assert '<img alt="confusion matrix"' in section_html(drawn, "confusion")
+    assert section_html(drawn, "training") != section_html(page, "training")
 
 
 def test_the_page_is_self_contained_small_and_fits_a_phone(reported):
