@@ -95,23 +95,27 @@ def _fits(artifact: Artifact) -> tuple[bool, str]:
     return bool(fitting), (f"fits {', '.join(fitting)}" if fitting else "fits none of the listed devices")
 
 
+# The settings `kerasport serve` runs: the runtimes' defaults (ORT optimization all, XNNPACK on), any thread count.
+_SERVING_SETTINGS = frozenset(RuntimeSettings().describe(runtime).split(", threads=")[0]
+                              for runtime in ("onnxruntime", "ai-edge-litert"))
+
+
 def _serving_setting(setting: str) -> bool:
-    """Whether `kerasport serve` can run under this swept setting: the runtimes' default settings (ORT optimization
-    all, XNNPACK on) at any thread count."""
-    defaults = {RuntimeSettings().describe(runtime).split(", threads=")[0]
-                for runtime in ("onnxruntime", "ai-edge-litert")}
-    return setting.split(", threads=")[0] in defaults
+    return setting.split(", threads=")[0] in _SERVING_SETTINGS
 
 
 def _any_setting(setting: str) -> bool:
     return True
 
 
-def _unsteady(artifacts: list[Artifact], relevant: Callable[[str], bool]) -> dict[str, list[str]]:
-    """{name: the relevant swept settings its answers left the tolerance under, or did not run under}."""
+def _split_steady(artifacts: list[Artifact], relevant: Callable[[str], bool]
+                  ) -> tuple[list[Artifact], dict[str, list[str]]]:
+    """The artifacts steady under every relevant swept setting, and {name: the relevant settings its answers left
+    the tolerance under, or did not run under} for the others."""
     found = {artifact.name: [setting for setting in artifact.settings_beyond_tolerance if relevant(setting)]
              for artifact in artifacts}
-    return {name: settings for name, settings in found.items() if settings}
+    unsteady = {name: settings for name, settings in found.items() if settings}
+    return [artifact for artifact in artifacts if artifact.name not in unsteady], unsteady
 
 
 def _unsteady_note(unsteady: dict[str, list[str]], lead: str) -> str:
@@ -124,8 +128,7 @@ def steady_first(artifacts: list[Artifact], pick: Callable[[list[Artifact]], Cho
     """`pick` among the artifacts whose answers held under every relevant runtime setting parity swept; among all of
     them when it finds nothing there (none steady, or none of the steady ones measured or within the limits), with a
     note naming the unsteady ones and under which settings."""
-    unsteady = _unsteady(artifacts, relevant)
-    steady = [artifact for artifact in artifacts if artifact.name not in unsteady]
+    steady, unsteady = _split_steady(artifacts, relevant)
     choice = pick(steady) if steady else None
     if choice is not None:
         return _with_note(choice, _unsteady_note(unsteady, "left out") if unsteady else "")
@@ -151,8 +154,7 @@ def _unmeasured_fallback(manifest: Manifest, servable: list[Artifact], max_accur
                          ) -> Choice:
     """FALLBACK_ORDER among the servable artifacts (the steady ones when there are any) when none has a measured
     speed (within the accuracy limit), saying which of the two."""
-    unsteady = _unsteady(servable, _serving_setting)
-    steady = [artifact for artifact in servable if artifact.name not in unsteady] or servable
+    steady = _split_steady(servable, _serving_setting)[0] or servable
     if not manifest.performance:
         reason = "no measured speed in the manifest"
     else:
